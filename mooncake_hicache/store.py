@@ -1,0 +1,276 @@
+"""``Store``: the project's main object.
+
+Its method names and result conventions follow the Mooncake store's Python API
+(``MooncakeDistributedStore``), so code written against one runs against the other:
+
+* batch calls return one ``int`` per key: ``>= 0`` on success (bytes read for gets), a negative
+  :class:`~mooncake_hicache.errors.ErrorCode` otherwise (``NOT_FOUND`` for a miss);
+* zero-copy calls (``batch_put_from``, ``batch_get_into`` and their ``_multi_buffers`` forms)
+  take raw addresses that must lie inside a range given to :meth:`Store.register_buffer`;
+* ``put``/``get`` move Python ``bytes`` and need no registration.
+
+In this version the store has the NVMe tier only (``tiers.nvme``); the DRAM tier and the
+per-host node come next. Every call is thread-safe and releases the GIL while it waits.
+
+Example::
+
+    from mooncake_hicache import Store
+    with Store.from_config({"tiers": {"nvme": {"path": "/var/tmp/demo.data", "capacity": "1GiB"}}}) as s:
+        s.put("k", b"hello")
+        assert s.get("k") == b"hello"
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from . import _native
+from .config import Config, load_config
+from .errors import ConfigError, ErrorCode, StoreError
+
+log = logging.getLogger("mooncake_hicache")
+
+ConfigSource = Union[str, os.PathLike, Mapping[str, Any], Config, None]
+
+
+class _BufferRegistry:
+    """Address ranges given to ``register_buffer``; thread-safe (one lock, held briefly)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, ptr: int, size: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, ptr)
+            if (i > 0 and self._ends[i - 1] > ptr) or (i < len(self._starts) and self._starts[i] < ptr + size):
+                raise StoreError(f"buffer 0x{ptr:x}+{size} overlaps a registered buffer; unregister it first")
+            self._starts.insert(i, ptr)
+            self._ends.insert(i, ptr + size)
+
+    def remove(self, ptr: int) -> bool:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, ptr)
+            if i < len(self._starts) and self._starts[i] == ptr:
+                del self._starts[i], self._ends[i]
+                return True
+            return False
+
+    def check(self, ptrs: Sequence[int], sizes: Sequence[int]) -> int:
+        """0 if every (ptr, size) lies in one registered range, else the ErrorCode to return."""
+        with self._lock:
+            starts, ends = self._starts, self._ends
+            for p, n in zip(ptrs, sizes):
+                if not p or n < 0:
+                    return ErrorCode.INVALID_PARAMS
+                i = bisect.bisect_right(starts, p) - 1
+                if i < 0 or p + n > ends[i]:
+                    return ErrorCode.UNREGISTERED_BUFFER
+        return 0
+
+
+class Store:
+    """A tiered KV-page store. Build it with :meth:`from_config`; close it with :meth:`close`
+    (or use it as a context manager)."""
+
+    MAX_KEY_LEN: int = _native.MAX_KEY_LEN
+    """Longest key accepted, in bytes (UTF-8)."""
+
+    def __init__(self, config: Config):
+        config.require_tier()
+        self.config = config
+        nv = config.tiers.nvme
+        os.makedirs(os.path.dirname(os.path.abspath(nv.path)) or ".", exist_ok=True)
+        try:
+            self._nvme = _native.NvmeEngine(
+                path=nv.path, capacity=nv.capacity, region_size=nv.region_size,
+                queue_depth=nv.queue_depth, direct_io=nv.direct_io, io_backend=nv.io_backend,
+                sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
+        except _native.EngineError as e:
+            kind, message = e.args if len(e.args) == 2 else ("io", str(e))
+            if kind == "invalid":
+                raise ConfigError("", message) from None
+            raise StoreError(message) from None
+        self._buffers = _BufferRegistry()
+        self._closed = False
+        self._log_notes()
+
+    @classmethod
+    def from_config(cls, source: ConfigSource = None) -> "Store":
+        """Open a store. ``source`` is a YAML path, a dict of the same shape, a ``Config``, or
+        ``None`` for the defaults (plus ``MOONCAKE_HICACHE_*`` environment overrides).
+        Raises ``ConfigError`` for bad settings, ``StoreError`` when the data file is in use by
+        another process or was written by another format version."""
+        config = source if isinstance(source, Config) else load_config(source)
+        logging.getLogger("mooncake_hicache").setLevel(config.logging.level)
+        return cls(config)
+
+    # ---- buffers -------------------------------------------------------------------------
+
+    def register_buffer(self, ptr: int, size: int) -> int:
+        """Allow zero-copy calls on ``[ptr, ptr + size)``. Returns 0."""
+        if not ptr or size <= 0:
+            raise StoreError(f"register_buffer needs a non-null pointer and a positive size, got 0x{ptr:x}, {size}")
+        self._buffers.add(int(ptr), int(size))
+        return 0
+
+    def unregister_buffer(self, ptr: int) -> int:
+        """Forget a range given to ``register_buffer`` (by its start). Returns 0, or
+        INVALID_PARAMS if it was not registered."""
+        return 0 if self._buffers.remove(int(ptr)) else int(ErrorCode.INVALID_PARAMS)
+
+    # ---- zero-copy batch API -------------------------------------------------------------
+
+    def batch_put_from(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
+        """Store ``sizes[i]`` bytes at ``ptrs[i]`` under ``keys[i]``. Returns 0 or a negative
+        ErrorCode per key."""
+        keys = self._check_lists(keys, ptrs, sizes)
+        return self._flat_call(self._nvme.batch_put, keys, ptrs, sizes)
+
+    def batch_get_into(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
+        """Read each key's value into the buffer ``(ptrs[i], sizes[i])``. Returns the bytes read,
+        ``NOT_FOUND`` for a miss (or a record that failed its checksum), ``BUFFER_TOO_SMALL``,
+        or another negative ErrorCode, per key."""
+        keys = self._check_lists(keys, ptrs, sizes)
+        return self._flat_call(self._nvme.batch_get, keys, ptrs, sizes)
+
+    def batch_put_from_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
+                                     all_sizes: Sequence[Sequence[int]]) -> list[int]:
+        """Scatter-gather put: key ``i``'s value is the concatenation of the buffers
+        ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record."""
+        keys = self._check_lists(keys, all_ptrs, all_sizes)
+        return self._sg_call(self._nvme.batch_put_sg, keys, all_ptrs, all_sizes)
+
+    def batch_get_into_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
+                                     all_sizes: Sequence[Sequence[int]]) -> list[int]:
+        """Scatter-gather get: key ``i``'s value is spread over its buffers in order."""
+        keys = self._check_lists(keys, all_ptrs, all_sizes)
+        return self._sg_call(self._nvme.batch_get_sg, keys, all_ptrs, all_sizes)
+
+    def batch_is_exist(self, keys: Sequence[str]) -> list[int]:
+        """1 if the key is stored, 0 if not, a negative ErrorCode for a bad key."""
+        keys = self._check_lists(keys)
+        return self._nvme.batch_exists(keys)
+
+    # ---- single-key convenience ----------------------------------------------------------
+
+    def put(self, key: str, value: Union[bytes, bytearray, memoryview]) -> int:
+        """Store ``value`` under ``key`` (copies; no registration needed). Returns 0 or a
+        negative ErrorCode."""
+        self._check_open()
+        mv = memoryview(value).cast("B")
+        if not mv.contiguous:
+            raise StoreError("put needs a contiguous buffer")
+        import ctypes
+        if len(mv) == 0:
+            return self._nvme.batch_put([_as_key(key)], [1], [0])[0]
+        holder = (ctypes.c_char * len(mv)).from_buffer_copy(mv) if mv.readonly else (ctypes.c_char * len(mv)).from_buffer(mv)
+        return self._nvme.batch_put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
+
+    def get(self, key: str) -> bytes:
+        """The value stored under ``key``, or ``b""`` when it is missing (as Mooncake's ``get``)."""
+        self._check_open()
+        out = self._nvme.get_bytes(_as_key(key))
+        return out if isinstance(out, bytes) else b""
+
+    def is_exist(self, key: str) -> int:
+        """1 if ``key`` is stored, 0 if not."""
+        return self.batch_is_exist([key])[0]
+
+    def get_size(self, key: str) -> int:
+        """Length of the value stored under ``key``, or a negative ErrorCode."""
+        self._check_open()
+        return self._nvme.value_size(_as_key(key))
+
+    def remove(self, key: str) -> int:
+        """Delete ``key`` (also across restarts). Returns 0 or NOT_FOUND."""
+        self._check_open()
+        return self._nvme.remove(_as_key(key))
+
+    def remove_all(self) -> int:
+        """Delete every key. Returns 0 or a negative ErrorCode."""
+        self._check_open()
+        return self._nvme.remove_all()
+
+    # ---- lifecycle and figures -----------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Live figures as a plain dict: ``{"nvme": {...}}`` (entries, bytes, hits, misses,
+        checksum_failures, evictions, index_bytes_per_entry, recovery_seconds, ...)."""
+        self._log_notes()
+        return {"nvme": self._nvme.stats()}
+
+    def close(self) -> None:
+        """Seal the open region, flush, release the data file. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._nvme.close()
+            self._log_notes()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def _check_lists(self, keys: Sequence[str], *lists: Sequence[Any]) -> list[str]:
+        self._check_open()
+        for other in lists:
+            if len(other) != len(keys):
+                raise StoreError(f"got {len(keys)} keys but a list of {len(other)} pointers/sizes; pass one entry per key")
+        return [_as_key(k) for k in keys]
+
+    def _flat_call(self, fn, keys: list[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
+        # Keys whose buffers are not registered get their code here and are left out of the call.
+        codes = [self._buffers.check((p,), (n,)) for p, n in zip(ptrs, sizes)]
+        if not any(codes):
+            return fn(keys, list(ptrs), list(sizes))
+        live = [i for i, c in enumerate(codes) if c == 0]
+        if live:
+            res = fn([keys[i] for i in live], [ptrs[i] for i in live], [sizes[i] for i in live])
+            for i, r in zip(live, res):
+                codes[i] = r
+        return [int(c) for c in codes]
+
+    def _sg_call(self, fn, keys: list[str], all_ptrs, all_sizes) -> list[int]:
+        codes = []
+        for i, (p, n) in enumerate(zip(all_ptrs, all_sizes)):
+            if len(p) != len(n):
+                raise StoreError(f"key {i}: {len(p)} pointers but {len(n)} sizes; pass one size per buffer")
+            codes.append(self._buffers.check(p, n) if p else int(ErrorCode.INVALID_PARAMS))
+        live = [i for i, c in enumerate(codes) if c == 0]
+        if live:
+            res = fn([keys[i] for i in live], [list(all_ptrs[i]) for i in live], [list(all_sizes[i]) for i in live])
+            for i, r in zip(live, res):
+                codes[i] = r
+        return [int(c) for c in codes]
+
+    def _log_notes(self) -> None:
+        for line in self._nvme.take_notes():
+            level = logging.WARNING if ("fail" in line or "unavailable" in line or "cannot" in line) else logging.INFO
+            log.log(level, "nvme: %s", line)
+
+
+def _as_key(key: Any) -> str:
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "surrogateescape")
+    if not isinstance(key, str):
+        raise StoreError(f"keys must be str, got {type(key).__name__}")
+    return key
