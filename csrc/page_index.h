@@ -23,14 +23,18 @@ class PageIndex {
  public:
   enum Flags : uint32_t { kHit = 1 };
 
-  PageIndex() { rehash(16); }
+  PageIndex() { clear(); }
 
   // Inserts or replaces. Returns true if the key was new.
   bool put(const KeyDigest& d, const PageLocation& loc);
   // Returns the slot's location or nullptr (pointer valid until the next put/erase).
   PageLocation* find(const KeyDigest& d);
   bool erase(const KeyDigest& d);
-  void clear() { rehash(16); }
+  void clear() {
+    slots_.assign(16, Slot{});
+    mask_ = 15;
+    size_ = 0;
+  }
   // Digests of every page located in `region` (a full scan; for the rare slow path).
   std::vector<KeyDigest> keys_in_region(uint32_t region) const;
 
