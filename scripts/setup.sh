@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up everything mooncake-hicache needs on Debian/Ubuntu, idempotently:
+#   system packages (compiler, liburing, xxhash, fio), a virtualenv in .venv, and an
+#   editable build of the package (the C++ extension is compiled here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev fio)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml pytest numpy
+echo "setup: building mooncake-hicache (C++ extension)"
+.venv/bin/python -m pip install -q --no-build-isolation -e .
+.venv/bin/python -c "import mooncake_hicache._native as n; print('setup: ok (io_uring compiled in: %s)' % n.HAVE_URING)"
