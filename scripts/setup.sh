@@ -25,6 +25,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml pytest numpy
+# SGLang integration and its tests: CPU torch, the sglang wheel without its (GPU) dependencies,
+# and the few pure-Python packages its mem_cache modules import.
+if [ -f requirements-sglang.txt ] && [ "${MOONCAKE_HICACHE_SKIP_SGLANG:-0}" != "1" ]; then
+  echo "setup: installing SGLang (CPU) for the integration"
+  .venv/bin/python -m pip install -q -r requirements-sglang.txt
+  .venv/bin/python -m pip install -q --no-deps "sglang==0.5.23"
+fi
 echo "setup: building mooncake-hicache (C++ extension)"
 .venv/bin/python -m pip install -q --no-build-isolation -e .
 .venv/bin/python -c "import mooncake_hicache._native as n; print('setup: ok (io_uring compiled in: %s)' % n.HAVE_URING)"
