@@ -3,9 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "io_queue.h"
-#include "nvme_engine.h"
-#include "record_format.h"
+#include "nvme/io_queue.h"
+#include "nvme/nvme_engine.h"
+#include "nvme/record_format.h"
 
 namespace py = pybind11;
 using namespace mch;

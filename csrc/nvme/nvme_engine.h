@@ -24,12 +24,12 @@
 #include <string>
 #include <vector>
 
-#include "aligned_buffer.h"
-#include "checksum.h"
-#include "io_queue.h"
-#include "page_index.h"
-#include "record_format.h"
-#include "status.h"
+#include "common/aligned_buffer.h"
+#include "common/checksum.h"
+#include "nvme/io_queue.h"
+#include "nvme/page_index.h"
+#include "nvme/record_format.h"
+#include "common/status.h"
 
 namespace mch {
 

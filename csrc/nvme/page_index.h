@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "checksum.h"
+#include "common/checksum.h"
 
 namespace mch {
 

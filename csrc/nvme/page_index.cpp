@@ -1,4 +1,4 @@
-#include "page_index.h"
+#include "nvme/page_index.h"
 
 #include <utility>
 

@@ -8,7 +8,7 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "io_queue.h"
+#include "nvme/io_queue.h"
 
 namespace mch {
 

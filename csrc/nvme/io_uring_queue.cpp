@@ -2,7 +2,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "io_queue.h"
+#include "nvme/io_queue.h"
 
 #ifdef MCH_HAVE_URING
 #include <errno.h>

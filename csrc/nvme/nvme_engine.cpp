@@ -1,6 +1,6 @@
 // NvmeEngine implementation. Read nvme_engine.h (what it owns, who may call) and
 // record_format.h (the bytes on disk) first.
-#include "nvme_engine.h"
+#include "nvme/nvme_engine.h"
 
 #include <errno.h>
 #include <limits.h>

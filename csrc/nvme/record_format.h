@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "checksum.h"
+#include "common/checksum.h"
 
 namespace mch::fmt {
 
