@@ -10,6 +10,10 @@
 namespace py = pybind11;
 using namespace mch;
 
+// Other layers bind themselves (one function per folder).
+void bind_tiering(py::module_& m);  // tiering/tiering_bindings.cpp
+void bind_node(py::module_& m);     // node/node_bindings.cpp
+
 namespace {
 
 const char* kind_name(EngineError::Kind k) {
@@ -215,4 +219,7 @@ PYBIND11_MODULE(_native, m) {
       .def("take_notes", &NvmeEngine::take_notes)
       .def("_inject_write_errors", &NvmeEngine::inject_write_errors,
            "Test hook: the next n write completions count as device errors (-EIO).");
+
+  bind_tiering(m);
+  bind_node(m);
 }

@@ -48,6 +48,7 @@ class ErrorCode(enum.IntEnum):
     IO_ERROR = -800              # the device failed the read or write
     NO_SPACE = -802              # nothing could be evicted to make room
     CLOSED = -900                # the store was closed
+    NODE_UNAVAILABLE = -901      # the node is not running or did not answer in time
 
     @classmethod
     def describe(cls, code: int) -> str:

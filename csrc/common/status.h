@@ -16,6 +16,7 @@ enum Status : int32_t {
   kIoError = -800,
   kNoSpace = -802,
   kClosed = -900,
+  kNodeUnavailable = -901,  // the node is not running or did not answer in time
 };
 
 }  // namespace mch

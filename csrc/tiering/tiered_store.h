@@ -1,0 +1,100 @@
+// TieredStore: the host's tier stack, DRAM in front of NVMe. The node process serves it to
+// clients over shared memory; `mode: in_process` uses it directly.
+//
+// Owns: a DramTier (shared-memory arena, slab allocator, index, eviction policy) and optionally
+// an NvmeEngine. Policies: demotion of DRAM victims to NVMe (admission: always | never |
+// second_hit), promotion of NVMe hits into DRAM, optional write-through.
+//
+// Zero-copy protocol (what the node does for a client in another process):
+//   put:  put_reserve() -> client copies each value into arena + offset -> put_commit()
+//   get:  get_pin()     -> client copies out of arena + offset          -> get_unpin()
+// A reserved slot is invisible to readers until committed; a pinned slot is never evicted or
+// rewritten until unpinned. Tickets identify reservations and pins; the node releases the
+// tickets of a client that disconnects (abort_puts / get_unpin).
+//
+// Threading: every method may be called from any thread. DRAM state is guarded by one mutex
+// held only for bookkeeping (never across I/O or copies); NVMe I/O runs outside it.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "nvme/nvme_engine.h"
+
+namespace mch {
+
+class DramTier;
+
+struct TieredOptions {
+  // DRAM tier
+  uint64_t dram_capacity = 1ull << 30;  // bytes of arena (rounded up to 2 MiB)
+  uint64_t slab_size = 32ull << 20;     // unit handed to a size class; largest value it can hold
+  std::string eviction = "lru";         // lru | s3fifo | prefix_lru
+  bool hugepages = true;                // try 2 MiB hugetlb pages for the arena
+  // Tiering
+  std::string admission = "always";     // which DRAM victims go to NVMe: always | never | second_hit
+  bool write_through = false;           // also write every put to NVMe at commit
+  bool promote_on_hit = true;           // an NVMe hit is copied into DRAM
+  // NVMe tier (absent when has_nvme is false)
+  bool has_nvme = false;
+  NvmeOptions nvme;
+};
+
+struct PutTicket {
+  int32_t status = kOk;   // kOk: copy then commit; 1: already stored, skip; < 0: error
+  uint64_t offset = 0;    // arena offset of the slot to fill
+  uint64_t token = 0;     // pass back to put_commit / abort_puts
+};
+
+struct GetTicket {
+  int64_t status = kNotFound;  // value length when found, else a negative Status
+  uint64_t offset = 0;         // arena offset of the value
+  uint64_t token = 0;          // pass back to get_unpin
+  uint8_t tier = 0;            // where it was found: 1 DRAM, 2 NVMe (promoted)
+};
+
+class TieredStore {
+ public:
+  explicit TieredStore(const TieredOptions& opt);  // throws EngineError
+  ~TieredStore();
+
+  // ---- zero-copy steps ----
+  // depth: the page's position in its prefix chain (0 = unknown); used by prefix_lru.
+  void put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
+                   const std::vector<uint32_t>& depths, std::vector<PutTicket>* out);
+  // ok[i] false aborts ticket i. results[i]: kOk or a negative Status.
+  void put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results);
+  void abort_puts(const std::vector<uint64_t>& tokens);
+  void get_pin(const std::vector<std::string>& keys, std::vector<GetTicket>* out);
+  void get_unpin(const std::vector<uint64_t>& tokens);
+
+  // ---- whole operations (reserve/pin + memcpy + commit/unpin, for in-process callers) ----
+  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                 const std::vector<uint32_t>& depths, int32_t* results);
+  void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
+
+  // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
+  void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  // Starts copying NVMe-only pages of `keys` into DRAM (in the background); returns how many.
+  int32_t prefetch(const std::vector<std::string>& keys);
+  int32_t remove(const std::string& key);
+  int32_t remove_all();
+  void close();  // seals NVMe; DRAM content that was not demoted is dropped
+
+  // The shared-memory arena clients map: a memfd.
+  int arena_fd() const;
+  uint64_t arena_size() const;
+  uint8_t* arena_base() const;
+
+  // Figures as a JSON object string: {"dram": {...}, "nvme": {...}, "tiering": {...}}.
+  std::string stats_json();
+  std::vector<std::string> take_notes();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mch
