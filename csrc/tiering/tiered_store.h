@@ -36,7 +36,6 @@ struct TieredOptions {
   // Tiering
   std::string admission = "always";     // which DRAM victims go to NVMe: always | never | second_hit
   bool write_through = false;           // also write every put to NVMe at commit
-  bool promote_on_hit = true;           // an NVMe hit is copied into DRAM
   // NVMe tier (absent when has_nvme is false)
   bool has_nvme = false;
   NvmeOptions nvme;
@@ -92,8 +91,9 @@ class TieredStore {
   std::string stats_json();
   std::vector<std::string> take_notes();
 
+ struct Impl;  // public so the file-local helpers in tiered_store.cpp can take it
+
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

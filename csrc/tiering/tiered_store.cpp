@@ -1,0 +1,661 @@
+// TieredStore implementation: read tiered_store.h (contract) and dram/dram_tier.h (slot states).
+#include "tiering/tiered_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "dram/dram_tier.h"
+#include "nvme/record_format.h"
+
+namespace mch {
+
+namespace {
+uint64_t make_token(uint32_t slot, uint32_t gen) { return (uint64_t(gen) << 32) | slot; }
+uint32_t token_slot(uint64_t t) { return static_cast<uint32_t>(t); }
+uint32_t token_gen(uint64_t t) { return static_cast<uint32_t>(t >> 32); }
+
+int32_t check_key(const std::string& key) {
+  if (key.empty()) return kInvalidParams;
+  if (key.size() > fmt::kMaxKeyLen) return kKeyTooLong;
+  return kOk;
+}
+
+// Copies between a scatter-gather list and contiguous memory; returns bytes moved.
+uint64_t gather(const SgList& segs, uint8_t* dst, uint64_t len) {
+  uint64_t done = 0;
+  for (const Segment& s : segs) {
+    uint64_t n = std::min(s.len, len - done);
+    memcpy(dst + done, s.ptr, n);
+    done += n;
+    if (done == len) break;
+  }
+  return done;
+}
+void scatter(const uint8_t* src, uint64_t len, const SgList& segs) {
+  uint64_t done = 0;
+  for (const Segment& s : segs) {
+    if (done == len) break;
+    uint64_t n = std::min(s.len, len - done);
+    memcpy(s.ptr, src + done, n);
+    done += n;
+  }
+}
+}  // namespace
+
+struct TieredStore::Impl {
+  TieredOptions opt;
+  std::mutex mu;  // guards dram (all of its state) and closed
+  std::unique_ptr<DramTier> dram;
+  std::unique_ptr<NvmeEngine> nvme;  // internally synchronised
+  bool closed = false;
+
+  // Background promotion of prefetched keys: one worker, a bounded queue (guarded by pf_mu).
+  std::mutex pf_mu;
+  std::condition_variable pf_cv;
+  std::deque<std::vector<std::string>> pf_queue;
+  bool pf_stop = false;
+  std::thread prefetcher;
+
+  std::mutex notes_mu;  // guards notes
+  std::vector<std::string> notes;
+
+  struct Counters {
+    std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
+        misses{0}, get_bytes{0}, demoted{0}, demote_failures{0}, not_admitted{0}, promoted{0},
+        written_through{0}, prefetch_queued{0}, prefetch_done{0};
+  } ctr;
+
+  explicit Impl(const TieredOptions& o) : opt(o) {
+    if (opt.admission != "always" && opt.admission != "never" && opt.admission != "second_hit")
+      throw EngineError(EngineError::kInvalid,
+                        "tiers.dram.admission must be always, never or second_hit, not '" + opt.admission + "'");
+    DramTier::Options d;
+    d.capacity = opt.dram_capacity;
+    d.slab_size = opt.slab_size;
+    d.eviction = opt.eviction;
+    d.hugepages = opt.hugepages;
+    try {
+      dram.reset(new DramTier(d));
+    } catch (const std::invalid_argument& e) {
+      throw EngineError(EngineError::kInvalid, std::string("tiers.dram.eviction: ") + e.what());
+    }
+    if (opt.has_nvme) nvme.reset(new NvmeEngine(opt.nvme));
+    prefetcher = std::thread([this] { prefetch_loop(); });
+  }
+
+  ~Impl() { stop_prefetcher(); }
+
+  void stop_prefetcher() {
+    {
+      std::lock_guard<std::mutex> lk(pf_mu);
+      pf_stop = true;
+    }
+    pf_cv.notify_all();
+    if (prefetcher.joinable()) prefetcher.join();
+  }
+
+  void note(const std::string& s) {
+    std::lock_guard<std::mutex> lk(notes_mu);
+    notes.push_back(s);
+  }
+
+  bool admit(const DramTier::Victim& v) const {
+    if (opt.admission == "never") return false;
+    if (opt.admission == "second_hit") return v.hits > 0;
+    return true;
+  }
+
+  // Writes evicted entries (their bytes still sit in `slots`) to NVMe before the slots are reused.
+  void demote(const std::vector<DramTier::Victim>& victims, const std::vector<uint32_t>& slots) {
+    if (victims.empty()) return;
+    std::vector<std::string> keys;
+    std::vector<SgList> sg;
+    for (size_t i = 0; i < victims.size(); i++) {
+      if (!nvme || !admit(victims[i])) {
+        ctr.not_admitted++;
+        continue;
+      }
+      keys.push_back(victims[i].key);
+      sg.push_back({Segment{dram->data(slots[i]), victims[i].len}});
+    }
+    if (keys.empty()) return;
+    // Pages already on NVMe (written through, or promoted from there) need no second copy.
+    std::vector<int32_t> have(keys.size());
+    nvme->batch_exists(keys, have.data());
+    std::vector<std::string> k2;
+    std::vector<SgList> s2;
+    for (size_t i = 0; i < keys.size(); i++)
+      if (have[i] != 1) {
+        k2.push_back(std::move(keys[i]));
+        s2.push_back(std::move(sg[i]));
+      }
+    if (k2.empty()) return;
+    std::vector<int32_t> res(k2.size());
+    nvme->batch_put(k2, s2, res.data());
+    for (int32_t r : res) (r == kOk ? ctr.demoted : ctr.demote_failures)++;
+  }
+
+  // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
+  // ticket for keys[i] (kNotFound if it is not on NVMe or could not be promoted).
+  void promote(const std::vector<std::string>& keys, bool pin, std::vector<GetTicket>* out) {
+    out->assign(keys.size(), GetTicket{});
+    if (!nvme || keys.empty()) return;
+    std::vector<int64_t> sizes(keys.size());
+    for (size_t i = 0; i < keys.size(); i++) sizes[i] = nvme->value_size(keys[i]);
+    std::vector<size_t> idx;
+    std::vector<uint32_t> slot_of;
+    std::vector<DramTier::Victim> victims;
+    std::vector<uint32_t> victim_slots;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (closed) return;
+      for (size_t i = 0; i < keys.size(); i++) {
+        if (sizes[i] < 0) continue;
+        DramTier::Victim v;
+        int64_t s = dram->reserve(static_cast<uint64_t>(sizes[i]), &v);
+        if (s < 0) {  // no room in DRAM right now
+          (*out)[i].status = kNoSpace;
+          continue;
+        }
+        if (v.valid) {
+          victims.push_back(std::move(v));
+          victim_slots.push_back(static_cast<uint32_t>(s));
+        }
+        idx.push_back(i);
+        slot_of.push_back(static_cast<uint32_t>(s));
+      }
+    }
+    demote(victims, victim_slots);
+    std::vector<std::string> k;
+    std::vector<SgList> sg;
+    for (size_t j = 0; j < idx.size(); j++) {
+      k.push_back(keys[idx[j]]);
+      sg.push_back({Segment{dram->data(slot_of[j]), fmt::align_up(static_cast<uint64_t>(sizes[idx[j]]))}});
+    }
+    std::vector<int64_t> res(k.size());
+    if (!k.empty()) nvme->batch_get(k, sg, res.data());
+    std::lock_guard<std::mutex> lk(mu);
+    for (size_t j = 0; j < idx.size(); j++) {
+      uint32_t s = slot_of[j];
+      GetTicket& t = (*out)[idx[j]];
+      if (res[j] != sizes[idx[j]]) {
+        dram->abort(s);
+        continue;
+      }
+      KeyDigest d = KeyDigest::of(keys[idx[j]]);
+      dram->publish(s, keys[idx[j]], d, static_cast<uint32_t>(res[j]), 0);
+      ctr.promoted++;
+      if (pin) {
+        dram->pin(s);
+        dram->touch(s);
+      }
+      t.status = res[j];
+      t.offset = dram->offset(s);
+      t.token = make_token(s, dram->slot(s).gen);
+      t.tier = 2;
+    }
+  }
+
+  void prefetch_loop() {
+    for (;;) {
+      std::vector<std::string> keys;
+      {
+        std::unique_lock<std::mutex> lk(pf_mu);
+        pf_cv.wait(lk, [&] { return pf_stop || !pf_queue.empty(); });
+        if (pf_stop) return;
+        keys = std::move(pf_queue.front());
+        pf_queue.pop_front();
+      }
+      std::vector<GetTicket> t;
+      promote(keys, false, &t);
+      for (const auto& x : t)
+        if (x.status >= 0) ctr.prefetch_done++;
+    }
+  }
+};
+
+TieredStore::TieredStore(const TieredOptions& opt) : impl_(new Impl(opt)) {}
+TieredStore::~TieredStore() {
+  try {
+    close();
+  } catch (...) {
+  }
+}
+
+void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
+                              const std::vector<uint32_t>& depths, std::vector<PutTicket>* out) {
+  Impl& m = *impl_;
+  out->assign(keys.size(), PutTicket{});
+  std::vector<KeyDigest> digests(keys.size());
+  for (size_t i = 0; i < keys.size(); i++) digests[i] = KeyDigest::of(keys[i]);
+  std::vector<DramTier::Victim> victims;
+  std::vector<uint32_t> victim_slots;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    if (m.closed) {
+      for (auto& t : *out) t.status = kClosed;
+      return;
+    }
+    for (size_t i = 0; i < keys.size(); i++) {
+      PutTicket& t = (*out)[i];
+      t.status = check_key(keys[i]);
+      if (t.status != kOk) continue;
+      int64_t have = m.dram->find(digests[i]);
+      if (have >= 0 && m.dram->slot(static_cast<uint32_t>(have)).len == sizes[i]) {
+        t.status = 1;  // the same page is stored already: nothing to copy
+        m.ctr.skipped_existing++;
+        continue;
+      }
+      DramTier::Victim v;
+      int64_t s = m.dram->reserve(sizes[i], &v);
+      if (s < 0) {
+        t.status = static_cast<int32_t>(s);
+        continue;
+      }
+      DramTier::Slot& slot = m.dram->slot(static_cast<uint32_t>(s));
+      slot.key = keys[i];
+      slot.digest = digests[i];
+      slot.len = static_cast<uint32_t>(sizes[i]);
+      slot.depth = i < depths.size() ? depths[i] : 0;
+      if (v.valid) {
+        victims.push_back(std::move(v));
+        victim_slots.push_back(static_cast<uint32_t>(s));
+      }
+      t.offset = m.dram->offset(static_cast<uint32_t>(s));
+      t.token = make_token(static_cast<uint32_t>(s), slot.gen);
+    }
+  }
+  m.demote(victims, victim_slots);  // before the caller overwrites the victims' slots
+}
+
+void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results) {
+  Impl& m = *impl_;
+  std::vector<uint32_t> through;  // slots to also write to NVMe (pinned meanwhile)
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    for (size_t i = 0; i < tokens.size(); i++) {
+      uint32_t s = token_slot(tokens[i]);
+      if (!m.dram->valid_slot(s) || m.dram->slot(s).gen != token_gen(tokens[i]) ||
+          m.dram->slot(s).state != DramTier::kWriting) {
+        results[i] = kInvalidParams;
+        continue;
+      }
+      DramTier::Slot& slot = m.dram->slot(s);
+      if (i < ok.size() && !ok[i]) {
+        m.dram->abort(s);
+        results[i] = kIoError;
+        continue;
+      }
+      std::string key = slot.key;
+      m.dram->publish(s, key, slot.digest, slot.len, slot.depth);
+      m.ctr.puts++;
+      m.ctr.put_bytes += slot.len;
+      results[i] = kOk;
+      if (m.opt.write_through && m.nvme) {
+        m.dram->pin(s);
+        through.push_back(s);
+      }
+    }
+  }
+  if (through.empty()) return;
+  std::vector<std::string> keys;
+  std::vector<SgList> sg;
+  for (uint32_t s : through) {
+    keys.push_back(m.dram->slot(s).key);
+    sg.push_back({Segment{m.dram->data(s), m.dram->slot(s).len}});
+  }
+  std::vector<int32_t> res(keys.size());
+  m.nvme->batch_put(keys, sg, res.data());
+  std::lock_guard<std::mutex> lk(m.mu);
+  for (size_t i = 0; i < through.size(); i++) {
+    if (res[i] == kOk) m.ctr.written_through++;
+    m.dram->unpin(through[i]);
+  }
+}
+
+void TieredStore::abort_puts(const std::vector<uint64_t>& tokens) {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  for (uint64_t t : tokens) {
+    uint32_t s = token_slot(t);
+    if (impl_->dram->valid_slot(s) && impl_->dram->slot(s).gen == token_gen(t)) impl_->dram->abort(s);
+  }
+}
+
+// Pins the DRAM hits among `keys`; returns the indexes of the others in *missing.
+static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& keys,
+                          std::vector<GetTicket>* out, std::vector<size_t>* missing) {
+  out->assign(keys.size(), GetTicket{});
+  std::lock_guard<std::mutex> lk(m.mu);
+  if (m.closed) {
+    for (auto& t : *out) t.status = kClosed;
+    return;
+  }
+  for (size_t i = 0; i < keys.size(); i++) {
+    GetTicket& t = (*out)[i];
+    int32_t st = check_key(keys[i]);
+    if (st != kOk) {
+      t.status = st;
+      continue;
+    }
+    int64_t s = m.dram->find(KeyDigest::of(keys[i]));
+    if (s < 0) {
+      missing->push_back(i);
+      continue;
+    }
+    uint32_t id = static_cast<uint32_t>(s);
+    m.dram->pin(id);
+    m.dram->touch(id);
+    t.status = m.dram->slot(id).len;
+    t.offset = m.dram->offset(id);
+    t.token = make_token(id, m.dram->slot(id).gen);
+    t.tier = 1;
+    m.ctr.dram_hits++;
+  }
+}
+
+// Promotes keys[missing[j]] from NVMe (pinned) into (*out)[missing[j]]. A key that is on NVMe
+// but found no room in DRAM gets kNoSpace.
+static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& keys,
+                         const std::vector<size_t>& missing, std::vector<GetTicket>* out) {
+  if (missing.empty()) return;
+  std::vector<std::string> mk;
+  for (size_t i : missing) mk.push_back(keys[i]);
+  std::vector<GetTicket> pt;
+  m.promote(mk, true, &pt);
+  for (size_t j = 0; j < missing.size(); j++) {
+    (*out)[missing[j]] = pt[j];
+    if (pt[j].status >= 0)
+      m.ctr.nvme_hits++;
+    else if (pt[j].status != kNoSpace)
+      m.ctr.misses++;
+  }
+}
+
+void TieredStore::get_pin(const std::vector<std::string>& keys, std::vector<GetTicket>* out) {
+  std::vector<size_t> missing;
+  pin_dram_hits(*impl_, keys, out, &missing);
+  impl_->ctr.gets += keys.size();
+  pin_promoted(*impl_, keys, missing, out);
+  for (auto& t : *out)
+    if (t.status == kNoSpace) {  // no room to stage it for a client: a miss
+      t.status = kNotFound;
+      impl_->ctr.misses++;
+    }
+}
+
+void TieredStore::get_unpin(const std::vector<uint64_t>& tokens) {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  for (uint64_t t : tokens) {
+    uint32_t s = token_slot(t);
+    if (impl_->dram->valid_slot(s) && impl_->dram->slot(s).gen == token_gen(t)) impl_->dram->unpin(s);
+  }
+}
+
+void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                            const std::vector<uint32_t>& depths, int32_t* results) {
+  std::vector<size_t> todo;
+  std::vector<uint64_t> sizes(keys.size());
+  for (size_t i = 0; i < keys.size(); i++) {
+    bool null_ptr = false;
+    for (const Segment& s : values[i]) {
+      null_ptr |= s.len > 0 && s.ptr == nullptr;
+      sizes[i] += s.len;
+    }
+    if (null_ptr)
+      results[i] = kInvalidParams;
+    else
+      todo.push_back(i);
+  }
+  // Reserve, copy, commit. Keys refused for lack of room (every slot of their class is being
+  // written by this very batch) are retried once the committed ones have become evictable.
+  while (!todo.empty()) {
+    std::vector<std::string> k;
+    std::vector<uint64_t> sz;
+    std::vector<uint32_t> dp;
+    for (size_t i : todo) {
+      k.push_back(keys[i]);
+      sz.push_back(sizes[i]);
+      dp.push_back(i < depths.size() ? depths[i] : 0);
+    }
+    std::vector<PutTicket> t;
+    put_reserve(k, sz, dp, &t);
+    std::vector<uint64_t> tokens;
+    std::vector<size_t> committed, retry;
+    for (size_t j = 0; j < todo.size(); j++) {
+      size_t i = todo[j];
+      if (t[j].status == kNoSpace && j > 0) {
+        retry.push_back(i);
+        continue;
+      }
+      results[i] = t[j].status == 1 ? kOk : t[j].status;
+      if (t[j].status != kOk) continue;
+      gather(values[i], impl_->dram->arena().base() + t[j].offset, sizes[i]);
+      tokens.push_back(t[j].token);
+      committed.push_back(i);
+    }
+    if (!tokens.empty()) {
+      std::vector<int32_t> res(tokens.size());
+      put_commit(tokens, std::vector<uint8_t>(tokens.size(), 1), res.data());
+      for (size_t j = 0; j < committed.size(); j++) results[committed[j]] = res[j];
+    }
+    if (committed.empty()) {  // no progress possible: report the refusals
+      for (size_t i : retry) results[i] = kNoSpace;
+      break;
+    }
+    todo.swap(retry);
+  }
+}
+
+void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results) {
+  Impl& m = *impl_;
+  m.ctr.gets += keys.size();
+  // Copies pinned values out to the caller and unpins them.
+  auto deliver = [&](const std::vector<GetTicket>& t, const std::vector<size_t>& which) {
+    std::vector<uint64_t> unpin;
+    for (size_t i : which) {
+      results[i] = t[i].status;
+      if (t[i].status < 0) continue;
+      unpin.push_back(t[i].token);
+      uint64_t cap = 0;
+      bool null_ptr = false;
+      for (const Segment& s : buffers[i]) {
+        cap += s.len;
+        null_ptr |= s.len > 0 && s.ptr == nullptr;
+      }
+      if (null_ptr) {
+        results[i] = kInvalidParams;
+      } else if (cap < static_cast<uint64_t>(t[i].status)) {
+        results[i] = kBufferTooSmall;
+      } else {
+        scatter(m.dram->arena().base() + t[i].offset, static_cast<uint64_t>(t[i].status), buffers[i]);
+        m.ctr.get_bytes += static_cast<uint64_t>(t[i].status);
+      }
+    }
+    if (!unpin.empty()) get_unpin(unpin);
+  };
+  std::vector<GetTicket> t;
+  std::vector<size_t> missing, hits;
+  pin_dram_hits(m, keys, &t, &missing);
+  std::vector<bool> is_missing(keys.size(), false);
+  for (size_t i : missing) is_missing[i] = true;
+  for (size_t i = 0; i < keys.size(); i++)
+    if (!is_missing[i]) hits.push_back(i);
+  deliver(t, hits);  // DRAM hits are released before promotions need room
+  if (missing.empty()) return;
+  pin_promoted(m, keys, missing, &t);
+  deliver(t, missing);
+  // Pages on NVMe that found no room in DRAM are read straight into the caller's buffers.
+  std::vector<std::string> direct_keys;
+  std::vector<SgList> direct_bufs;
+  std::vector<size_t> direct_idx;
+  for (size_t i : missing)
+    if (t[i].status == kNoSpace) {
+      direct_keys.push_back(keys[i]);
+      direct_bufs.push_back(buffers[i]);
+      direct_idx.push_back(i);
+    }
+  if (direct_keys.empty()) return;
+  std::vector<int64_t> res(direct_keys.size());
+  m.nvme->batch_get(direct_keys, direct_bufs, res.data());
+  for (size_t j = 0; j < direct_idx.size(); j++) {
+    results[direct_idx[j]] = res[j];
+    if (res[j] >= 0) {
+      m.ctr.nvme_hits++;
+      m.ctr.get_bytes += static_cast<uint64_t>(res[j]);
+    } else {
+      m.ctr.misses++;
+    }
+  }
+}
+
+void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
+  Impl& m = *impl_;
+  std::vector<std::string> rest;
+  std::vector<size_t> idx;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    for (size_t i = 0; i < keys.size(); i++) {
+      int32_t st = check_key(keys[i]);
+      if (st != kOk) {
+        results[i] = st;
+        continue;
+      }
+      results[i] = m.dram->find(KeyDigest::of(keys[i])) >= 0 ? 1 : 0;
+      if (results[i] == 0 && m.nvme) {
+        rest.push_back(keys[i]);
+        idx.push_back(i);
+      }
+    }
+  }
+  if (rest.empty()) return;
+  std::vector<int32_t> r(rest.size());
+  m.nvme->batch_exists(rest, r.data());
+  for (size_t j = 0; j < idx.size(); j++) results[idx[j]] = r[j] == 1 ? 1 : 0;
+}
+
+int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
+  Impl& m = *impl_;
+  if (!m.nvme) return 0;
+  std::vector<std::string> todo;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    for (const auto& k : keys)
+      if (check_key(k) == kOk && m.dram->find(KeyDigest::of(k)) < 0) todo.push_back(k);
+  }
+  if (todo.empty()) return 0;
+  std::vector<int32_t> on(todo.size());
+  m.nvme->batch_exists(todo, on.data());
+  std::vector<std::string> q;
+  for (size_t i = 0; i < todo.size(); i++)
+    if (on[i] == 1) q.push_back(std::move(todo[i]));
+  if (q.empty()) return 0;
+  int32_t n = static_cast<int32_t>(q.size());
+  {
+    std::lock_guard<std::mutex> lk(m.pf_mu);
+    if (m.pf_queue.size() >= 64) return 0;  // saturated: the get will read NVMe itself
+    m.pf_queue.push_back(std::move(q));
+  }
+  m.pf_cv.notify_one();
+  m.ctr.prefetch_queued += n;
+  return n;
+}
+
+int32_t TieredStore::remove(const std::string& key) {
+  Impl& m = *impl_;
+  int32_t st = check_key(key);
+  if (st != kOk) return st;
+  bool found;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    found = m.dram->erase(KeyDigest::of(key));
+  }
+  if (m.nvme && m.nvme->remove(key) == kOk) found = true;
+  return found ? kOk : kNotFound;
+}
+
+int32_t TieredStore::remove_all() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    m.dram->clear();
+  }
+  return m.nvme ? m.nvme->remove_all() : kOk;
+}
+
+void TieredStore::close() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    if (m.closed) return;
+    m.closed = true;
+  }
+  m.stop_prefetcher();
+  if (m.nvme) m.nvme->close();
+}
+
+int TieredStore::arena_fd() const { return impl_->dram->arena().fd(); }
+uint64_t TieredStore::arena_size() const { return impl_->dram->arena().size(); }
+uint8_t* TieredStore::arena_base() const { return impl_->dram->arena().base(); }
+
+std::vector<std::string> TieredStore::take_notes() {
+  std::vector<std::string> out;
+  {
+    std::lock_guard<std::mutex> lk(impl_->notes_mu);
+    out.swap(impl_->notes);
+  }
+  if (impl_->nvme)
+    for (auto& s : impl_->nvme->take_notes()) out.push_back("nvme: " + s);
+  return out;
+}
+
+std::string TieredStore::stats_json() {
+  Impl& m = *impl_;
+  std::ostringstream o;
+  DramTier::Stats d;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    d = m.dram->stats();
+  }
+  o << "{\"dram\":{\"capacity\":" << m.dram->arena().size() << ",\"page_kind\":\"" << m.dram->arena().page_kind()
+    << "\",\"slab_size\":" << m.opt.slab_size << ",\"eviction\":\"" << m.opt.eviction << "\",\"entries\":" << d.entries
+    << ",\"value_bytes\":" << d.value_bytes << ",\"slab_pages\":" << d.slab_pages
+    << ",\"slab_pages_free\":" << d.slab_pages_free << ",\"size_classes\":" << d.size_classes
+    << ",\"evictions\":" << d.evictions << ",\"dropped_for_rebalance\":" << d.dropped_for_rebalance
+    << ",\"hits\":" << m.ctr.dram_hits.load() << "}";
+  o << ",\"tiering\":{\"admission\":\"" << m.opt.admission << "\",\"write_through\":" << (m.opt.write_through ? "true" : "false")
+    << ",\"puts\":" << m.ctr.puts.load() << ",\"put_bytes\":" << m.ctr.put_bytes.load()
+    << ",\"skipped_existing\":" << m.ctr.skipped_existing.load() << ",\"gets\":" << m.ctr.gets.load()
+    << ",\"dram_hits\":" << m.ctr.dram_hits.load() << ",\"nvme_hits\":" << m.ctr.nvme_hits.load()
+    << ",\"misses\":" << m.ctr.misses.load() << ",\"get_bytes\":" << m.ctr.get_bytes.load()
+    << ",\"demoted\":" << m.ctr.demoted.load() << ",\"demote_failures\":" << m.ctr.demote_failures.load()
+    << ",\"not_admitted\":" << m.ctr.not_admitted.load() << ",\"promoted\":" << m.ctr.promoted.load()
+    << ",\"written_through\":" << m.ctr.written_through.load() << ",\"prefetch_queued\":" << m.ctr.prefetch_queued.load()
+    << ",\"prefetch_done\":" << m.ctr.prefetch_done.load() << "}";
+  if (m.nvme) {
+    NvmeStats n = m.nvme->stats();
+    o << ",\"nvme\":{\"io_backend\":\"" << n.io_backend << "\",\"direct_io\":" << (n.direct_io ? "true" : "false")
+      << ",\"fixed_buffers\":" << (n.fixed_buffers ? "true" : "false") << ",\"capacity\":" << n.capacity
+      << ",\"region_size\":" << n.region_size << ",\"region_count\":" << n.region_count
+      << ",\"regions_free\":" << n.regions_free << ",\"regions_sealed\":" << n.regions_sealed
+      << ",\"entries\":" << n.entries << ",\"value_bytes\":" << n.value_bytes << ",\"index_bytes\":" << n.index_bytes
+      << ",\"index_bytes_per_entry\":" << n.index_bytes_per_entry << ",\"puts\":" << n.puts
+      << ",\"put_bytes\":" << n.put_bytes << ",\"put_errors\":" << n.put_errors << ",\"gets\":" << n.gets
+      << ",\"hits\":" << n.hits << ",\"misses\":" << n.misses << ",\"get_bytes\":" << n.get_bytes
+      << ",\"checksum_failures\":" << n.checksum_failures << ",\"io_errors\":" << n.io_errors
+      << ",\"evicted_regions\":" << n.evicted_regions << ",\"evicted_pages\":" << n.evicted_pages
+      << ",\"reinserted_pages\":" << n.reinserted_pages << ",\"removes\":" << n.removes
+      << ",\"recovery_seconds\":" << n.recovery_seconds << ",\"recovered_entries\":" << n.recovered_entries
+      << ",\"recovered_regions_scanned\":" << n.recovered_regions_scanned << "}";
+  }
+  o << "}";
+  return o.str();
+}
+
+}  // namespace mch
