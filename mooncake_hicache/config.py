@@ -77,6 +77,10 @@ CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
 DEFAULT_NVME_PATH = "/var/tmp/mooncake-hicache/nvme.data"
 
 IO_BACKENDS = ("auto", "io_uring", "threads")
+EVICTION_POLICIES = ("lru", "s3fifo", "prefix_lru")
+ADMISSION_POLICIES = ("always", "never", "second_hit")
+MODES = ("auto", "node", "in_process")
+DEFAULT_SOCKET = "/tmp/mooncake-hicache/node.sock"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 REGION_ALIGNMENT = 4096
@@ -239,10 +243,58 @@ class NvmeConfig:
 
 
 @dataclass(frozen=True)
+class DramConfig:
+    """The DRAM tier: one shared-memory arena cut into slabs of fixed-size slots."""
+
+    capacity: int = _setting(1 * GiB, parse_size)
+    slab_size: int = _setting(32 * MiB, parse_size)
+    eviction: str = _setting("lru", _choice(EVICTION_POLICIES, str.lower))
+    admission: str = _setting("always", _choice(ADMISSION_POLICIES, str.lower))
+    write_through: bool = _setting(False, _parse_bool)
+    hugepages: bool = _setting(True, _parse_bool)
+
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if self.slab_size % REGION_ALIGNMENT or self.slab_size == 0:
+            raise ConfigError(at("slab_size"), f"slab size {self.slab_size} bytes is not a positive multiple of {REGION_ALIGNMENT}; use e.g. 32MiB (it must hold your largest page)")
+        if self.capacity < self.slab_size:
+            raise ConfigError(at("capacity"), f"capacity {format_size(self.capacity)} is smaller than one slab of {format_size(self.slab_size)}; raise {at('capacity')} or lower {at('slab_size')}")
+
+
+@dataclass(frozen=True)
 class TiersConfig:
     """The storage tiers. ``None`` means the tier is not configured."""
 
+    dram: Optional[DramConfig] = _section(DramConfig, optional=True)
     nvme: Optional[NvmeConfig] = _section(NvmeConfig, optional=True)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The per-host node that serves the tiers to every process on the host."""
+
+    socket: str = _setting(DEFAULT_SOCKET, _parse_path)
+    timeout_ms: int = _setting(5000, _parse_int)
+    autostart: bool = _setting(True, _parse_bool)
+
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if len(os.fsencode(self.socket)) > 107:
+            raise ConfigError(at("socket"), f"socket path {self.socket!r} is longer than the 107 bytes a Unix socket allows; choose a shorter path")
+        if not 1 <= self.timeout_ms <= 600_000:
+            raise ConfigError(at("timeout_ms"), f"timeout {self.timeout_ms} ms is out of range; choose 1 to 600000 (5000 is a good default)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics served by the node over HTTP (``GET /metrics``)."""
+
+    port: int = _setting(9731, _parse_int)
+    host: str = _setting("127.0.0.1", _parse_path)
+
+    def _check(self, where: str) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(_joiner(where)("port"), f"port {self.port} is out of range; choose 1 to 65535, or 0 to turn metrics off")
 
 
 @dataclass(frozen=True)
@@ -256,8 +308,23 @@ class LoggingConfig:
 class Config:
     """The whole configuration. Build it with ``load_config``."""
 
+    mode: str = _setting("auto", _choice(MODES, str.lower))
     tiers: TiersConfig = _section(TiersConfig)
+    node: NodeConfig = _section(NodeConfig)
+    metrics: MetricsConfig = _section(MetricsConfig)
     logging: LoggingConfig = _section(LoggingConfig)
+
+    @property
+    def resolved_mode(self) -> str:
+        """``node`` or ``in_process``: ``auto`` means node when a DRAM tier is configured (its
+        arena is what the node shares with every process on the host), in-process otherwise."""
+        if self.mode != "auto":
+            return self.mode
+        return "node" if self.tiers.dram is not None else "in_process"
+
+    def _check(self, where: str) -> None:
+        if self.mode == "node" and self.tiers.dram is None:
+            raise ConfigError("mode", "mode 'node' needs a tiers.dram section (its arena carries the bytes between processes); add tiers.dram or set mode: in_process")
 
     def to_dict(self) -> dict:
         """The configuration as plain dicts, lists and scalars (sizes as ints); ``load_config``

@@ -9,8 +9,15 @@ Its method names and result conventions follow the Mooncake store's Python API
   take raw addresses that must lie inside a range given to :meth:`Store.register_buffer`;
 * ``put``/``get`` move Python ``bytes`` and need no registration.
 
-In this version the store has the NVMe tier only (``tiers.nvme``); the DRAM tier and the
-per-host node come next. Every call is thread-safe and releases the GIL while it waits.
+Where the tiers live depends on ``mode`` (see ``Config.resolved_mode``):
+
+* ``node`` (the default with a DRAM tier): one node process per host owns the DRAM arena and the
+  NVMe file; every ``Store`` on the host is a client that copies straight between its buffers and
+  the node's shared-memory arena. The first ``Store`` starts the node if none is running.
+* ``in_process``: the tiers live in this process (DRAM + NVMe via ``TieredStore``, or the NVMe
+  engine alone when no DRAM tier is configured).
+
+Every call is thread-safe and releases the GIL while it waits.
 
 Example::
 
@@ -23,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import os
 import threading
@@ -84,18 +92,12 @@ class Store:
     def __init__(self, config: Config):
         config.require_tier()
         self.config = config
-        nv = config.tiers.nvme
-        os.makedirs(os.path.dirname(os.path.abspath(nv.path)) or ".", exist_ok=True)
-        try:
-            self._nvme = _native.NvmeEngine(
-                path=nv.path, capacity=nv.capacity, region_size=nv.region_size,
-                queue_depth=nv.queue_depth, direct_io=nv.direct_io, io_backend=nv.io_backend,
-                sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
-        except _native.EngineError as e:
-            kind, message = e.args if len(e.args) == 2 else ("io", str(e))
-            if kind == "invalid":
-                raise ConfigError("", message) from None
-            raise StoreError(message) from None
+        self.mode = config.resolved_mode
+        if self.mode == "node":
+            from .node import NodeConnection  # the client side of the per-host node
+            self._backend = NodeConnection(config)
+        else:
+            self._backend = open_tiers(config)
         self._buffers = _BufferRegistry()
         self._closed = False
         self._log_notes()
@@ -126,36 +128,46 @@ class Store:
 
     # ---- zero-copy batch API -------------------------------------------------------------
 
-    def batch_put_from(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    def batch_put_from(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int], *,
+                       depths: Optional[Sequence[int]] = None) -> list[int]:
         """Store ``sizes[i]`` bytes at ``ptrs[i]`` under ``keys[i]``. Returns 0 or a negative
-        ErrorCode per key."""
+        ErrorCode per key. ``depths`` (optional) gives each page's position in its prefix chain,
+        which the ``prefix_lru`` eviction policy uses."""
         keys = self._check_lists(keys, ptrs, sizes)
-        return self._flat_call(self._nvme.batch_put, keys, ptrs, sizes)
+        return self._flat_call(self._backend.batch_put, keys, ptrs, sizes, depths)
 
     def batch_get_into(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
         """Read each key's value into the buffer ``(ptrs[i], sizes[i])``. Returns the bytes read,
         ``NOT_FOUND`` for a miss (or a record that failed its checksum), ``BUFFER_TOO_SMALL``,
         or another negative ErrorCode, per key."""
         keys = self._check_lists(keys, ptrs, sizes)
-        return self._flat_call(self._nvme.batch_get, keys, ptrs, sizes)
+        return self._flat_call(self._backend.batch_get, keys, ptrs, sizes)
 
     def batch_put_from_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
-                                     all_sizes: Sequence[Sequence[int]]) -> list[int]:
+                                     all_sizes: Sequence[Sequence[int]], *,
+                                     depths: Optional[Sequence[int]] = None) -> list[int]:
         """Scatter-gather put: key ``i``'s value is the concatenation of the buffers
         ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record."""
         keys = self._check_lists(keys, all_ptrs, all_sizes)
-        return self._sg_call(self._nvme.batch_put_sg, keys, all_ptrs, all_sizes)
+        return self._sg_call(self._backend.batch_put_sg, keys, all_ptrs, all_sizes, depths)
 
     def batch_get_into_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]]) -> list[int]:
         """Scatter-gather get: key ``i``'s value is spread over its buffers in order."""
         keys = self._check_lists(keys, all_ptrs, all_sizes)
-        return self._sg_call(self._nvme.batch_get_sg, keys, all_ptrs, all_sizes)
+        return self._sg_call(self._backend.batch_get_sg, keys, all_ptrs, all_sizes)
 
     def batch_is_exist(self, keys: Sequence[str]) -> list[int]:
         """1 if the key is stored, 0 if not, a negative ErrorCode for a bad key."""
         keys = self._check_lists(keys)
-        return self._nvme.batch_exists(keys)
+        return self._backend.batch_exists(keys)
+
+    def prefetch(self, keys: Sequence[str]) -> int:
+        """Start copying the NVMe-only pages among ``keys`` into DRAM in the background, so a
+        following ``batch_get_into`` reads DRAM. Returns how many pages were queued."""
+        keys = self._check_lists(keys)
+        fn = getattr(self._backend, "prefetch", None)
+        return fn(keys) if fn else 0
 
     # ---- single-key convenience ----------------------------------------------------------
 
@@ -168,14 +180,14 @@ class Store:
             raise StoreError("put needs a contiguous buffer")
         import ctypes
         if len(mv) == 0:
-            return self._nvme.batch_put([_as_key(key)], [1], [0])[0]
+            return self._backend.batch_put([_as_key(key)], [1], [0])[0]
         holder = (ctypes.c_char * len(mv)).from_buffer_copy(mv) if mv.readonly else (ctypes.c_char * len(mv)).from_buffer(mv)
-        return self._nvme.batch_put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
+        return self._backend.batch_put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
 
     def get(self, key: str) -> bytes:
         """The value stored under ``key``, or ``b""`` when it is missing (as Mooncake's ``get``)."""
         self._check_open()
-        out = self._nvme.get_bytes(_as_key(key))
+        out = self._backend.get_bytes(_as_key(key))
         return out if isinstance(out, bytes) else b""
 
     def is_exist(self, key: str) -> int:
@@ -185,31 +197,33 @@ class Store:
     def get_size(self, key: str) -> int:
         """Length of the value stored under ``key``, or a negative ErrorCode."""
         self._check_open()
-        return self._nvme.value_size(_as_key(key))
+        return self._backend.value_size(_as_key(key))
 
     def remove(self, key: str) -> int:
         """Delete ``key`` (also across restarts). Returns 0 or NOT_FOUND."""
         self._check_open()
-        return self._nvme.remove(_as_key(key))
+        return self._backend.remove(_as_key(key))
 
     def remove_all(self) -> int:
         """Delete every key. Returns 0 or a negative ErrorCode."""
         self._check_open()
-        return self._nvme.remove_all()
+        return self._backend.remove_all()
 
     # ---- lifecycle and figures -----------------------------------------------------------
 
     def stats(self) -> dict:
-        """Live figures as a plain dict: ``{"nvme": {...}}`` (entries, bytes, hits, misses,
-        checksum_failures, evictions, index_bytes_per_entry, recovery_seconds, ...)."""
+        """Live figures as a plain dict with one section per part: ``dram``, ``nvme``,
+        ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode). Keys include
+        entries, value_bytes, hits, misses, checksum_failures, evictions,
+        index_bytes_per_entry and recovery_seconds."""
         self._log_notes()
-        return {"nvme": self._nvme.stats()}
+        return backend_stats(self._backend)
 
     def close(self) -> None:
         """Seal the open region, flush, release the data file. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._nvme.close()
+            self._backend.close()
             self._log_notes()
 
     def __enter__(self) -> "Store":
@@ -237,19 +251,26 @@ class Store:
                 raise StoreError(f"got {len(keys)} keys but a list of {len(other)} pointers/sizes; pass one entry per key")
         return [_as_key(k) for k in keys]
 
-    def _flat_call(self, fn, keys: list[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    def _call(self, fn, keys, ptrs, sizes, depths, live):
+        """Run ``fn`` on the keys at indexes ``live``; depths go along when given (backends
+        without a DRAM tier have no use for them)."""
+        args = [[keys[i] for i in live], [ptrs[i] for i in live], [sizes[i] for i in live]]
+        if depths is not None and not isinstance(self._backend, _native.NvmeEngine):
+            if len(depths) != len(keys):
+                raise StoreError(f"got {len(keys)} keys but {len(depths)} depths; pass one depth per key")
+            args.append([int(depths[i]) for i in live])
+        return fn(*args)
+
+    def _flat_call(self, fn, keys: list[str], ptrs: Sequence[int], sizes: Sequence[int], depths=None) -> list[int]:
         # Keys whose buffers are not registered get their code here and are left out of the call.
         codes = [self._buffers.check((p,), (n,)) for p, n in zip(ptrs, sizes)]
-        if not any(codes):
-            return fn(keys, list(ptrs), list(sizes))
         live = [i for i, c in enumerate(codes) if c == 0]
         if live:
-            res = fn([keys[i] for i in live], [ptrs[i] for i in live], [sizes[i] for i in live])
-            for i, r in zip(live, res):
+            for i, r in zip(live, self._call(fn, keys, ptrs, sizes, depths, live)):
                 codes[i] = r
         return [int(c) for c in codes]
 
-    def _sg_call(self, fn, keys: list[str], all_ptrs, all_sizes) -> list[int]:
+    def _sg_call(self, fn, keys: list[str], all_ptrs, all_sizes, depths=None) -> list[int]:
         codes = []
         for i, (p, n) in enumerate(zip(all_ptrs, all_sizes)):
             if len(p) != len(n):
@@ -257,15 +278,50 @@ class Store:
             codes.append(self._buffers.check(p, n) if p else int(ErrorCode.INVALID_PARAMS))
         live = [i for i, c in enumerate(codes) if c == 0]
         if live:
-            res = fn([keys[i] for i in live], [list(all_ptrs[i]) for i in live], [list(all_sizes[i]) for i in live])
-            for i, r in zip(live, res):
+            ptrs = [list(p) for p in all_ptrs]
+            sizes = [list(n) for n in all_sizes]
+            for i, r in zip(live, self._call(fn, keys, ptrs, sizes, depths, live)):
                 codes[i] = r
         return [int(c) for c in codes]
 
     def _log_notes(self) -> None:
-        for line in self._nvme.take_notes():
+        for line in self._backend.take_notes():
             level = logging.WARNING if ("fail" in line or "unavailable" in line or "cannot" in line) else logging.INFO
             log.log(level, "nvme: %s", line)
+
+
+def open_tiers(config: Config):
+    """The in-process tier stack for ``config``: a ``TieredStore`` (DRAM, plus NVMe when
+    configured) or, without a DRAM tier, the NVMe engine alone. Raises ConfigError/StoreError."""
+    nv, dr = config.tiers.nvme, config.tiers.dram
+    if nv is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(nv.path)) or ".", exist_ok=True)
+    try:
+        if dr is None:
+            return _native.NvmeEngine(
+                path=nv.path, capacity=nv.capacity, region_size=nv.region_size,
+                queue_depth=nv.queue_depth, direct_io=nv.direct_io, io_backend=nv.io_backend,
+                sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
+        kwargs = dict(dram_capacity=dr.capacity, slab_size=dr.slab_size, eviction=dr.eviction,
+                      hugepages=dr.hugepages, admission=dr.admission, write_through=dr.write_through)
+        if nv is not None:
+            kwargs.update(nvme_path=nv.path, nvme_capacity=nv.capacity, nvme_region_size=nv.region_size,
+                          nvme_queue_depth=nv.queue_depth, nvme_direct_io=nv.direct_io,
+                          nvme_io_backend=nv.io_backend, nvme_sync_on_seal=nv.sync_on_seal,
+                          nvme_reinsertion=nv.reinsertion)
+        return _native.TieredStore(**kwargs)
+    except _native.EngineError as e:
+        kind, message = e.args if len(e.args) == 2 else ("io", str(e))
+        if kind == "invalid":
+            raise ConfigError("", message) from None
+        raise StoreError(message) from None
+
+
+def backend_stats(backend) -> dict:
+    """Figures of any backend as ``{"dram": ..., "nvme": ..., "tiering": ..., ...}``."""
+    if hasattr(backend, "stats_json"):
+        return json.loads(backend.stats_json())
+    return {"nvme": backend.stats()}
 
 
 def _as_key(key: Any) -> str:

@@ -113,7 +113,7 @@ def test_device_write_failure_fails_the_put_not_the_process(open_store, buffers)
     b = buffers(65536)
     store.register_buffer(b.addr, b.size)
     b.write(0, pattern("x", 65536))
-    store._nvme._inject_write_errors(1)
+    store._backend._inject_write_errors(1)
     assert store.batch_put_from(["bad", "good"], [b.addr, b.addr], [65536, 65536]) == [ErrorCode.IO_ERROR, 0]
     assert store.is_exist("bad") == 0
     assert store.get("good") == pattern("x", 65536)

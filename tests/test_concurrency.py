@@ -16,6 +16,7 @@ def test_concurrent_writers_and_readers_never_see_wrong_bytes(open_store, buffer
     store = open_store(io_backend=backend, capacity="12MiB", region_size="2MiB", queue_depth=4)
     errors: list[str] = []
     writers, readers, rounds, batch = 2, 4, 25, 8
+    first_batch_written = threading.Event()
 
     def writer(w):
         buf = buffers(PAGE * batch)
@@ -27,12 +28,14 @@ def test_concurrent_writers_and_readers_never_see_wrong_bytes(open_store, buffer
             res = store.batch_put_from(keys, [buf.addr + i * PAGE for i in range(batch)], [PAGE] * batch)
             if res != [0] * batch:
                 errors.append(f"put {res}")
+            first_batch_written.set()
 
     def reader(t):
         buf = buffers(PAGE * batch)
         store.register_buffer(buf.addr, buf.size)
+        first_batch_written.wait(timeout=60)
         for r in range(rounds * 2):
-            keys = [f"w{(t + i) % writers}-r{(r // 2 + i) % rounds}-{i}" for i in range(batch)]
+            keys = [f"w{(t + i) % writers}-r{(r // 2) % rounds}-{i}" for i in range(batch)]
             res = store.batch_get_into(keys, [buf.addr + i * PAGE for i in range(batch)], [PAGE] * batch)
             for i, (k, n) in enumerate(zip(keys, res)):
                 if n == PAGE:

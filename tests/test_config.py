@@ -88,9 +88,12 @@ def test_config_objects_are_frozen():
 def test_to_dict_returns_plain_dicts_with_sizes_as_ints(data_path):
     config = load_config(nvme_doc(data_path, capacity="1GiB", region_size="16MiB"), env={})
     assert config.to_dict() == {
-        "tiers": {"nvme": {
+        "mode": "auto",
+        "tiers": {"dram": None, "nvme": {
             "path": data_path, "capacity": GiB, "region_size": 16 * MiB, "queue_depth": 64,
             "direct_io": True, "io_backend": "auto", "sync_on_seal": True, "reinsertion": True}},
+        "node": {"socket": "/tmp/mooncake-hicache/node.sock", "timeout_ms": 5000, "autostart": True},
+        "metrics": {"port": 9731, "host": "127.0.0.1"},
         "logging": {"level": "INFO"},
     }
 
@@ -148,8 +151,8 @@ def test_missing_tiers_section_gives_the_default_nvme_tier():
 @pytest.mark.parametrize("tiers", [{"nvme": None}, {}, None], ids=["nvme-null", "empty", "null"])
 def test_tiers_without_nvme_leave_the_tier_unconfigured(tiers):
     config = load_config({"tiers": tiers}, env={})
-    assert config.tiers == TiersConfig(nvme=None)
-    assert config.to_dict()["tiers"] == {"nvme": None}
+    assert config.tiers == TiersConfig(dram=None, nvme=None)
+    assert config.to_dict()["tiers"] == {"dram": None, "nvme": None}
 
 
 def test_require_tier_rejects_a_config_without_tiers():
@@ -206,7 +209,7 @@ def test_top_level_must_be_a_mapping(tmp_path, document):
     config_file = tmp_path / "config.yaml"
     config_file.write_text(document)
     expect_error(lambda: load_config(str(config_file), env={}), "",
-                 "top level", "must be a mapping", "tiers, logging")
+                 "top level", "must be a mapping", "tiers, node, metrics, logging")
 
 
 def test_unsupported_source_type_is_rejected():
@@ -623,3 +626,44 @@ def test_config_error_is_a_value_error_with_the_field():
     error = expect_error(lambda: load_config({"logging": {"level": "LOUD"}}, env={}), "logging.level")
     assert isinstance(error, ValueError)
     assert error.reason in str(error)
+
+
+# --------------------------------------------------------------------------------------------
+# DRAM tier, node, metrics, mode
+# --------------------------------------------------------------------------------------------
+
+def test_defaults_give_dram_and_nvme_tiers_served_by_a_node():
+    config = load_config(env={})
+    assert config.tiers.dram is not None and config.tiers.nvme is not None
+    assert config.resolved_mode == "node"
+
+
+def test_nvme_only_config_runs_in_process_in_auto_mode(data_path):
+    assert load_config(nvme_doc(data_path), env={}).resolved_mode == "in_process"
+
+
+def test_node_mode_without_dram_is_refused_with_the_fix(data_path):
+    doc = nvme_doc(data_path)
+    doc["mode"] = "node"
+    expect_error(lambda: load_config(doc, env={}), "mode", "needs a tiers.dram section", "mode: in_process")
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("eviction", "fifo", "lru, s3fifo, prefix_lru"),
+    ("admission", "sometimes", "always, never, second_hit"),
+    ("slab_size", "1000", "multiple of 4096"),
+    ("capacity", "1MiB", "smaller than one slab"),
+])
+def test_bad_dram_settings_name_the_field(field, value, fragment):
+    doc = {"tiers": {"dram": {field: value}}}
+    expect_error(lambda: load_config(doc, env={}), f"tiers.dram.{field}", fragment)
+
+
+def test_socket_path_longer_than_a_unix_socket_allows_is_refused():
+    doc = {"node": {"socket": "/tmp/" + "s" * 120}}
+    expect_error(lambda: load_config(doc, env={}), "node.socket", "107 bytes")
+
+
+def test_env_override_sets_the_dram_eviction_policy():
+    config = load_config(env={"MOONCAKE_HICACHE_TIERS__DRAM__EVICTION": "s3fifo"})
+    assert config.tiers.dram.eviction == "s3fifo"

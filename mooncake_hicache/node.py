@@ -1,0 +1,195 @@
+"""The per-host node: one process that owns the DRAM arena and the NVMe file and serves them to
+every process on the host over a Unix socket plus shared memory.
+
+* ``Node`` runs inside the node process (``mooncake-hicache node --config FILE``): it builds the
+  ``TieredStore``, listens on ``node.socket``, serves Prometheus metrics, and on SIGTERM/SIGINT
+  stops listening and closes the tiers (sealing the NVMe region, so a restart finds every page that
+  reached NVMe; DRAM pages that were never demoted are gone).
+* ``NodeConnection`` is what a ``Store`` in node mode talks to: a ``NodeClient`` that starts the
+  node when none answers (``node.autostart``), and restarts it after it died.
+
+Starting is race-free: processes that start together (the ranks of one server) take an exclusive
+``flock`` on ``<socket>.lock``; the holder checks again whether a node answers and, if not, starts
+one and waits until it does, so exactly one node is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+import yaml
+
+from . import _native
+from .config import Config, load_config
+from .errors import ConfigError, StoreError
+from .metrics import MetricsServer
+from .store import backend_stats, open_tiers
+
+log = logging.getLogger("mooncake_hicache.node")
+
+START_TIMEOUT_S = 60.0
+RESTART_INTERVAL_S = 1.0
+
+
+class Node:
+    """The node process's main object. ``serve_forever()`` blocks until SIGTERM/SIGINT."""
+
+    def __init__(self, config: Config):
+        if config.tiers.dram is None:
+            raise ConfigError("tiers.dram", "the node needs a DRAM tier (its arena is shared with clients); add tiers.dram")
+        self.config = config
+        os.makedirs(os.path.dirname(os.path.abspath(config.node.socket)) or ".", exist_ok=True)
+        self.store = open_tiers(config)
+        try:
+            self.server = _native.NodeServer(self.store, config.node.socket, config.node.timeout_ms)
+            self.server.start()
+        except Exception:
+            self.store.close()
+            raise
+        self.metrics: Optional[MetricsServer] = None
+        if config.metrics.port:
+            try:
+                self.metrics = MetricsServer(config.metrics.host, config.metrics.port, self.stats)
+            except OSError as e:  # a busy port must not keep the cache from serving
+                log.warning("metrics endpoint %s:%d unavailable (%s); set metrics.port to a free port or 0",
+                            config.metrics.host, config.metrics.port, e.strerror)
+        self._stop = threading.Event()
+        self._log_notes()
+
+    def stats(self) -> dict:
+        out = backend_stats(self.store)
+        out["node"] = dict(self.server.stats(), pid=os.getpid(), socket=self.config.node.socket)
+        return out
+
+    def serve_forever(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        log.info("node %d serving %s (dram %d MiB, nvme %s)", os.getpid(), self.config.node.socket,
+                 self.config.tiers.dram.capacity >> 20,
+                 self.config.tiers.nvme.path if self.config.tiers.nvme else "off")
+        while not self._stop.wait(1.0):
+            self._log_notes()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop listening, close the tiers (seals NVMe). Idempotent."""
+        self._stop.set()
+        if self.metrics:
+            self.metrics.close()
+            self.metrics = None
+        self.server.stop()
+        self.store.close()
+        self._log_notes()
+        log.info("node %d stopped", os.getpid())
+
+    def _log_notes(self) -> None:
+        for line in self.store.take_notes():
+            log.info("%s", line)
+
+
+def run_node(config_source) -> int:
+    """Entry point of ``mooncake-hicache node``: serve until SIGTERM/SIGINT; returns 0."""
+    config = config_source if isinstance(config_source, Config) else load_config(config_source)
+    logging.basicConfig(level=config.logging.level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    node = Node(config)
+    print(f"mooncake-hicache node {os.getpid()} ready on {config.node.socket}", flush=True)
+    node.serve_forever()
+    return 0
+
+
+# ---- client side -------------------------------------------------------------------------------
+
+class NodeConnection:
+    """A ``NodeClient`` that starts the node when none is running and restarts a dead one.
+
+    Has the batch methods of the in-process backends, so ``Store`` drives it the same way. When
+    the node dies, calls return misses (reads) or NODE_UNAVAILABLE (writes) within the timeout;
+    the next call after ``RESTART_INTERVAL_S`` starts a new node (if ``node.autostart``)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._lock = threading.Lock()  # guards _client replacement and _last_restart
+        self._last_restart = 0.0
+        self._client = self._connect_or_start()
+
+    # The batch API is forwarded to the current client; a dead node is restarted lazily.
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._revive_if_needed()
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _revive_if_needed(self) -> None:
+        if self._client.healthy or not self.config.node.autostart:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self._client.healthy or now - self._last_restart < RESTART_INTERVAL_S:
+                return
+            self._last_restart = now
+            try:
+                new = self._connect_or_start()
+            except StoreError as e:
+                log.warning("node restart failed: %s", e)
+                return
+            old, self._client = self._client, new
+            old.close()
+
+    def _try_connect(self):
+        try:
+            client = _native.NodeClient(self.config.node.socket, self.config.node.timeout_ms)
+        except Exception:
+            return None
+        return client if client.healthy else None
+
+    def _connect_or_start(self):
+        client = self._try_connect()
+        if client is not None:
+            return client
+        if not self.config.node.autostart:
+            raise StoreError(f"no node answers on {self.config.node.socket}; start one with "
+                             f"'mooncake-hicache node --config FILE' or set node.autostart: true")
+        sock = self.config.node.socket
+        os.makedirs(os.path.dirname(os.path.abspath(sock)) or ".", exist_ok=True)
+        with open(sock + ".lock", "a+") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # one starter per host; the others wait here
+            client = self._try_connect()
+            if client is not None:
+                return client
+            start_node_process(self.config)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                client = self._try_connect()
+                if client is not None:
+                    return client
+                time.sleep(0.05)
+        raise StoreError(f"started a node for {sock} but it did not answer within {START_TIMEOUT_S:.0f} s; "
+                         f"see {sock}.log")
+
+
+def start_node_process(config: Config) -> subprocess.Popen:
+    """Start ``python -m mooncake_hicache node`` detached, with ``config`` written next to the
+    socket; its output goes to ``<socket>.log``."""
+    sock = config.node.socket
+    cfg_path = sock + ".yaml"
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f)
+    log.info("starting a mooncake-hicache node on %s", sock)
+    with open(sock + ".log", "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", cfg_path],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
