@@ -1,5 +1,7 @@
 #include "dram/dram_tier.h"
 
+#include <cstring>
+
 #include "nvme/nvme_engine.h"  // EngineError
 #include "nvme/record_format.h"
 
@@ -58,9 +60,10 @@ bool DramTier::assign_free_page(int cls) {
   return true;
 }
 
-// Moves one slab page from the class holding the most pages to `cls`, dropping its entries.
-// Only pages with no pinned or in-flight slot qualify.
-bool DramTier::steal_page(int cls) {
+// Moves one slab page from the class holding the most pages to `cls`; its entries are evicted
+// (their bytes copied into the victims, since the page is re-cut at once). Only pages with no
+// pinned or in-flight slot qualify.
+bool DramTier::steal_page(int cls, std::vector<Victim>* victims) {
   int donor = -1;
   for (size_t k = 0; k < classes_.size(); k++)
     if (static_cast<int>(k) != cls && !classes_[k].pages.empty() &&
@@ -77,6 +80,14 @@ bool DramTier::steal_page(int cls) {
     for (uint32_t i = 0; i < pages_[p].slots.size(); i++) {
       Slot& s = pages_[p].slots[i];
       if (s.state == kReady) {
+        Victim v;
+        v.key = s.key;
+        v.digest = s.digest;
+        v.len = s.len;
+        v.hits = s.hits;
+        v.copy = AlignedBuffer(fmt::align_up(std::max<uint64_t>(s.len, 1)));
+        memcpy(v.copy.data(), data(p * per_page_max_ + i), s.len);
+        victims->push_back(std::move(v));
         d.policy->remove(p * per_page_max_ + i, true);
         index_.erase(s.digest);
         value_bytes_ -= s.len;
@@ -96,8 +107,7 @@ bool DramTier::steal_page(int cls) {
   return false;
 }
 
-int64_t DramTier::reserve(uint64_t len, Victim* victim) {
-  victim->valid = false;
+int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
   if (len > opt_.slab_size) return kValueTooLarge;
   int cls = class_for(len);
   SizeClass& c = classes_[cls];
@@ -108,11 +118,12 @@ int64_t DramTier::reserve(uint64_t len, Victim* victim) {
     });
     if (v >= 0) {
       Slot& s = slots_at(static_cast<uint32_t>(v));
-      victim->valid = true;
-      victim->key = s.key;
-      victim->digest = s.digest;
-      victim->len = s.len;
-      victim->hits = s.hits;
+      Victim vic;
+      vic.key = s.key;
+      vic.digest = s.digest;
+      vic.len = s.len;
+      vic.hits = s.hits;
+      victims->push_back(std::move(vic));
       c.policy->remove(static_cast<uint32_t>(v), true);
       index_.erase(s.digest);
       value_bytes_ -= s.len;
@@ -124,7 +135,7 @@ int64_t DramTier::reserve(uint64_t len, Victim* victim) {
       s.key.clear();
       return v;
     }
-    if (!steal_page(cls)) return kNoSpace;
+    if (!steal_page(cls, victims)) return kNoSpace;
   }
   uint32_t id = c.free.back();
   c.free.pop_back();

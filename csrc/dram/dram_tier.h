@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/aligned_buffer.h"
 #include "common/checksum.h"
 #include "dram/dram_arena.h"
 #include "dram/eviction_policy.h"
@@ -41,23 +42,25 @@ class DramTier {
     KeyDigest digest;
     std::string key;
   };
-  // An entry evicted by reserve() whose bytes are still in the returned slot.
+  // An entry evicted by reserve(). Its bytes are either still in the slot reserve() returned
+  // (same size class: nobody else writes there until the caller does) or, for entries dropped
+  // to move a slab page to another class, in `copy`.
   struct Victim {
-    bool valid = false;
     std::string key;
     KeyDigest digest;
     uint32_t len = 0;
     uint32_t hits = 0;
+    AlignedBuffer copy;  // empty when the bytes are in the reserved slot
   };
 
   explicit DramTier(const Options& opt);  // throws EngineError
 
   // Ready slot holding `d`, or -1.
   int64_t find(const KeyDigest& d) const;
-  // A kWriting slot for `len` bytes, or a negative Status. May evict one entry of the same size
-  // class (described in *victim, bytes intact until the caller overwrites the slot), or drop
-  // entries of another class to move a slab page (counted, not returned).
-  int64_t reserve(uint64_t len, Victim* victim);
+  // A kWriting slot for `len` bytes, or a negative Status. Entries evicted to make room are
+  // appended to *victims: one of the same size class (bytes still in the returned slot), or those
+  // of a slab page moved from another class (bytes copied out).
+  int64_t reserve(uint64_t len, std::vector<Victim>* victims);
   // kWriting -> kReady and indexed; an older entry of the same key is replaced.
   void publish(uint32_t slot, const std::string& key, const KeyDigest& d, uint32_t len, uint32_t depth);
   void abort(uint32_t slot);  // kWriting -> kFree
@@ -92,7 +95,7 @@ class DramTier {
   const Slot& slots_at(uint32_t id) const { return pages_[id / per_page_max_].slots[id % per_page_max_]; }
   int class_for(uint64_t len);
   bool assign_free_page(int cls);
-  bool steal_page(int cls);
+  bool steal_page(int cls, std::vector<Victim>* victims);
   void release(uint32_t id);  // -> kFree, back on its class's free list
 
   struct Page {

@@ -1,6 +1,227 @@
-// Python bindings of the node layer (NodeServer, NodeClient).
+// Python bindings of the node layer: _native.NodeServer (serves a TieredStore on a Unix socket)
+// and _native.NodeClient (same batch methods as _native.TieredStore / NvmeEngine, through the
+// node). Lists are converted with the GIL held; the GIL is released around every call that may
+// block (socket I/O, memcpy of a batch, joining threads).
+#include <Python.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "node/node_client.h"
+#include "node/node_server.h"
+#include "node/protocol.h"
+#include "tiering/tiered_store.h"
 
 namespace py = pybind11;
+using namespace mch;
 
-void bind_node(py::module_& m) {}
+namespace {
+
+std::vector<SgList> flat_sg(const std::vector<uintptr_t>& ptrs, const std::vector<uint64_t>& sizes) {
+  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
+  std::vector<SgList> out(ptrs.size());
+  for (size_t i = 0; i < ptrs.size(); i++) out[i] = {Segment{reinterpret_cast<uint8_t*>(ptrs[i]), sizes[i]}};
+  return out;
+}
+
+std::vector<SgList> multi_sg(const std::vector<std::vector<uintptr_t>>& ptrs,
+                             const std::vector<std::vector<uint64_t>>& sizes) {
+  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
+  std::vector<SgList> out(ptrs.size());
+  for (size_t i = 0; i < ptrs.size(); i++) {
+    if (ptrs[i].size() != sizes[i].size())
+      throw py::value_error("key " + std::to_string(i) + ": pointer and size lists differ in length");
+    out[i].reserve(ptrs[i].size());
+    for (size_t j = 0; j < ptrs[i].size(); j++) out[i].push_back(Segment{reinterpret_cast<uint8_t*>(ptrs[i][j]), sizes[i][j]});
+  }
+  return out;
+}
+
+std::vector<int32_t> put(NodeClient& c, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
+                         const std::vector<uint32_t>& depths) {
+  if (keys.size() != sg.size()) throw py::value_error("keys and pointers differ in length");
+  std::vector<int32_t> res(keys.size());
+  py::gil_scoped_release nogil;
+  c.batch_put(keys, sg, depths, res.data());
+  return res;
+}
+
+std::vector<int64_t> get(NodeClient& c, const std::vector<std::string>& keys, const std::vector<SgList>& sg) {
+  if (keys.size() != sg.size()) throw py::value_error("keys and pointers differ in length");
+  std::vector<int64_t> res(keys.size());
+  py::gil_scoped_release nogil;
+  c.batch_get(keys, sg, res.data());
+  return res;
+}
+
+py::dict server_stats(const NodeServerStats& s) {
+  py::dict d;
+  d["connections"] = s.connections;
+  d["connections_total"] = s.connections_total;
+  d["requests"] = s.requests;
+  py::dict by_op;
+  for (int i = 1; i < proto::kOpCount; i++) by_op[proto::op_name(static_cast<uint16_t>(i))] = s.requests_by_op[i];
+  d["requests_by_op"] = by_op;
+  d["bad_frames"] = s.bad_frames;
+  d["version_mismatches"] = s.version_mismatches;
+  d["pins_held"] = s.pins_held;
+  d["reservations_held"] = s.reservations_held;
+  d["released_pins"] = s.released_pins;
+  d["released_reservations"] = s.released_reservations;
+  d["unknown_tokens"] = s.unknown_tokens;
+  d["client_pids"] = s.client_pids;
+  return d;
+}
+
+}  // namespace
+
+void bind_node(py::module_& m) {
+  m.attr("PROTOCOL_VERSION") = proto::kVersion;
+  m.attr("PROTOCOL_MIN_VERSION") = proto::kMinVersion;
+  m.attr("PROTOCOL_MAGIC") = proto::kMagic;
+
+  py::class_<NodeServer>(m, "NodeServer",
+                         "Serves a TieredStore to other processes on a Unix socket (shared-memory arena).")
+      .def(py::init([](TieredStore& store, const std::string& socket_path, int timeout_ms) {
+             return std::make_unique<NodeServer>(store, socket_path, timeout_ms);
+           }),
+           py::arg("store"), py::arg("socket_path"), py::arg("timeout_ms") = 5000,
+           py::keep_alive<1, 2>())  // the store lives at least as long as the server
+      .def("start",
+           [](NodeServer& s) {
+             py::gil_scoped_release nogil;
+             s.start();
+           },
+           "Bind and listen. Raises EngineError ('in_use' when a live node already serves the path).")
+      .def("stop",
+           [](NodeServer& s) {
+             py::gil_scoped_release nogil;
+             s.stop();
+           },
+           "Close the listener and all connections (their pins and reservations are released).")
+      .def("stats",
+           [](NodeServer& s) {
+             NodeServerStats st;
+             {
+               py::gil_scoped_release nogil;
+               st = s.stats();
+             }
+             return server_stats(st);
+           })
+      .def_property_readonly("running", &NodeServer::running)
+      .def_property_readonly("socket_path", &NodeServer::socket_path)
+      .def_property_readonly("instance", &NodeServer::instance);
+
+  py::class_<NodeClient>(m, "NodeClient",
+                         "A process's handle on the host's node: batch calls over a Unix socket, bytes through "
+                         "the shared arena. Never raises for node failures: reads miss, writes return "
+                         "NODE_UNAVAILABLE.")
+      .def(py::init([](const std::string& socket_path, int timeout_ms, uint16_t protocol_version) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<NodeClient>(socket_path, timeout_ms, protocol_version);
+           }),
+           py::arg("socket_path"), py::arg("timeout_ms") = 5000, py::arg("protocol_version") = proto::kVersion)
+      .def("batch_put",
+           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
+              const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths) {
+             return put(c, keys, flat_sg(ptrs, sizes), depths);
+           },
+           py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = std::vector<uint32_t>{})
+      .def("batch_put_sg",
+           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
+              const std::vector<std::vector<uint64_t>>& sizes, const std::vector<uint32_t>& depths) {
+             return put(c, keys, multi_sg(ptrs, sizes), depths);
+           },
+           py::arg("keys"), py::arg("all_ptrs"), py::arg("all_sizes"), py::arg("depths") = std::vector<uint32_t>{})
+      .def("batch_get",
+           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
+              const std::vector<uint64_t>& sizes) { return get(c, keys, flat_sg(ptrs, sizes)); },
+           py::arg("keys"), py::arg("ptrs"), py::arg("sizes"))
+      .def("batch_get_sg",
+           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
+              const std::vector<std::vector<uint64_t>>& sizes) { return get(c, keys, multi_sg(ptrs, sizes)); },
+           py::arg("keys"), py::arg("all_ptrs"), py::arg("all_sizes"))
+      .def("batch_exists",
+           [](NodeClient& c, const std::vector<std::string>& keys) {
+             std::vector<int32_t> res(keys.size());
+             py::gil_scoped_release nogil;
+             c.batch_exists(keys, res.data());
+             return res;
+           })
+      .def("prefetch",
+           [](NodeClient& c, const std::vector<std::string>& keys) {
+             py::gil_scoped_release nogil;
+             return c.prefetch(keys);
+           })
+      .def("remove",
+           [](NodeClient& c, const std::string& key) {
+             py::gil_scoped_release nogil;
+             return c.remove(key);
+           })
+      .def("remove_all",
+           [](NodeClient& c) {
+             py::gil_scoped_release nogil;
+             return c.remove_all();
+           })
+      .def("stats_json",
+           [](NodeClient& c) {
+             std::string s;
+             bool ok;
+             {
+               py::gil_scoped_release nogil;
+               ok = c.stats_json(&s);
+             }
+             if (!ok) throw EngineError(EngineError::kIo, c.last_error());
+             return s;
+           },
+           "The node's figures as a JSON string; raises EngineError('io', ...) when the node is unavailable.")
+      .def("get_bytes",
+           [](NodeClient& c, const std::string& key) -> py::object {
+             py::object out;
+             int64_t r;
+             {
+               py::gil_scoped_release nogil;
+               r = c.get_value(key, [&out](size_t n) -> uint8_t* {
+                 py::gil_scoped_acquire gil;
+                 PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
+                 if (!b) {
+                   PyErr_Clear();
+                   return nullptr;
+                 }
+                 out = py::reinterpret_steal<py::object>(b);
+                 return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
+               });
+             }
+             if (r >= 0) return out;
+             return py::int_(r);
+           },
+           "The value as bytes, or a negative error code (NOT_FOUND for a miss or an unavailable node).")
+      .def("value_size",
+           [](NodeClient& c, const std::string& key) {
+             py::gil_scoped_release nogil;
+             return c.value_size(key);
+           })
+      .def("ping",
+           [](NodeClient& c) {
+             py::gil_scoped_release nogil;
+             return c.ping();
+           })
+      .def("close",
+           [](NodeClient& c) {
+             py::gil_scoped_release nogil;
+             c.close();
+           })
+      .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
+      .def_property_readonly("last_error", &NodeClient::last_error)
+      .def_property_readonly("socket_path", &NodeClient::socket_path)
+      .def_property_readonly("timeout_ms", &NodeClient::timeout_ms)
+      .def_property_readonly("node_info", [](NodeClient& c) {
+        NodeInfo i = c.info();
+        py::dict d;
+        d["protocol_version"] = i.version;
+        d["pid"] = i.node_pid;
+        d["instance"] = i.instance;
+        d["arena_size"] = i.arena_size;
+        d["info"] = i.info;
+        return d;
+      });
+}

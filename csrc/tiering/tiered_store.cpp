@@ -2,11 +2,13 @@
 #include "tiering/tiered_store.h"
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <unordered_map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -55,6 +57,13 @@ struct TieredStore::Impl {
   std::unique_ptr<DramTier> dram;
   std::unique_ptr<NvmeEngine> nvme;  // internally synchronised
   bool closed = false;
+  // Pages evicted from DRAM whose demotion to NVMe is in flight (guarded by mu): they still
+  // count as present, and a get of one waits for its demotion instead of missing.
+  struct DigestHash {
+    size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
+  };
+  std::unordered_map<KeyDigest, int, DigestHash> demoting;
+  std::condition_variable demoted_cv;
 
   // Background promotion of prefetched keys: one worker, a bounded queue (guarded by pf_mu).
   std::mutex pf_mu;
@@ -112,34 +121,77 @@ struct TieredStore::Impl {
     return true;
   }
 
-  // Writes evicted entries (their bytes still sit in `slots`) to NVMe before the slots are reused.
-  void demote(const std::vector<DramTier::Victim>& victims, const std::vector<uint32_t>& slots) {
-    if (victims.empty()) return;
+  // An evicted entry waiting to be demoted, and the slot holding its bytes (kNone when the
+  // bytes were copied out into the victim).
+  struct Pending {
+    static constexpr uint32_t kNone = UINT32_MAX;
+    DramTier::Victim v;
+    uint32_t slot;
+  };
+
+  // Calls dram->reserve and records its victims as pending demotion. Caller holds mu.
+  int64_t reserve_locked(uint64_t len, std::vector<Pending>* pending) {
+    std::vector<DramTier::Victim> victims;
+    int64_t s = dram->reserve(len, &victims);
+    for (auto& v : victims) {
+      if (nvme && admit(v)) demoting[v.digest]++;
+      uint32_t where = v.copy.data() ? Pending::kNone : static_cast<uint32_t>(s);
+      pending->push_back(Pending{std::move(v), where});
+    }
+    return s;
+  }
+
+  // Writes evicted entries to NVMe (before their slots are reused), then marks them settled.
+  void demote(std::vector<Pending>& pending) {
+    if (pending.empty()) return;
     std::vector<std::string> keys;
     std::vector<SgList> sg;
-    for (size_t i = 0; i < victims.size(); i++) {
-      if (!nvme || !admit(victims[i])) {
+    std::vector<KeyDigest> settled;
+    for (auto& p : pending) {
+      if (!nvme || !admit(p.v)) {
         ctr.not_admitted++;
         continue;
       }
-      keys.push_back(victims[i].key);
-      sg.push_back({Segment{dram->data(slots[i]), victims[i].len}});
+      settled.push_back(p.v.digest);
+      uint8_t* bytes = p.slot == Pending::kNone ? p.v.copy.data() : dram->data(p.slot);
+      keys.push_back(p.v.key);
+      sg.push_back({Segment{bytes, p.v.len}});
     }
-    if (keys.empty()) return;
-    // Pages already on NVMe (written through, or promoted from there) need no second copy.
-    std::vector<int32_t> have(keys.size());
-    nvme->batch_exists(keys, have.data());
-    std::vector<std::string> k2;
-    std::vector<SgList> s2;
-    for (size_t i = 0; i < keys.size(); i++)
-      if (have[i] != 1) {
-        k2.push_back(std::move(keys[i]));
-        s2.push_back(std::move(sg[i]));
+    if (!keys.empty()) {
+      // Pages already on NVMe (written through, or promoted from there) need no second copy.
+      std::vector<int32_t> have(keys.size());
+      nvme->batch_exists(keys, have.data());
+      std::vector<std::string> k2;
+      std::vector<SgList> s2;
+      for (size_t i = 0; i < keys.size(); i++)
+        if (have[i] != 1) {
+          k2.push_back(std::move(keys[i]));
+          s2.push_back(std::move(sg[i]));
+        }
+      if (!k2.empty()) {
+        std::vector<int32_t> res(k2.size());
+        nvme->batch_put(k2, s2, res.data());
+        for (int32_t r : res) (r == kOk ? ctr.demoted : ctr.demote_failures)++;
       }
-    if (k2.empty()) return;
-    std::vector<int32_t> res(k2.size());
-    nvme->batch_put(k2, s2, res.data());
-    for (int32_t r : res) (r == kOk ? ctr.demoted : ctr.demote_failures)++;
+    }
+    if (settled.empty()) return;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      for (const auto& d : settled) {
+        auto it = demoting.find(d);
+        if (it != demoting.end() && --it->second == 0) demoting.erase(it);
+      }
+    }
+    demoted_cv.notify_all();
+  }
+
+  // Waits (mu held via lk) until none of `digests` is being demoted, at most 10 s.
+  void wait_demoted(std::unique_lock<std::mutex>& lk, const std::vector<KeyDigest>& digests) {
+    demoted_cv.wait_for(lk, std::chrono::seconds(10), [&] {
+      for (const auto& d : digests)
+        if (demoting.count(d)) return false;
+      return true;
+    });
   }
 
   // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
@@ -147,32 +199,32 @@ struct TieredStore::Impl {
   void promote(const std::vector<std::string>& keys, bool pin, std::vector<GetTicket>* out) {
     out->assign(keys.size(), GetTicket{});
     if (!nvme || keys.empty()) return;
+    {
+      std::vector<KeyDigest> ds;
+      for (const auto& k : keys) ds.push_back(KeyDigest::of(k));
+      std::unique_lock<std::mutex> lk(mu);
+      wait_demoted(lk, ds);  // a page on its way to NVMe is read once it is there
+    }
     std::vector<int64_t> sizes(keys.size());
     for (size_t i = 0; i < keys.size(); i++) sizes[i] = nvme->value_size(keys[i]);
     std::vector<size_t> idx;
     std::vector<uint32_t> slot_of;
-    std::vector<DramTier::Victim> victims;
-    std::vector<uint32_t> victim_slots;
+    std::vector<Pending> pending;
     {
       std::lock_guard<std::mutex> lk(mu);
       if (closed) return;
       for (size_t i = 0; i < keys.size(); i++) {
         if (sizes[i] < 0) continue;
-        DramTier::Victim v;
-        int64_t s = dram->reserve(static_cast<uint64_t>(sizes[i]), &v);
+        int64_t s = reserve_locked(static_cast<uint64_t>(sizes[i]), &pending);
         if (s < 0) {  // no room in DRAM right now
           (*out)[i].status = kNoSpace;
           continue;
-        }
-        if (v.valid) {
-          victims.push_back(std::move(v));
-          victim_slots.push_back(static_cast<uint32_t>(s));
         }
         idx.push_back(i);
         slot_of.push_back(static_cast<uint32_t>(s));
       }
     }
-    demote(victims, victim_slots);
+    demote(pending);
     std::vector<std::string> k;
     std::vector<SgList> sg;
     for (size_t j = 0; j < idx.size(); j++) {
@@ -235,8 +287,7 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
   out->assign(keys.size(), PutTicket{});
   std::vector<KeyDigest> digests(keys.size());
   for (size_t i = 0; i < keys.size(); i++) digests[i] = KeyDigest::of(keys[i]);
-  std::vector<DramTier::Victim> victims;
-  std::vector<uint32_t> victim_slots;
+  std::vector<Impl::Pending> pending;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     if (m.closed) {
@@ -253,8 +304,7 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
         m.ctr.skipped_existing++;
         continue;
       }
-      DramTier::Victim v;
-      int64_t s = m.dram->reserve(sizes[i], &v);
+      int64_t s = m.reserve_locked(sizes[i], &pending);
       if (s < 0) {
         t.status = static_cast<int32_t>(s);
         continue;
@@ -264,15 +314,11 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
       slot.digest = digests[i];
       slot.len = static_cast<uint32_t>(sizes[i]);
       slot.depth = i < depths.size() ? depths[i] : 0;
-      if (v.valid) {
-        victims.push_back(std::move(v));
-        victim_slots.push_back(static_cast<uint32_t>(s));
-      }
       t.offset = m.dram->offset(static_cast<uint32_t>(s));
       t.token = make_token(static_cast<uint32_t>(s), slot.gen);
     }
   }
-  m.demote(victims, victim_slots);  // before the caller overwrites the victims' slots
+  m.demote(pending);  // before the caller overwrites the victims' slots
 }
 
 void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results) {
@@ -527,7 +573,8 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
         results[i] = st;
         continue;
       }
-      results[i] = m.dram->find(KeyDigest::of(keys[i])) >= 0 ? 1 : 0;
+      KeyDigest d = KeyDigest::of(keys[i]);
+      results[i] = (m.dram->find(d) >= 0 || m.demoting.count(d)) ? 1 : 0;
       if (results[i] == 0 && m.nvme) {
         rest.push_back(keys[i]);
         idx.push_back(i);

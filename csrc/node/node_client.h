@@ -1,0 +1,112 @@
+// NodeClient: one process's handle on the host's node (node_server.h), with the same batch
+// methods as the in-process engines so mooncake_hicache.Store can drive either. One request per
+// batch goes over the Unix socket; value bytes move with one memcpy between the caller's buffers
+// and the node's arena, which the client maps from the memfd the node sends at HELLO.
+//
+// Owns: a small pool of connections (one per concurrently calling thread, opened on demand, each
+// with its own HELLO) and one shared mapping of the node's arena (ArenaMap, held through
+// shared_ptr by every connection and so by every call in flight). A restarted node has a new
+// arena: the next HELLO maps it, connections to the old node are dropped, and the old mapping
+// is unmapped when its last user lets go (bytes copied out of a pinned slot are valid even if
+// the node dies after the pin: the mapping keeps the memfd alive).
+//
+// Failures never raise and never hang: every round trip has a deadline of timeout_ms. When the
+// node is gone or late, reads return NOT_FOUND (a miss), exists returns 0 and writes return
+// NODE_UNAVAILABLE; the connection is dropped (the node then releases whatever it held for it).
+// The next call tries one fresh connection; after a timeout, calls within the next timeout_ms
+// fail at once without trying (a hung node costs one timeout per window, not one per call).
+// healthy() says whether the last call reached the node.
+//
+// Threading: every method may be called from any thread concurrently. pool_mu_ guards the idle
+// list, the current mapping, the cool-down, closed_ and last_error_; it is held only for those
+// list/field operations, never across socket I/O or memcpy. A Conn is used by one thread at a
+// time: it is taken out of the pool for the whole call. No method calls into Python except the
+// `alloc` callback of get_value, which runs while no lock is held.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "node/protocol.h"
+#include "nvme/nvme_engine.h"  // Segment, SgList, EngineError
+
+namespace mch {
+
+struct NodeInfo {
+  uint16_t version = 0;     // protocol version agreed at HELLO
+  uint32_t node_pid = 0;
+  uint64_t instance = 0;    // random per node start
+  uint64_t arena_size = 0;
+  std::string info;
+};
+
+class NodeClient {
+ public:
+  // Connects and says HELLO. Throws EngineError: kFormat when the node speaks other protocol
+  // versions (the message says which), kInvalid for a bad path, kIo when no node answers.
+  // protocol_version is a test hook (a client of another version).
+  NodeClient(std::string socket_path, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
+  ~NodeClient();
+  NodeClient(const NodeClient&) = delete;
+  NodeClient& operator=(const NodeClient&) = delete;
+
+  // results[i]: 0 or a negative Status. A value already stored (same key and size) is not
+  // copied again and reports 0. depths may be empty.
+  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                 const std::vector<uint32_t>& depths, int32_t* results);
+  // results[i]: bytes copied into buffers[i] (spread over its segments in order), or a negative
+  // Status: NOT_FOUND, BUFFER_TOO_SMALL (the value is larger than the segments), ...
+  void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
+  // results[i]: 1 present, 0 absent (or node unavailable), negative Status for a bad key.
+  void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  int32_t prefetch(const std::vector<std::string>& keys);  // keys queued for promotion
+  int32_t remove(const std::string& key);
+  int32_t remove_all();
+  // The node's figures as a JSON object; false (and last_error()) when the node is unavailable.
+  bool stats_json(std::string* out);
+  // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
+  // Status. alloc may return nullptr (then kInvalidParams).
+  int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
+  int64_t value_size(const std::string& key);
+  bool ping();
+  // Drops every connection; later calls return CLOSED. Calls in flight finish normally.
+  void close();
+
+  bool healthy() const { return healthy_.load(); }
+  std::string last_error() const;
+  NodeInfo info() const;  // of the node last greeted
+  const std::string& socket_path() const { return path_; }
+  int timeout_ms() const { return timeout_ms_; }
+
+ private:
+  struct ArenaMap;
+  struct Conn;
+  enum class Fail { kNone, kClosed, kUnavailable };
+
+  std::unique_ptr<Conn> acquire(Fail* why);
+  void release(std::unique_ptr<Conn> c);
+  void fail(std::unique_ptr<Conn> c, int err, const std::string& what);
+  std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
+  int roundtrip(Conn& c, proto::Reader* reply);
+  std::string describe(int err, const Conn* c) const;
+  int32_t check_key(const std::string& k) const;
+
+  const std::string path_;
+  const int timeout_ms_;
+  const uint16_t version_;
+  std::atomic<bool> healthy_{false};
+
+  mutable std::mutex pool_mu_;  // see the header comment for what it guards
+  std::vector<std::unique_ptr<Conn>> idle_;
+  std::shared_ptr<ArenaMap> map_;  // the current node's arena
+  NodeInfo info_;
+  proto::Clock::time_point cooldown_until_{};
+  bool closed_ = false;
+  std::string last_error_;
+};
+
+}  // namespace mch
