@@ -210,6 +210,8 @@ void bind_node(py::module_& m) {
              py::gil_scoped_release nogil;
              c.close();
            })
+      .def("take_notes", &NodeClient::take_notes, py::call_guard<py::gil_scoped_release>(),
+           "Lines worth logging once (connected, node lost, reconnected); cleared when taken.")
       .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
       .def_property_readonly("last_error", &NodeClient::last_error)
       .def_property_readonly("socket_path", &NodeClient::socket_path)

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "common/status.h"
@@ -187,6 +188,24 @@ std::string NodeClient::last_error() const {
   return last_error_;
 }
 
+std::vector<std::string> NodeClient::take_notes() {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  std::vector<std::string> out;
+  out.swap(notes_);
+  return out;
+}
+
+void NodeClient::note_locked(std::string line) {
+  if (notes_.size() < kMaxNotes) notes_.push_back(std::move(line));
+}
+
+void NodeClient::mark_down(const std::string& msg) {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  last_error_ = msg;
+  if (healthy_.exchange(false))
+    note_locked("node unavailable (" + msg + "); reads miss and writes fail until a node answers again");
+}
+
 NodeInfo NodeClient::info() const {
   std::lock_guard<std::mutex> lk(pool_mu_);
   return info_;
@@ -306,6 +325,11 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
     if (map_ && map_->instance == hr.instance) {
       c->map = map_;  // another thread mapped it meanwhile; ours is unmapped below
     } else {
+      char mib[32];
+      snprintf(mib, sizeof mib, "%.0f MiB", hr.arena_size / 1048576.0);
+      note_locked(std::string(map_ ? "reconnected to a new node" : "connected to the node") + " on " + path_ +
+                  " (pid " + std::to_string(hr.node_pid) + ", arena " + mib + ", protocol " +
+                  std::to_string(hr.version) + ")" + (map_ ? "; the previous node's DRAM content is gone" : ""));
       map_ = m;
       c->map = m;
       stale.swap(idle_);  // connections to the previous node
@@ -347,10 +371,11 @@ std::unique_ptr<NodeClient::Conn> NodeClient::acquire(Fail* why) {
   std::string msg;
   std::unique_ptr<Conn> c = connect_new(&err, &msg);
   if (!c) {
-    std::lock_guard<std::mutex> lk(pool_mu_);
-    last_error_ = msg;
-    if (err == ETIMEDOUT) cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
-    healthy_.store(false);
+    if (err == ETIMEDOUT) {
+      std::lock_guard<std::mutex> lk(pool_mu_);
+      cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
+    }
+    mark_down(msg);
     *why = Fail::kUnavailable;
     return nullptr;
   }
@@ -369,11 +394,10 @@ void NodeClient::fail(std::unique_ptr<Conn> c, int err, const std::string& what)
   std::vector<std::unique_ptr<Conn>> drop;
   {
     std::lock_guard<std::mutex> lk(pool_mu_);
-    last_error_ = msg;
     drop.swap(idle_);  // the same node answers them: do not hand them out again
     if (err == ETIMEDOUT) cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   }
-  healthy_.store(false);
+  mark_down(msg);
   c.reset();  // closing the socket makes the node release this connection's tokens
 }
 

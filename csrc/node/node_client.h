@@ -78,6 +78,9 @@ class NodeClient {
 
   bool healthy() const { return healthy_.load(); }
   std::string last_error() const;
+  // Lines worth logging once (connected, node lost, reconnected to a new node). Cleared when
+  // taken; at most kMaxNotes are kept.
+  std::vector<std::string> take_notes();
   NodeInfo info() const;  // of the node last greeted
   const std::string& socket_path() const { return path_; }
   int timeout_ms() const { return timeout_ms_; }
@@ -93,6 +96,8 @@ class NodeClient {
   std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
   int roundtrip(Conn& c, proto::Reader* reply);
   std::string describe(int err, const Conn* c) const;
+  void note_locked(std::string line);
+  void mark_down(const std::string& msg);  // healthy -> unhealthy, with a note on the transition
   int32_t check_key(const std::string& k) const;
 
   const std::string path_;
@@ -107,6 +112,8 @@ class NodeClient {
   proto::Clock::time_point cooldown_until_{};
   bool closed_ = false;
   std::string last_error_;
+  static constexpr size_t kMaxNotes = 64;
+  std::vector<std::string> notes_;
 };
 
 }  // namespace mch

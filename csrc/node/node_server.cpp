@@ -432,9 +432,15 @@ void NodeServer::serve(Conn* c) {
         int afd = store_.arena_fd();
         memcpy(CMSG_DATA(cm), &afd, sizeof afd);
         ssize_t n;
-        do {
-          n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
-        } while (n < 0 && errno == EINTR);
+        auto deadline = Clock::now() + timeout;
+        for (;;) {
+          n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+          if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) break;
+          if (errno == EINTR) continue;
+          pollfd p{c->fd, POLLOUT, 0};
+          int left = ms_left(deadline);
+          if (left == 0 || poll(&p, 1, left) <= 0) return false;
+        }
         if (n < 0) return false;
         if (static_cast<size_t>(n) < w.size() && !send_frame(f + n, w.size() - static_cast<size_t>(n))) return false;
         c->hello = true;

@@ -292,7 +292,14 @@ void NvmeEngine::open_file() {
     fd_ = -1;
     throw EngineError(k, msg);
   };
-  if (flock(fd_, LOCK_EX | LOCK_NB) != 0)
+  // A process that was just killed may hold the lock a few more milliseconds while the kernel
+  // tears down its io_uring instances: retry briefly before calling the file busy.
+  bool locked = false;
+  for (int attempt = 0; attempt < 50 && !locked; attempt++) {
+    locked = flock(fd_, LOCK_EX | LOCK_NB) == 0;
+    if (!locked) usleep(10000);
+  }
+  if (!locked)
     fail(EngineError::kInUse, "tiers.nvme.path '" + path +
                                   "' is in use by another mooncake-hicache engine (it holds the file lock); "
                                   "stop that process or point tiers.nvme.path at another file");
@@ -347,6 +354,18 @@ void NvmeEngine::open_file() {
     fail(EngineError::kInvalid, "'" + path + "' was created with capacity " + fmt_bytes(sb.region_count * sb.region_size) +
                                     " but tiers.nvme.capacity gives " + fmt_bytes(opt_.capacity) +
                                     "; set it back or remove the file");
+  start_new_life(sb);
+}
+
+void NvmeEngine::start_new_life(fmt::Superblock sb) {
+  sb.boot_epoch++;
+  fmt::seal_superblock(&sb);
+  AlignedBuffer block(kBlock);
+  memcpy(block.data(), &sb, sizeof(sb));
+  if (pwrite(fd_, block.data(), kBlock, 0) != static_cast<ssize_t>(kBlock) || fdatasync(fd_) != 0)
+    throw EngineError(EngineError::kIo, "cannot write the superblock of '" + opt_.path + "': " + strerror(errno));
+  next_region_seq_ = (sb.boot_epoch << 32) | 1;
+  next_seq_ = (sb.boot_epoch << 40) | 1;
 }
 
 void NvmeEngine::create_layout() {
@@ -380,10 +399,8 @@ void NvmeEngine::create_layout() {
   sb.region_count = region_count_;
   sb.data_offset = fmt::kDataOffset;
   sb.created_unix = static_cast<uint64_t>(time(nullptr));
-  fmt::seal_superblock(&sb);
-  memcpy(block.data(), &sb, sizeof(sb));
-  if (pwrite(fd_, block.data(), kBlock, 0) != static_cast<ssize_t>(kBlock) || fdatasync(fd_) != 0)
-    throw EngineError(EngineError::kIo, "cannot write the superblock of '" + opt_.path + "': " + strerror(errno));
+  sb.boot_epoch = 0;
+  start_new_life(sb);
 }
 
 std::unique_ptr<NvmeEngine::IoContext> NvmeEngine::make_context() {
@@ -547,8 +564,9 @@ void NvmeEngine::recover() {
     index_.put(d, loc);
     value_bytes_ += e.value_len;
   }
-  next_region_seq_ = max_region_seq + 1;
-  next_seq_ = max_seq + 1;
+  // Sequence numbers of this life already start above every earlier life's (boot_epoch).
+  next_region_seq_ = std::max(next_region_seq_, max_region_seq + 1);
+  next_seq_ = std::max(next_seq_, max_seq + 1);
 
   // 4. Rebuild the FIFO (oldest incarnation first); seal scanned regions so the next restart
   //    reads their summaries, and free those that held nothing.

@@ -130,6 +130,7 @@ class NvmeEngine {
   // --- open / recovery ---
   void open_file();
   void create_layout();
+  void start_new_life(fmt::Superblock sb);
   void recover();
   void scan_region(IoContext& ctx, uint32_t r, uint64_t region_seq,
                    std::vector<std::pair<uint32_t, fmt::SummaryEntry>>* out);

@@ -39,6 +39,10 @@ struct Superblock {
   uint64_t region_count;
   uint64_t data_offset;
   uint64_t created_unix;
+  // Incremented (and made durable) every time the file is opened. Region and record sequence
+  // numbers of a life start at (boot_epoch << 32) and (boot_epoch << 40), so whatever a damaged
+  // or wiped trailer hides, a later life never reuses a number of an earlier one.
+  uint64_t boot_epoch;
   uint64_t checksum;  // XXH3-64 of all bytes above
 };
 
