@@ -121,6 +121,7 @@ class NodeConnection:
         self.config = config
         self._lock = threading.Lock()  # guards _client replacement and _last_restart
         self._last_restart = 0.0
+        self._closed = False
         self._client = self._connect_or_start()
 
     # The batch API is forwarded to the current client; a dead node is restarted lazily.
@@ -131,10 +132,11 @@ class NodeConnection:
         return getattr(self._client, name)
 
     def close(self) -> None:
+        self._closed = True  # never revive a connection the Store has closed
         self._client.close()
 
     def _revive_if_needed(self) -> None:
-        if self._client.healthy or not self.config.node.autostart:
+        if self._closed or self._client.healthy or not self.config.node.autostart:
             return
         with self._lock:
             now = time.monotonic()

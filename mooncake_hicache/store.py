@@ -223,8 +223,8 @@ class Store:
         """Seal the open region, flush, release the data file. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._backend.close()
             self._log_notes()
+            self._backend.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -233,6 +233,8 @@ class Store:
         self.close()
 
     def __del__(self) -> None:
+        if getattr(self, "_backend", None) is None:
+            return  # the constructor failed: nothing to close
         try:
             self.close()
         except Exception:
@@ -249,6 +251,8 @@ class Store:
         for other in lists:
             if len(other) != len(keys):
                 raise StoreError(f"got {len(keys)} keys but a list of {len(other)} pointers/sizes; pass one entry per key")
+        if all(type(k) is str for k in keys):  # the common case, without a per-key call
+            return keys if isinstance(keys, list) else list(keys)
         return [_as_key(k) for k in keys]
 
     def _call(self, fn, keys, ptrs, sizes, depths, live):

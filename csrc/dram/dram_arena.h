@@ -4,10 +4,13 @@
 //
 // Backing: 2 MiB hugetlb pages when the system has enough reserved, else shmem pages with
 // transparent hugepages advised; page_kind() says which ("hugetlb", "thp" or "4k").
-// Immutable after construction; any thread may read its fields.
+// Immutable after construction (a background thread pre-faults the pages); any thread may
+// read its fields.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <string>
+#include <thread>
 
 namespace mch {
 
@@ -28,6 +31,8 @@ class DramArena {
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   const char* page_kind_ = "4k";
+  std::thread populate_;  // pre-faults a shmem arena after construction
+  std::atomic<bool> stop_populate_{false};
 };
 
 }  // namespace mch
