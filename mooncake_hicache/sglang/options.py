@@ -1,0 +1,178 @@
+"""What the SGLang backend reads from ``--hicache-storage-backend-extra-config``.
+
+SGLang hands every storage backend one dict (``HiCacheStorageConfig.extra_config``), parsed from
+the JSON string (or ``@file`` in JSON/YAML/TOML) given on its command line. Three kinds of keys
+share it:
+
+* keys SGLang reads itself (``prefetch_threshold``, ``interface_v1``, ``backend_name``, ...):
+  :data:`SGLANG_KEYS`, ignored here;
+* keys of this backend: ``config`` (path of a mooncake-hicache YAML file), ``extra_backend_tag``
+  (a namespace put in front of every key, to isolate tenants sharing one store) and
+  ``prefetch_on_exists`` (start promoting NVMe pages to DRAM when ``batch_exists`` finds them;
+  default true);
+* inline store settings: any top-level section of the store's YAML schema (``mode``, ``tiers``,
+  ``node``, ``metrics``, ``logging``), deep-merged over the YAML file's content.
+
+Anything else is logged and ignored (keys meant for another backend, e.g. SGLang's own Mooncake
+store, must not stop the server).
+
+The NVMe path may contain ``{tp_rank}``, ``{tp_size}``, ``{pp_rank}``, ``{dp_rank}`` and
+``{cp_rank}``: with the in-process store each rank opens its own data file.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from ..config import CONFIG_ENV_VAR, Config
+from ..errors import ConfigError
+
+log = logging.getLogger("mooncake_hicache.sglang")
+
+# Keys SGLang itself reads from the extra config (sglang 0.5.23: cache_controller,
+# hybrid_cache_controller.parse_storage_backend_extra_config, backend_factory's dynamic path,
+# unified_radix_cache, and the file backend's own keys that SGLang may inject).
+SGLANG_KEYS = frozenset({
+    "prefetch_threshold",
+    "prefetch_timeout_base",
+    "prefetch_timeout_per_ki_token",
+    "hicache_storage_pass_prefix_keys",
+    "interface_v1",
+    "backend_name",
+    "module_path",
+    "class_name",
+    "tp_lcm_size",
+    "file_storage_path",
+    "enable_metadata_cache",
+    "metadata_ttl",
+})
+
+BACKEND_KEYS = frozenset({"config", "extra_backend_tag", "prefetch_on_exists"})
+
+RANK_PLACEHOLDERS = ("tp_rank", "tp_size", "pp_rank", "dp_rank", "cp_rank")
+
+
+def store_sections() -> list[str]:
+    """Top-level sections of the store's configuration schema."""
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendOptions:
+    """The parts of the extra config this backend uses."""
+
+    store_config: Optional[dict]
+    """The dict for ``Store.from_config`` (``None``: the store's defaults and environment)."""
+    key_tag: str = ""
+    prefetch_on_exists: bool = True
+    config_path: Optional[str] = None
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """``base`` with ``override`` merged in: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(dict(out[key]), value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError("config", f"mooncake-hicache configuration file {path!r} (extra-config key 'config') was not found; check the path (relative paths start at the server's working directory {os.getcwd()!r})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("config", f"cannot read mooncake-hicache configuration file {path!r}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("config", f"invalid YAML in {path!r}: {e}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError("config", f"{path!r} must hold a mapping of sections ({', '.join(store_sections())}), got {type(doc).__name__}")
+    return dict(doc)
+
+
+def _parse_bool(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    raise ConfigError(field, f"expected true or false, got {value!r}")
+
+
+def parse_extra_config(extra_config: Optional[Mapping[str, Any]], ranks: Optional[Mapping[str, int]] = None,
+                       env: Optional[Mapping[str, str]] = None) -> BackendOptions:
+    """Split SGLang's extra config into the store's configuration and this backend's options.
+
+    ``ranks`` fills the rank placeholders of ``tiers.nvme.path``. Raises ``ConfigError`` for a
+    bad ``config`` file or a bad backend option; the store validates its own settings."""
+    env = os.environ if env is None else env
+    extra = dict(extra_config or {})
+    sections = store_sections()
+
+    inline: dict = {}
+    for key, value in extra.items():
+        if key in SGLANG_KEYS or key in BACKEND_KEYS:
+            continue
+        if key in sections:
+            inline[key] = value
+            continue
+        close = difflib.get_close_matches(str(key), sections + sorted(BACKEND_KEYS), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        log.warning("mooncake-hicache: ignoring extra-config key %r%s: it is neither a SGLang setting nor one of "
+                    "ours (config, extra_backend_tag, prefetch_on_exists, or a store section: %s)",
+                    key, hint, ", ".join(sections))
+
+    config_path = extra.get("config")
+    if config_path is not None and not isinstance(config_path, (str, os.PathLike)):
+        raise ConfigError("config", f"extra-config key 'config' must be the path of a YAML file, got {config_path!r}")
+    if config_path is None and env.get(CONFIG_ENV_VAR):
+        config_path = env[CONFIG_ENV_VAR]
+    config_path = os.fspath(config_path) if config_path is not None else None
+
+    if config_path is None and not inline:
+        store_config = None
+    else:
+        base = _read_yaml(config_path) if config_path is not None else {}
+        store_config = deep_merge(base, inline)
+
+    if store_config is not None and ranks:
+        store_config = _fill_rank_placeholders(store_config, ranks)
+
+    tag = extra.get("extra_backend_tag")
+    if tag is not None and (not isinstance(tag, (str, int)) or "/" in str(tag)):
+        raise ConfigError("extra_backend_tag", f"extra_backend_tag must be a short string without '/', got {tag!r}")
+    prefetch = _parse_bool(extra.get("prefetch_on_exists", True), "prefetch_on_exists")
+    return BackendOptions(store_config=store_config, key_tag="" if tag is None else str(tag),
+                          prefetch_on_exists=prefetch, config_path=config_path)
+
+
+def _fill_rank_placeholders(doc: dict, ranks: Mapping[str, int]) -> dict:
+    tiers = doc.get("tiers")
+    nvme = tiers.get("nvme") if isinstance(tiers, Mapping) else None
+    path = nvme.get("path") if isinstance(nvme, Mapping) else None
+    if not isinstance(path, str) or "{" not in path:
+        return doc
+    try:
+        filled = path.format(**{k: ranks.get(k, 0) for k in RANK_PLACEHOLDERS})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError("tiers.nvme.path", f"cannot fill {path!r}: {e!r}; the placeholders allowed are "
+                          + ", ".join("{" + k + "}" for k in RANK_PLACEHOLDERS)) from None
+    doc = dict(doc)
+    doc["tiers"] = dict(tiers)
+    doc["tiers"]["nvme"] = dict(nvme)
+    doc["tiers"]["nvme"]["path"] = filled
+    return doc
