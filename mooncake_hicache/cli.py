@@ -113,8 +113,11 @@ def _cmd_stats(args) -> int:
     from .config import load_config
     from .metrics import to_prometheus
     socket = args.socket or load_config(args.config).node.socket
-    client = _native.NodeClient(socket, 2000)
-    if not client.healthy:
+    try:
+        client = _native.NodeClient(socket, 2000)
+    except _native.EngineError:
+        client = None
+    if client is None or not client.healthy:
         print(f"mooncake-hicache: no node answers on {socket}; start one with 'mooncake-hicache node'", file=sys.stderr)
         return 1
     stats = json.loads(client.stats_json())
