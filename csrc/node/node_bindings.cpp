@@ -63,6 +63,7 @@ py::dict server_stats(const NodeServerStats& s) {
   d["requests_by_op"] = by_op;
   d["bad_frames"] = s.bad_frames;
   d["version_mismatches"] = s.version_mismatches;
+  d["refused_connections"] = s.refused_connections;
   d["pins_held"] = s.pins_held;
   d["reservations_held"] = s.reservations_held;
   d["released_pins"] = s.released_pins;
@@ -108,6 +109,7 @@ void bind_node(py::module_& m) {
              return server_stats(st);
            })
       .def_property_readonly("running", &NodeServer::running)
+      .def_readonly_static("MAX_CONNECTIONS", &NodeServer::kMaxConnections)
       .def_property_readonly("socket_path", &NodeServer::socket_path)
       .def_property_readonly("instance", &NodeServer::instance);
 

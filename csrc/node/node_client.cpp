@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -16,6 +17,18 @@
 namespace mch {
 
 using namespace proto;
+
+namespace {
+// Bumped in the child of every fork(): connections inherited from the parent share their sockets
+// (and request ids) with it, so a child must never use them.
+std::atomic<uint64_t> g_fork_gen{0};
+void on_fork_child() { g_fork_gen.fetch_add(1, std::memory_order_relaxed); }
+uint64_t fork_gen() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, on_fork_child); });
+  return g_fork_gen.load(std::memory_order_relaxed);
+}
+}  // namespace
 
 struct NodeClient::ArenaMap {
   uint8_t* base = nullptr;
@@ -32,14 +45,16 @@ struct NodeClient::Conn {
   int fd = -1;
   std::shared_ptr<ArenaMap> map;
   uint32_t next_id = 1;
+  uint64_t fork_gen = 0;  // the process generation that opened it (see g_fork_gen)
   uint16_t version = kVersion;
   uint16_t sent_op = 0;
   uint32_t sent_id = 0;
-  std::string error;  // message of the last ERROR frame
+  std::string error;      // message of the last ERROR frame
+  int32_t error_code = 0;  // its code (proto::ErrorCode)
   Writer w;
   std::vector<uint8_t> rx;
   // Per-call scratch, reused so a warm call allocates nothing per key.
-  std::vector<uint32_t> idx, pos;
+  std::vector<uint32_t> idx, pos, retry;
   std::vector<uint64_t> sizes, tokens;
   std::vector<ReserveResult> rr;
   ~Conn() {
@@ -91,7 +106,7 @@ int recv_frame(int fd, std::vector<uint8_t>* rx, Clock::time_point deadline, Hea
     if (wait_first) {
       pollfd p{fd, POLLIN, 0};
       int left = ms_left(deadline);
-      int pr = left > 0 ? ::poll(&p, 1, left) : 0;
+      int pr = ::poll(&p, 1, left);  // left == 0: just look
       if (pr == 0) return ETIMEDOUT;
       if (pr < 0) {
         if (errno == EINTR) continue;
@@ -137,7 +152,7 @@ int recv_frame(int fd, std::vector<uint8_t>* rx, Clock::time_point deadline, Hea
         total = kHeaderSize + static_cast<size_t>(h->body_len);
         if (rx->size() < total) rx->resize(total);
       }
-      if (have > total) return EPROTO;  // the node never sends unasked frames
+      if (have > total) return EPROTO;  // one frame at a time: nothing may follow it
       continue;
     }
     if (r == 0) return ECONNRESET;
@@ -163,7 +178,13 @@ NodeClient::NodeClient(std::string socket_path, int timeout_ms, uint16_t protoco
   std::string msg;
   std::unique_ptr<Conn> c = connect_new(&err, &msg);
   if (!c) {
-    throw EngineError(err == EPROTO ? EngineError::kFormat : EngineError::kIo, msg);
+    // A node that speaks other versions is a deployment error: say so now. A node that is not
+    // (yet) running is not: the client starts unhealthy and connects on a later call.
+    if (err == EPROTONOSUPPORT) throw EngineError(EngineError::kFormat, msg);
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    last_error_ = msg;
+    if (err == ETIMEDOUT) cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
+    return;
   }
   healthy_.store(true);
   release(std::move(c));
@@ -232,6 +253,7 @@ std::string NodeClient::describe(int err, const Conn* c) const {
 std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string* msg) {
   auto c = std::make_unique<Conn>();
   c->version = version_;
+  c->fork_gen = fork_gen();
   c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (c->fd < 0) {
     *err = errno;
@@ -268,22 +290,27 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
   int e = send_all(c->fd, f, c->w.size(), deadline);
   Header h;
   int afd = -1;
-  if (e == 0) e = recv_frame(c->fd, &c->rx, deadline, &h, &afd);
+  if (e == 0) {
+    e = recv_frame(c->fd, &c->rx, deadline, &h, &afd);
+  } else if (e == EPIPE || e == ECONNRESET) {
+    // The node may have refused us right after accept (too many connections) and closed before
+    // our HELLO went out: its ERROR frame is still queued for us. Read it if it is there.
+    if (recv_frame(c->fd, &c->rx, Clock::now(), &h, &afd) == 0 && h.op == kError) e = 0;
+  }
   struct FdGuard {
     int& fd;
     ~FdGuard() {
       if (fd >= 0) ::close(fd);
     }
   } guard{afd};
-  if (e == 0 && h.request_id != c->sent_id) e = EPROTO;
-  if (e == 0 && h.op == kError) {
+  if (e == 0 && h.op == kError) {  // for our HELLO, or unasked (request_id 0) before closing
     Reader r(c->rx.data() + kHeaderSize, h.body_len);
-    r.i32();
+    c->error_code = r.i32();
     r.u16();
     r.u16();
     c->error = std::string(r.str(4096));
     e = EPROTO;
-  } else if (e == 0 && h.op != kHello) {
+  } else if (e == 0 && (h.op != kHello || h.request_id != c->sent_id)) {
     e = EPROTO;
   }
   HelloReply hr;
@@ -292,7 +319,7 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
     if (!decode_hello_reply(r, &hr) || afd < 0 || hr.arena_size == 0) e = EPROTO;
   }
   if (e != 0) {
-    *err = e;
+    *err = (e == EPROTO && c->error_code == kErrVersion) ? EPROTONOSUPPORT : e;
     *msg = describe(e, c.get());
     return nullptr;
   }
@@ -356,7 +383,7 @@ std::unique_ptr<NodeClient::Conn> NodeClient::acquire(Fail* why) {
       idle_.pop_back();
       // An idle connection has nothing to read; anything readable means the node closed it.
       pollfd p{c->fd, POLLIN | POLLRDHUP, 0};
-      if (c->map == map_ && ::poll(&p, 1, 0) == 0) return c;
+      if (c->map == map_ && c->fork_gen == fork_gen() && ::poll(&p, 1, 0) == 0) return c;
       drop.push_back(std::move(c));
       for (auto& o : idle_) drop.push_back(std::move(o));  // the others went with the same node
       idle_.clear();
@@ -409,10 +436,10 @@ int NodeClient::roundtrip(Conn& c, Reader* reply) {
   Header h;
   e = recv_frame(c.fd, &c.rx, deadline, &h, nullptr);
   if (e) return e;
-  if (h.request_id != c.sent_id) return EPROTO;
+  if (h.request_id != c.sent_id && !(h.op == kError && h.request_id == 0)) return EPROTO;
   if (h.op == kError) {
     Reader r(c.rx.data() + kHeaderSize, h.body_len);
-    r.i32();
+    c.error_code = r.i32();
     r.u16();
     r.u16();
     c.error = std::string(r.str(4096));
@@ -433,8 +460,8 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
   std::unique_ptr<Conn> c = acquire(&why);
   const int32_t down = why == Fail::kClosed ? kClosed : kNodeUnavailable;
   std::vector<uint32_t> local_idx;
-  std::vector<uint32_t>& idx = c ? c->idx : local_idx;
-  idx.clear();
+  std::vector<uint32_t>& todo = c ? c->idx : local_idx;
+  todo.clear();
   if (c) c->sizes.assign(n, 0);
   for (size_t i = 0; i < n; i++) {
     int32_t st = check_key(keys[i]);
@@ -448,69 +475,84 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
       continue;
     }
     c->sizes[i] = sz;
-    idx.push_back(static_cast<uint32_t>(i));
+    todo.push_back(static_cast<uint32_t>(i));
   }
   if (!c) return;
-  if (idx.empty()) return release(std::move(c));
 
-  c->begin(kPutReserve);
-  encode_put_reserve(c->w, keys, idx, c->sizes, depths);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  if (e == 0) {
-    uint32_t m = r.u32();
-    if (m != idx.size() || r.remaining() != m * kReserveResultWire) e = EPROTO;
-  }
-  if (e) {
-    for (uint32_t i : idx) results[i] = kNodeUnavailable;
-    return fail(std::move(c), e, "put");
-  }
-  c->tokens.clear();
-  c->pos.clear();
-  std::vector<uint8_t> oks;  // one small vector per batch (not per key)
-  oks.reserve(idx.size());
-  const ArenaMap& map = *c->map;
-  for (uint32_t j = 0; j < idx.size(); j++) {
-    int32_t status = r.i32();
-    uint64_t off = r.u64(), token = r.u64();
-    uint32_t i = idx[j];
-    if (status == 1) {  // stored already: nothing to copy
-      results[i] = kOk;
-    } else if (status < 0) {
-      results[i] = status;
-    } else if (status != kOk || !map.holds(off, c->sizes[i])) {
-      results[i] = kNodeUnavailable;  // never write outside the arena; give the slot back
-      c->tokens.push_back(token);
-      c->pos.push_back(i);
-      oks.push_back(0);
-    } else {
-      gather(values[i], map.base + off);
-      c->tokens.push_back(token);
-      c->pos.push_back(i);
-      oks.push_back(1);
+  // Waves of reserve -> copy -> commit. A key refused with NO_SPACE (every slot of its class is
+  // reserved, typically by this very batch when it is larger than the DRAM tier) is retried in
+  // the next wave, once the pages committed by this one have become evictable. Every wave
+  // commits at least one page or ends the call, so it terminates.
+  std::vector<uint8_t> oks;  // one small vector per call (not per key)
+  while (!todo.empty()) {
+    c->begin(kPutReserve);
+    encode_put_reserve(c->w, keys, todo, c->sizes, depths);
+    Reader r;
+    int e = roundtrip(*c, &r);
+    if (e == 0) {
+      uint32_t m = r.u32();
+      if (m != todo.size() || r.remaining() != m * kReserveResultWire) e = EPROTO;
     }
-  }
-  if (c->tokens.empty()) return release(std::move(c));
+    if (e) {
+      for (uint32_t i : todo) results[i] = kNodeUnavailable;
+      return fail(std::move(c), e, "put");
+    }
+    c->tokens.clear();
+    c->pos.clear();
+    c->retry.clear();
+    oks.clear();
+    const ArenaMap& map = *c->map;
+    for (uint32_t j = 0; j < todo.size(); j++) {
+      int32_t status = r.i32();
+      uint64_t off = r.u64(), token = r.u64();
+      uint32_t i = todo[j];
+      if (status == 1) {  // stored already: nothing to copy
+        results[i] = kOk;
+      } else if (status == kNoSpace) {
+        results[i] = kNoSpace;
+        c->retry.push_back(i);
+      } else if (status < 0) {
+        results[i] = status;
+      } else if (status != kOk || !map.holds(off, c->sizes[i])) {
+        results[i] = kNodeUnavailable;  // never write outside the arena; give the slot back
+        c->tokens.push_back(token);
+        c->pos.push_back(i);
+        oks.push_back(0);
+      } else {
+        gather(values[i], map.base + off);
+        c->tokens.push_back(token);
+        c->pos.push_back(i);
+        oks.push_back(1);
+      }
+    }
+    if (c->tokens.empty()) break;  // nothing reserved: the NO_SPACE results stand
 
-  c->begin(kPutCommit);
-  c->w.reserve(4 + 9 * c->tokens.size());
-  c->w.u32(static_cast<uint32_t>(c->tokens.size()));
-  for (size_t t = 0; t < c->tokens.size(); t++) {
-    c->w.u64(c->tokens[t]);
-    c->w.u8(oks[t]);
-  }
-  e = roundtrip(*c, &r);
-  if (e == 0) {
-    uint32_t m = r.u32();
-    if (m != c->tokens.size() || r.remaining() != 4ull * m) e = EPROTO;
-  }
-  if (e) {
-    for (uint32_t i : c->pos) results[i] = kNodeUnavailable;
-    return fail(std::move(c), e, "put commit");
-  }
-  for (size_t t = 0; t < c->pos.size(); t++) {
-    int32_t res = r.i32();
-    if (oks[t]) results[c->pos[t]] = res;
+    c->begin(kPutCommit);
+    c->w.reserve(4 + 9 * c->tokens.size());
+    c->w.u32(static_cast<uint32_t>(c->tokens.size()));
+    for (size_t t = 0; t < c->tokens.size(); t++) {
+      c->w.u64(c->tokens[t]);
+      c->w.u8(oks[t]);
+    }
+    e = roundtrip(*c, &r);
+    if (e == 0) {
+      uint32_t m = r.u32();
+      if (m != c->tokens.size() || r.remaining() != 4ull * m) e = EPROTO;
+    }
+    if (e) {
+      for (uint32_t i : c->pos) results[i] = kNodeUnavailable;
+      for (uint32_t i : c->retry) results[i] = kNodeUnavailable;
+      return fail(std::move(c), e, "put commit");
+    }
+    size_t committed = 0;
+    for (size_t t = 0; t < c->pos.size(); t++) {
+      int32_t res = r.i32();
+      if (!oks[t]) continue;
+      results[c->pos[t]] = res;
+      committed += res == kOk;
+    }
+    if (committed == 0) break;
+    todo.swap(c->retry);
   }
   release(std::move(c));
 }
@@ -522,8 +564,8 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
   std::unique_ptr<Conn> c = acquire(&why);
   const int64_t down = why == Fail::kClosed ? kClosed : kNotFound;
   std::vector<uint32_t> local_idx;
-  std::vector<uint32_t>& idx = c ? c->idx : local_idx;
-  idx.clear();
+  std::vector<uint32_t>& todo = c ? c->idx : local_idx;
+  todo.clear();
   for (size_t i = 0; i < n; i++) {
     int32_t st = check_key(keys[i]);
     if (st == kOk && i >= buffers.size()) st = kInvalidParams;
@@ -533,50 +575,58 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
       results[i] = down;
       continue;
     }
-    idx.push_back(static_cast<uint32_t>(i));
+    todo.push_back(static_cast<uint32_t>(i));
   }
   if (!c) return;
-  if (idx.empty()) return release(std::move(c));
 
-  c->begin(kGetPin);
-  encode_keys(c->w, keys, idx);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  if (e == 0) {
-    uint32_t m = r.u32();
-    if (m != idx.size() || r.remaining() != m * kPinResultWire) e = EPROTO;
-  }
-  if (e) {
-    for (uint32_t i : idx) results[i] = kNotFound;
-    return fail(std::move(c), e, "get");
-  }
-  c->tokens.clear();
-  const ArenaMap& map = *c->map;
-  for (uint32_t j = 0; j < idx.size(); j++) {
-    int64_t status = r.i64();
-    uint64_t off = r.u64(), token = r.u64();
-    r.u8();  // tier
-    uint32_t i = idx[j];
-    if (status < 0) {
-      results[i] = status;
-      continue;
+  // Waves of pin -> copy -> unpin: a key the node could not stage in DRAM (NO_SPACE: the slots
+  // are pinned, typically by this batch) is asked for again after this wave's unpin.
+  while (!todo.empty()) {
+    c->begin(kGetPin);
+    encode_keys(c->w, keys, todo);
+    Reader r;
+    int e = roundtrip(*c, &r);
+    if (e == 0) {
+      uint32_t m = r.u32();
+      if (m != todo.size() || r.remaining() != m * kPinResultWire) e = EPROTO;
     }
-    c->tokens.push_back(token);
-    uint64_t len = static_cast<uint64_t>(status);
-    bool null_ptr = false;
-    uint64_t cap = sg_bytes(buffers[i], &null_ptr);
-    if (!map.holds(off, len)) {
-      results[i] = kNotFound;  // never read outside the arena
-    } else if (null_ptr) {
-      results[i] = kInvalidParams;
-    } else if (cap < len) {
-      results[i] = kBufferTooSmall;
-    } else {
-      scatter(map.base + off, len, buffers[i]);
-      results[i] = status;
+    if (e) {
+      for (uint32_t i : todo) results[i] = kNotFound;
+      return fail(std::move(c), e, "get");
     }
-  }
-  if (!c->tokens.empty()) {
+    c->tokens.clear();
+    c->retry.clear();
+    const ArenaMap& map = *c->map;
+    for (uint32_t j = 0; j < todo.size(); j++) {
+      int64_t status = r.i64();
+      uint64_t off = r.u64(), token = r.u64();
+      r.u8();  // tier
+      uint32_t i = todo[j];
+      if (status == kNoSpace) {
+        results[i] = kNotFound;
+        c->retry.push_back(i);
+        continue;
+      }
+      if (status < 0) {
+        results[i] = status;
+        continue;
+      }
+      c->tokens.push_back(token);
+      uint64_t len = static_cast<uint64_t>(status);
+      bool null_ptr = false;
+      uint64_t cap = sg_bytes(buffers[i], &null_ptr);
+      if (!map.holds(off, len)) {
+        results[i] = kNotFound;  // never read outside the arena
+      } else if (null_ptr) {
+        results[i] = kInvalidParams;
+      } else if (cap < len) {
+        results[i] = kBufferTooSmall;
+      } else {
+        scatter(map.base + off, len, buffers[i]);
+        results[i] = status;
+      }
+    }
+    if (c->tokens.empty()) break;  // nothing pinned: the misses stand
     // Fire and forget: the node handles this connection's frames in order.
     c->begin(kGetUnpin);
     c->w.reserve(4 + 8 * c->tokens.size());
@@ -587,6 +637,7 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
     // The copies above are complete and valid; a failed unpin only loses the connection (and
     // the node unpins when it sees it close).
     if (e) return fail(std::move(c), e, "unpin");
+    todo.swap(c->retry);
   }
   release(std::move(c));
 }

@@ -47,8 +47,9 @@ struct NodeInfo {
 class NodeClient {
  public:
   // Connects and says HELLO. Throws EngineError: kFormat when the node speaks other protocol
-  // versions (the message says which), kInvalid for a bad path, kIo when no node answers.
-  // protocol_version is a test hook (a client of another version).
+  // versions (the message says which), kInvalid for a path too long for a Unix socket. When no
+  // node answers it does not throw: healthy() is false, last_error() says why, and later calls
+  // try to connect. protocol_version is a test hook (a client of another version).
   NodeClient(std::string socket_path, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
   ~NodeClient();
   NodeClient(const NodeClient&) = delete;

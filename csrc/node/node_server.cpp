@@ -277,6 +277,21 @@ void NodeServer::accept_loop() {
       if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) usleep(10000);
       continue;
     }
+    if (ctr_.connections.load() >= kMaxConnections) {
+      ctr_.refused_connections++;
+      Writer w;
+      w.begin(kError, 0, kFlagReply, kVersion);
+      w.i32(kErrTooManyConnections);
+      w.u16(kMinVersion);
+      w.u16(kVersion);
+      w.str("the node serves " + std::to_string(kMaxConnections) +
+            " connections already; a client is leaking connections");
+      const uint8_t* f = w.finish();
+      ssize_t sent = send(fd, f, w.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      (void)sent;
+      ::close(fd);
+      continue;
+    }
     auto c = std::make_unique<Conn>();
     c->fd = fd;
     ucred cred{};
@@ -699,6 +714,7 @@ NodeServerStats NodeServer::stats() const {
   for (int i = 0; i < kOpCount; i++) s.requests_by_op[i] = ctr_.by_op[i].load();
   s.bad_frames = ctr_.bad_frames.load();
   s.version_mismatches = ctr_.version_mismatches.load();
+  s.refused_connections = ctr_.refused_connections.load();
   s.pins_held = ctr_.pins_held.load();
   s.reservations_held = ctr_.reservations_held.load();
   s.released_pins = ctr_.released_pins.load();
@@ -715,7 +731,7 @@ std::string NodeServer::stats_json() const {
   std::ostringstream o;
   char inst[24];
   snprintf(inst, sizeof inst, "%016llx", static_cast<unsigned long long>(instance_));
-  o << "{\"socket_path\":\"" << json_escape(path_) << "\",\"instance\":\"" << inst << "\",\"protocol_version\":" << kVersion
+  o << "{\"pid\":" << getpid() << ",\"socket_path\":\"" << json_escape(path_) << "\",\"instance\":\"" << inst << "\",\"protocol_version\":" << kVersion
     << ",\"arena_sealed\":" << (arena_sealed_ ? "true" : "false") << ",\"connections\":" << s.connections
     << ",\"connections_total\":" << s.connections_total << ",\"requests\":" << s.requests << ",\"requests_by_op\":{";
   bool first = true;
@@ -724,6 +740,7 @@ std::string NodeServer::stats_json() const {
     first = false;
   }
   o << "},\"bad_frames\":" << s.bad_frames << ",\"version_mismatches\":" << s.version_mismatches
+    << ",\"refused_connections\":" << s.refused_connections
     << ",\"pins_held\":" << s.pins_held << ",\"reservations_held\":" << s.reservations_held
     << ",\"released_pins\":" << s.released_pins << ",\"released_reservations\":" << s.released_reservations
     << ",\"unknown_tokens\":" << s.unknown_tokens << ",\"client_pids\":[";

@@ -36,6 +36,7 @@ struct NodeServerStats {
   uint64_t requests_by_op[proto::kOpCount] = {};
   uint64_t bad_frames = 0;           // connections closed for a malformed frame
   uint64_t version_mismatches = 0;   // connections refused for their protocol version
+  uint64_t refused_connections = 0;  // over kMaxConnections
   uint64_t pins_held = 0;            // pins clients hold now
   uint64_t reservations_held = 0;    // put slots reserved and not yet committed
   uint64_t released_pins = 0;        // unpinned by the node for clients that went away
@@ -46,6 +47,10 @@ struct NodeServerStats {
 
 class NodeServer {
  public:
+  // Connections served at once (one thread each). Ranks per host times their calling threads
+  // stay far below it; a runaway client gets an ERROR frame instead of exhausting threads.
+  static constexpr uint64_t kMaxConnections = 1024;
+
   // timeout_ms: a frame that has started must finish arriving within it, and a reply must be
   // taken by the client within it; otherwise the connection is dropped (and its tokens freed).
   NodeServer(TieredStore& store, std::string socket_path, int timeout_ms = 5000);
@@ -97,7 +102,7 @@ class NodeServer {
 
   struct Counters {
     std::atomic<uint64_t> connections{0}, connections_total{0}, requests{0}, bad_frames{0},
-        version_mismatches{0}, pins_held{0}, reservations_held{0}, released_pins{0},
+        version_mismatches{0}, refused_connections{0}, pins_held{0}, reservations_held{0}, released_pins{0},
         released_reservations{0}, unknown_tokens{0};
     std::atomic<uint64_t> by_op[proto::kOpCount] = {};
   } ctr_;

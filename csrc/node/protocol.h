@@ -71,6 +71,7 @@ enum ErrorCode : int32_t {
   kErrUnknownOp = 4,    // op not known to this node (connection kept)
   kErrInternal = 5,     // the node failed the request (connection closed)
   kErrShuttingDown = 6, // the node is stopping
+  kErrTooManyConnections = 7,  // sent unasked (request_id 0) before closing a new connection
 };
 
 inline const char* op_name(uint16_t op) {
