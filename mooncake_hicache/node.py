@@ -156,7 +156,14 @@ class NodeConnection:
             client = _native.NodeClient(self.config.node.socket, self.config.node.timeout_ms)
         except Exception:
             return None
-        return client if client.healthy else None
+        if client.healthy:
+            return client
+        if "did not answer" in (client.last_error or ""):
+            # A node holds the socket but hangs: starting another would only fail.
+            raise StoreError(f"the node on {self.config.node.socket} does not answer within "
+                             f"{self.config.node.timeout_ms} ms; restart it (mooncake-hicache node) "
+                             f"or raise node.timeout_ms")
+        return None
 
     def _connect_or_start(self):
         client = self._try_connect()

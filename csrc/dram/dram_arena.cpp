@@ -40,7 +40,7 @@ DramArena::DramArena(uint64_t size, bool try_hugepages) {
   size_ = (size + k2M - 1) / k2M * k2M;
   if (size_ == 0) throw EngineError(EngineError::kInvalid, "tiers.dram.capacity must be positive");
   if (try_hugepages) {
-    int fd = memfd_create("mooncake-hicache-arena", MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_2MB);
+    int fd = memfd_create("mooncake-hicache-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | MFD_HUGE_2MB);
     if (fd >= 0) {
       // mmap of a hugetlb memfd reserves the pages up front, so a shortage fails here and not
       // later with SIGBUS.
@@ -56,7 +56,7 @@ DramArena::DramArena(uint64_t size, bool try_hugepages) {
       ::close(fd);
     }
   }
-  fd_ = memfd_create("mooncake-hicache-arena", MFD_CLOEXEC);
+  fd_ = memfd_create("mooncake-hicache-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd_ < 0) throw EngineError(EngineError::kIo, std::string("memfd_create: ") + strerror(errno));
   if (ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
     int e = errno;

@@ -428,12 +428,9 @@ void TieredStore::get_pin(const std::vector<std::string>& keys, std::vector<GetT
   std::vector<size_t> missing;
   pin_dram_hits(*impl_, keys, out, &missing);
   impl_->ctr.gets += keys.size();
+  // A page on NVMe that found no free DRAM slot keeps kNoSpace: the client retries it once it
+  // has released its other pins.
   pin_promoted(*impl_, keys, missing, out);
-  for (auto& t : *out)
-    if (t.status == kNoSpace) {  // no room to stage it for a client: a miss
-      t.status = kNotFound;
-      impl_->ctr.misses++;
-    }
 }
 
 void TieredStore::get_unpin(const std::vector<uint64_t>& tokens) {

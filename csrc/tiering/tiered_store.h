@@ -48,7 +48,8 @@ struct PutTicket {
 };
 
 struct GetTicket {
-  int64_t status = kNotFound;  // value length when found, else a negative Status
+  int64_t status = kNotFound;  // value length when found, else a negative Status (kNoSpace: on
+                               // NVMe, but no DRAM slot is free to stage it right now)
   uint64_t offset = 0;         // arena offset of the value
   uint64_t token = 0;          // pass back to get_unpin
   uint8_t tier = 0;            // where it was found: 1 DRAM, 2 NVMe (promoted)
