@@ -190,15 +190,24 @@ class NodeConnection:
                          f"see {sock}.log")
 
 
-def start_node_process(config: Config) -> subprocess.Popen:
-    """Start ``python -m mooncake_hicache node`` detached, with ``config`` written next to the
-    socket; its output goes to ``<socket>.log``."""
+# Starts argv[2:] in its own session with output appended to argv[1], then exits at once: the node
+# is re-parented to init, so it never lingers as a zombie of the process that started it.
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "with open(sys.argv[1], 'ab') as out:\n"
+    "    subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,\n"
+    "                     start_new_session=True, close_fds=True)\n"
+)
+
+
+def start_node_process(config: Config) -> None:
+    """Start ``python -m mooncake_hicache node`` detached (not a child of this process), with
+    ``config`` written next to the socket; its output goes to ``<socket>.log``."""
     sock = config.node.socket
     cfg_path = sock + ".yaml"
     with open(cfg_path, "w") as f:
         yaml.safe_dump(config.to_dict(), f)
-    log.info("starting a mooncake-hicache node on %s", sock)
-    with open(sock + ".log", "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", cfg_path],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+    log.info("starting a mooncake-hicache node on %s (log: %s.log)", sock, sock)
+    subprocess.run([sys.executable, "-c", _LAUNCHER, sock + ".log",
+                    sys.executable, "-m", "mooncake_hicache", "node", "--config", cfg_path],
+                   stdin=subprocess.DEVNULL, check=True, timeout=30)

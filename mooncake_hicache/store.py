@@ -291,7 +291,7 @@ class Store:
     def _log_notes(self) -> None:
         for line in self._backend.take_notes():
             level = logging.WARNING if ("fail" in line or "unavailable" in line or "cannot" in line) else logging.INFO
-            log.log(level, "nvme: %s", line)
+            log.log(level, "%s", line)
 
 
 def open_tiers(config: Config):
