@@ -3,6 +3,7 @@
 What is here:
 
 * sizes: :func:`parse_size` ("256K", "1MiB", "4M" -> bytes), :func:`fmt_size`, :func:`gbps`;
+* :func:`apply_preset`: fill the options left unset with ``--quick``'s or the default values;
 * :func:`progress`: one timestamped line to stderr per step;
 * :class:`AlignedBuffer`: page-aligned anonymous memory (``mmap``) with its raw address, for
   zero-copy store calls and ``O_DIRECT``;
@@ -83,6 +84,16 @@ def gbps(nbytes: int, seconds: float) -> Optional[float]:
 def fmt_num(x: Optional[float], digits: int = 2) -> str:
     """A figure for a table cell: ``N/A`` for None."""
     return "N/A" if x is None else f"{x:.{digits}f}"
+
+
+# ---- options -------------------------------------------------------------------------------
+
+def apply_preset(args: Any, preset: dict) -> None:
+    """Set each option named in ``preset`` that the command line left unset (None) on ``args``
+    (an ``argparse.Namespace``) to the preset's value; options given explicitly win."""
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
 
 # ---- progress ------------------------------------------------------------------------------

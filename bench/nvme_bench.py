@@ -469,10 +469,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="tiny run for smoke tests: --sizes 256K,1M --qds 1,16 --total-mib 64 --restart-gib 0.25 "
                         "(options given explicitly still win)")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else DEFAULTS
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    bc.apply_preset(args, QUICK if args.quick else DEFAULTS)
     try:
         args.sizes = bc.parse_size_list(args.sizes)
         args.qds = bc.parse_int_list(args.qds)

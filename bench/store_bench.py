@@ -62,8 +62,8 @@ import _bench_common as bc  # noqa: E402
 from mooncake_hicache import load_config  # noqa: E402
 from mooncake_hicache.errors import MooncakeHiCacheError  # noqa: E402
 from mooncake_hicache.workload import (  # noqa: E402
-    BenchStore, PageSlots, PhaseResult, Progress, counters_delta, exists_latency, get_pages,
-    make_keys, node_log_tail, private_config, put_pages, stop_private_nodes, tier_counters)
+    BenchStore, PageSlots, PhaseResult, Progress, close_bench_run, counters_delta, exists_latency, get_pages,
+    make_keys, node_log_tail, private_config, put_pages, tier_counters)
 
 KiB, MiB, GiB = bc.KiB, bc.MiB, bc.GiB
 BATCH = 128  # keys per call, SGLang's STORAGE_BATCH_SIZE
@@ -223,13 +223,7 @@ def run_size(args, size: int, set_pages: int, progress: Progress, failures: list
         out["nvme_io_backend"] = (final.get("nvme") or {}).get("io_backend")
         out["checksum_failures"] = (final.get("nvme") or {}).get("checksum_failures")
     finally:
-        if slots is not None:
-            slots.close()
-        try:
-            if bench is not None:
-                bench.close()
-        finally:
-            stop_private_nodes(os.path.join(sock_dir, "node.sock"))
+        close_bench_run(slots, bench, os.path.join(sock_dir, "node.sock"))
         shutil.rmtree(sock_dir, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -336,10 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--mode", choices=("node", "in_process"), default="node",
                    help="node (default: a client process through the node) or in_process (tiers in this process)")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else DEFAULTS
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    bc.apply_preset(args, QUICK if args.quick else DEFAULTS)
     try:
         sizes = bc.parse_size_list(args.sizes)
         args.qd_list = bc.parse_int_list(args.qds)

@@ -3,12 +3,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "binding_utils.h"
 #include "nvme/io_queue.h"
 #include "nvme/nvme_engine.h"
 #include "nvme/record_format.h"
 
 namespace py = pybind11;
 using namespace mch;
+using namespace mch::binding;
 
 // Other layers bind themselves (one function per folder).
 void bind_tiering(py::module_& m);  // tiering/tiering_bindings.cpp
@@ -23,31 +25,6 @@ const char* kind_name(EngineError::Kind k) {
     case EngineError::kFormat: return "format";
     default: return "io";
   }
-}
-
-SgList one_segment(uintptr_t ptr, uint64_t size) {
-  return SgList{Segment{reinterpret_cast<uint8_t*>(ptr), size}};
-}
-
-std::vector<SgList> to_sg(const std::vector<std::vector<uintptr_t>>& ptrs,
-                          const std::vector<std::vector<uint64_t>>& sizes) {
-  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
-  std::vector<SgList> out(ptrs.size());
-  for (size_t i = 0; i < ptrs.size(); i++) {
-    if (ptrs[i].size() != sizes[i].size())
-      throw py::value_error("key " + std::to_string(i) + ": pointer and size lists differ in length");
-    for (size_t j = 0; j < ptrs[i].size(); j++)
-      out[i].push_back(Segment{reinterpret_cast<uint8_t*>(ptrs[i][j]), sizes[i][j]});
-  }
-  return out;
-}
-
-std::vector<SgList> to_sg_flat(const std::vector<uintptr_t>& ptrs, const std::vector<uint64_t>& sizes) {
-  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
-  std::vector<SgList> out;
-  out.reserve(ptrs.size());
-  for (size_t i = 0; i < ptrs.size(); i++) out.push_back(one_segment(ptrs[i], sizes[i]));
-  return out;
 }
 
 py::dict stats_dict(const NvmeStats& s) {
@@ -128,49 +105,27 @@ PYBIND11_MODULE(_native, m) {
            [](NvmeEngine& e, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
               const std::vector<uint64_t>& sizes) {
              if (keys.size() != ptrs.size()) throw py::value_error("keys and pointers differ in length");
-             auto sg = to_sg_flat(ptrs, sizes);
-             std::vector<int32_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             e.batch_put(keys, sg, res.data());
-             return res;
+             return batch_put(e, keys, flat_sg(ptrs, sizes));
            })
       .def("batch_put_sg",
            [](NvmeEngine& e, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
               const std::vector<std::vector<uint64_t>>& sizes) {
              if (keys.size() != ptrs.size()) throw py::value_error("keys and pointer lists differ in length");
-             auto sg = to_sg(ptrs, sizes);
-             std::vector<int32_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             e.batch_put(keys, sg, res.data());
-             return res;
+             return batch_put(e, keys, multi_sg(ptrs, sizes));
            })
       .def("batch_get",
            [](NvmeEngine& e, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
               const std::vector<uint64_t>& sizes) {
              if (keys.size() != ptrs.size()) throw py::value_error("keys and pointers differ in length");
-             auto sg = to_sg_flat(ptrs, sizes);
-             std::vector<int64_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             e.batch_get(keys, sg, res.data());
-             return res;
+             return batch_get(e, keys, flat_sg(ptrs, sizes));
            })
       .def("batch_get_sg",
            [](NvmeEngine& e, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
               const std::vector<std::vector<uint64_t>>& sizes) {
              if (keys.size() != ptrs.size()) throw py::value_error("keys and pointer lists differ in length");
-             auto sg = to_sg(ptrs, sizes);
-             std::vector<int64_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             e.batch_get(keys, sg, res.data());
-             return res;
+             return batch_get(e, keys, multi_sg(ptrs, sizes));
            })
-      .def("batch_exists",
-           [](NvmeEngine& e, const std::vector<std::string>& keys) {
-             std::vector<int32_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             e.batch_exists(keys, res.data());
-             return res;
-           })
+      .def("batch_exists", &batch_exists<NvmeEngine>)
       .def("get_bytes",
            [](NvmeEngine& e, const std::string& key) -> py::object {
              // Reads one value into fresh aligned memory; None on a miss or an error code.
@@ -191,22 +146,10 @@ PYBIND11_MODULE(_native, m) {
              }
              return py::int_(static_cast<int>(kBufferTooSmall));
            })
-      .def("value_size", [](NvmeEngine& e, const std::string& key) {
-             py::gil_scoped_release nogil;
-             return e.value_size(key);
-           })
-      .def("remove", [](NvmeEngine& e, const std::string& key) {
-             py::gil_scoped_release nogil;
-             return e.remove(key);
-           })
-      .def("remove_all", [](NvmeEngine& e) {
-             py::gil_scoped_release nogil;
-             return e.remove_all();
-           })
-      .def("close", [](NvmeEngine& e) {
-             py::gil_scoped_release nogil;
-             e.close();
-           })
+      .def("value_size", &NvmeEngine::value_size, release_gil())
+      .def("remove", &NvmeEngine::remove, release_gil())
+      .def("remove_all", &NvmeEngine::remove_all, release_gil())
+      .def("close", &NvmeEngine::close, release_gil())
       .def("stats", [](NvmeEngine& e) {
              NvmeStats s;
              {

@@ -593,6 +593,22 @@ def stop_private_nodes(socket_path: str) -> None:
             stop_node(pid)
 
 
+def close_bench_run(slots: Optional[PageSlots], bench: Optional[BenchStore],
+                    private_socket: Optional[str] = None) -> None:
+    """The end of a benchmark run (``run_bench``, ``bench/store_bench.py``): close ``slots`` and
+    ``bench`` (None where they were not made), then, even if that raised, stop the nodes still
+    running for ``private_socket`` (:func:`stop_private_nodes`: a store that failed half-way to
+    open may have started one), before the caller removes the run's temporary files."""
+    if slots is not None:
+        slots.close()
+    try:
+        if bench is not None:
+            bench.close()
+    finally:
+        if private_socket is not None:
+            stop_private_nodes(private_socket)
+
+
 def node_log_tail(config: Config, lines: int = 20) -> str:
     """The end of the log an auto-started node writes next to its socket ('' if none)."""
     try:
@@ -711,14 +727,8 @@ def run_bench(args) -> int:
                 failures.append(f"{name}: {r.misses} of {len(idx)} pages missing (the private config keeps every page)")
         final = bench.stats()
     finally:
-        if slots is not None:
-            slots.close()
-        try:
-            if bench is not None:
-                bench.close()
-        finally:
-            if private and temp_dirs:  # nodes left by a store that failed to open, before their files go
-                stop_private_nodes(os.path.join(temp_dirs[0], "node.sock"))
+        # nodes left by a store that failed to open are stopped before their files go
+        close_bench_run(slots, bench, os.path.join(temp_dirs[0], "node.sock") if private and temp_dirs else None)
         for d in temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
 

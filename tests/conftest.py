@@ -53,31 +53,51 @@ def nvme_config(path, **overrides) -> dict:
     return {"tiers": {"nvme": cfg}}
 
 
+def _closed_at_teardown(make):
+    """Fixture body: yields a function that returns make(*args) and remembers it; every object it
+    made is closed, in order, at teardown."""
+    made = []
+
+    def _make(*args, **kwargs):
+        obj = make(*args, **kwargs)
+        made.append(obj)
+        return obj
+
+    yield _make
+    for obj in made:
+        obj.close()
+
+
 @pytest.fixture
-def open_store(tmp_path):
+def store_from_config():
+    """store_from_config(config) -> Store.from_config(config); closed at teardown."""
+    yield from _closed_at_teardown(Store.from_config)
+
+
+@pytest.fixture
+def open_store(tmp_path, store_from_config):
     """open_store(**nvme_overrides) -> Store on tmp_path/nvme.data; closed at teardown."""
-    stores = []
 
     def _open(**overrides):
         overrides.setdefault("path", tmp_path / "nvme.data")
-        s = Store.from_config(nvme_config(**overrides))
-        stores.append(s)
-        return s
+        return store_from_config(nvme_config(**overrides))
 
-    yield _open
-    for s in stores:
-        s.close()
+    return _open
 
 
 @pytest.fixture
 def buffers():
-    made = []
+    """buffers(size) -> a Buffer of `size` bytes; closed at teardown."""
+    yield from _closed_at_teardown(Buffer)
 
-    def _make(size):
-        b = Buffer(size)
-        made.append(b)
+
+@pytest.fixture
+def scratch(buffers):
+    """scratch(store, size) -> a Buffer of `size` bytes registered with `store`."""
+
+    def _make(store, size):
+        b = buffers(size)
+        store.register_buffer(b.addr, b.size)
         return b
 
-    yield _make
-    for b in made:
-        b.close()
+    return _make

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import MiB, pattern
-from mooncake_hicache import Store
 from mooncake_hicache.errors import ErrorCode
 
 PAGE = 256 * 1024
@@ -20,32 +19,15 @@ SLOTS = CAPACITY // PAGE  # 32 pages of PAGE bytes fill the arena
 
 
 @pytest.fixture
-def dram_store():
+def dram_store(store_from_config):
     """dram_store(**dram_overrides) -> in-process Store with a DRAM tier only; closed at teardown."""
-    stores = []
 
     def _open(**overrides):
         dram = {"capacity": CAPACITY, "slab_size": SLAB, "eviction": "lru", "hugepages": False}
         dram.update(overrides)
-        s = Store.from_config({"mode": "in_process", "tiers": {"dram": dram}})
-        stores.append(s)
-        return s
+        return store_from_config({"mode": "in_process", "tiers": {"dram": dram}})
 
-    yield _open
-    for s in stores:
-        s.close()
-
-
-@pytest.fixture
-def scratch(buffers):
-    """scratch(store, size) -> a Buffer of `size` bytes registered with `store`."""
-
-    def _make(store, size):
-        b = buffers(size)
-        store.register_buffer(b.addr, b.size)
-        return b
-
-    return _make
+    return _open
 
 
 def put(store, buf, keys, size=PAGE, depths=None):

@@ -26,10 +26,9 @@ SLOTS = CAPACITY // PAGE  # 32 pages of PAGE bytes fill DRAM
 
 
 @pytest.fixture
-def tiered(tmp_path):
+def tiered(tmp_path, store_from_config):
     """tiered(nvme_path=None, **dram_overrides) -> in-process DRAM+NVMe Store; closed at teardown.
     The NVMe file defaults to tmp_path/nvme.data, so a second call reopens the same data."""
-    stores = []
 
     def _open(nvme_path=None, **overrides):
         dram = {"capacity": CAPACITY, "slab_size": SLAB, "eviction": "lru", "hugepages": False,
@@ -37,25 +36,9 @@ def tiered(tmp_path):
         dram.update(overrides)
         nvme = {"path": str(nvme_path or tmp_path / "nvme.data"), "capacity": "64MiB", "region_size": "4MiB",
                 "queue_depth": 8, "direct_io": True, "io_backend": "auto"}
-        s = Store.from_config({"mode": "in_process", "tiers": {"dram": dram, "nvme": nvme}})
-        stores.append(s)
-        return s
+        return store_from_config({"mode": "in_process", "tiers": {"dram": dram, "nvme": nvme}})
 
-    yield _open
-    for s in stores:
-        s.close()
-
-
-@pytest.fixture
-def scratch(buffers):
-    """scratch(store, size) -> a Buffer of `size` bytes registered with `store`."""
-
-    def _make(store, size):
-        b = buffers(size)
-        store.register_buffer(b.addr, b.size)
-        return b
-
-    return _make
+    return _open
 
 
 def put(store, buf, keys, size=PAGE):

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "binding_utils.h"
 #include "node/node_client.h"
 #include "node/node_server.h"
 #include "node/protocol.h"
@@ -13,45 +14,9 @@
 
 namespace py = pybind11;
 using namespace mch;
+using namespace mch::binding;
 
 namespace {
-
-std::vector<SgList> flat_sg(const std::vector<uintptr_t>& ptrs, const std::vector<uint64_t>& sizes) {
-  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
-  std::vector<SgList> out(ptrs.size());
-  for (size_t i = 0; i < ptrs.size(); i++) out[i] = {Segment{reinterpret_cast<uint8_t*>(ptrs[i]), sizes[i]}};
-  return out;
-}
-
-std::vector<SgList> multi_sg(const std::vector<std::vector<uintptr_t>>& ptrs,
-                             const std::vector<std::vector<uint64_t>>& sizes) {
-  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
-  std::vector<SgList> out(ptrs.size());
-  for (size_t i = 0; i < ptrs.size(); i++) {
-    if (ptrs[i].size() != sizes[i].size())
-      throw py::value_error("key " + std::to_string(i) + ": pointer and size lists differ in length");
-    out[i].reserve(ptrs[i].size());
-    for (size_t j = 0; j < ptrs[i].size(); j++) out[i].push_back(Segment{reinterpret_cast<uint8_t*>(ptrs[i][j]), sizes[i][j]});
-  }
-  return out;
-}
-
-std::vector<int32_t> put(NodeClient& c, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
-                         const std::vector<uint32_t>& depths) {
-  if (keys.size() != sg.size()) throw py::value_error("keys and pointers differ in length");
-  std::vector<int32_t> res(keys.size());
-  py::gil_scoped_release nogil;
-  c.batch_put(keys, sg, depths, res.data());
-  return res;
-}
-
-std::vector<int64_t> get(NodeClient& c, const std::vector<std::string>& keys, const std::vector<SgList>& sg) {
-  if (keys.size() != sg.size()) throw py::value_error("keys and pointers differ in length");
-  std::vector<int64_t> res(keys.size());
-  py::gil_scoped_release nogil;
-  c.batch_get(keys, sg, res.data());
-  return res;
-}
 
 py::dict server_stats(const NodeServerStats& s) {
   py::dict d;
@@ -87,17 +52,9 @@ void bind_node(py::module_& m) {
            }),
            py::arg("store"), py::arg("socket_path"), py::arg("timeout_ms") = 5000,
            py::keep_alive<1, 2>())  // the store lives at least as long as the server
-      .def("start",
-           [](NodeServer& s) {
-             py::gil_scoped_release nogil;
-             s.start();
-           },
+      .def("start", &NodeServer::start, release_gil(),
            "Bind and listen. Raises EngineError ('in_use' when a live node already serves the path).")
-      .def("stop",
-           [](NodeServer& s) {
-             py::gil_scoped_release nogil;
-             s.stop();
-           },
+      .def("stop", &NodeServer::stop, release_gil(),
            "Close the listener and all connections (their pins and reservations are released).")
       .def("stats",
            [](NodeServer& s) {
@@ -125,45 +82,27 @@ void bind_node(py::module_& m) {
       .def("batch_put",
            [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
               const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths) {
-             return put(c, keys, flat_sg(ptrs, sizes), depths);
+             return batch_put(c, keys, flat_sg(ptrs, sizes), depths);
            },
            py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = std::vector<uint32_t>{})
       .def("batch_put_sg",
            [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
               const std::vector<std::vector<uint64_t>>& sizes, const std::vector<uint32_t>& depths) {
-             return put(c, keys, multi_sg(ptrs, sizes), depths);
+             return batch_put(c, keys, multi_sg(ptrs, sizes), depths);
            },
            py::arg("keys"), py::arg("all_ptrs"), py::arg("all_sizes"), py::arg("depths") = std::vector<uint32_t>{})
       .def("batch_get",
            [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
-              const std::vector<uint64_t>& sizes) { return get(c, keys, flat_sg(ptrs, sizes)); },
+              const std::vector<uint64_t>& sizes) { return batch_get(c, keys, flat_sg(ptrs, sizes)); },
            py::arg("keys"), py::arg("ptrs"), py::arg("sizes"))
       .def("batch_get_sg",
            [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
-              const std::vector<std::vector<uint64_t>>& sizes) { return get(c, keys, multi_sg(ptrs, sizes)); },
+              const std::vector<std::vector<uint64_t>>& sizes) { return batch_get(c, keys, multi_sg(ptrs, sizes)); },
            py::arg("keys"), py::arg("all_ptrs"), py::arg("all_sizes"))
-      .def("batch_exists",
-           [](NodeClient& c, const std::vector<std::string>& keys) {
-             std::vector<int32_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             c.batch_exists(keys, res.data());
-             return res;
-           })
-      .def("prefetch",
-           [](NodeClient& c, const std::vector<std::string>& keys) {
-             py::gil_scoped_release nogil;
-             return c.prefetch(keys);
-           })
-      .def("remove",
-           [](NodeClient& c, const std::string& key) {
-             py::gil_scoped_release nogil;
-             return c.remove(key);
-           })
-      .def("remove_all",
-           [](NodeClient& c) {
-             py::gil_scoped_release nogil;
-             return c.remove_all();
-           })
+      .def("batch_exists", &batch_exists<NodeClient>)
+      .def("prefetch", &NodeClient::prefetch, release_gil())
+      .def("remove", &NodeClient::remove, release_gil())
+      .def("remove_all", &NodeClient::remove_all, release_gil())
       .def("stats_json",
            [](NodeClient& c) {
              std::string s;
@@ -197,22 +136,10 @@ void bind_node(py::module_& m) {
              return py::int_(r);
            },
            "The value as bytes, or a negative error code (NOT_FOUND for a miss or an unavailable node).")
-      .def("value_size",
-           [](NodeClient& c, const std::string& key) {
-             py::gil_scoped_release nogil;
-             return c.value_size(key);
-           })
-      .def("ping",
-           [](NodeClient& c) {
-             py::gil_scoped_release nogil;
-             return c.ping();
-           })
-      .def("close",
-           [](NodeClient& c) {
-             py::gil_scoped_release nogil;
-             c.close();
-           })
-      .def("take_notes", &NodeClient::take_notes, py::call_guard<py::gil_scoped_release>(),
+      .def("value_size", &NodeClient::value_size, release_gil())
+      .def("ping", &NodeClient::ping, release_gil())
+      .def("close", &NodeClient::close, release_gil())
+      .def("take_notes", &NodeClient::take_notes, release_gil(),
            "Lines worth logging once (connected, node lost, reconnected); cleared when taken.")
       .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
       .def_property_readonly("last_error", &NodeClient::last_error)

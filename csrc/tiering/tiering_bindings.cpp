@@ -4,48 +4,21 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "binding_utils.h"
 #include "nvme/record_format.h"
 #include "tiering/tiered_store.h"
 
 namespace py = pybind11;
 using namespace mch;
+using namespace mch::binding;
 
 namespace {
 
-std::vector<SgList> flat_sg(const std::vector<uintptr_t>& ptrs, const std::vector<uint64_t>& sizes) {
-  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
-  std::vector<SgList> out(ptrs.size());
-  for (size_t i = 0; i < ptrs.size(); i++) out[i] = {Segment{reinterpret_cast<uint8_t*>(ptrs[i]), sizes[i]}};
-  return out;
-}
-
-std::vector<SgList> multi_sg(const std::vector<std::vector<uintptr_t>>& ptrs,
-                             const std::vector<std::vector<uint64_t>>& sizes) {
-  if (ptrs.size() != sizes.size()) throw py::value_error("pointer and size lists differ in length");
-  std::vector<SgList> out(ptrs.size());
-  for (size_t i = 0; i < ptrs.size(); i++) {
-    if (ptrs[i].size() != sizes[i].size()) throw py::value_error("key " + std::to_string(i) + ": pointer and size lists differ in length");
-    for (size_t j = 0; j < ptrs[i].size(); j++) out[i].push_back(Segment{reinterpret_cast<uint8_t*>(ptrs[i][j]), sizes[i][j]});
-  }
-  return out;
-}
-
+// TieredStore::batch_put takes one depth per key: missing depths are 0.
 std::vector<int32_t> put(TieredStore& s, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
                          std::vector<uint32_t> depths) {
-  if (keys.size() != sg.size()) throw py::value_error("keys and pointers differ in length");
   depths.resize(keys.size(), 0);
-  std::vector<int32_t> res(keys.size());
-  py::gil_scoped_release nogil;
-  s.batch_put(keys, sg, depths, res.data());
-  return res;
-}
-
-std::vector<int64_t> get(TieredStore& s, const std::vector<std::string>& keys, const std::vector<SgList>& sg) {
-  if (keys.size() != sg.size()) throw py::value_error("keys and pointers differ in length");
-  std::vector<int64_t> res(keys.size());
-  py::gil_scoped_release nogil;
-  s.batch_get(keys, sg, res.data());
-  return res;
+  return batch_put(s, keys, sg, depths);
 }
 
 }  // namespace
@@ -89,22 +62,12 @@ void bind_tiering(py::module_& m) {
               const std::vector<std::vector<uint64_t>>& sizes, std::vector<uint32_t> depths) { return put(s, keys, multi_sg(ptrs, sizes), depths); },
            py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = std::vector<uint32_t>{})
       .def("batch_get", [](TieredStore& s, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
-                           const std::vector<uint64_t>& sizes) { return get(s, keys, flat_sg(ptrs, sizes)); })
+                           const std::vector<uint64_t>& sizes) { return batch_get(s, keys, flat_sg(ptrs, sizes)); })
       .def("batch_get_sg", [](TieredStore& s, const std::vector<std::string>& keys,
                               const std::vector<std::vector<uintptr_t>>& ptrs,
-                              const std::vector<std::vector<uint64_t>>& sizes) { return get(s, keys, multi_sg(ptrs, sizes)); })
-      .def("batch_exists",
-           [](TieredStore& s, const std::vector<std::string>& keys) {
-             std::vector<int32_t> res(keys.size());
-             py::gil_scoped_release nogil;
-             s.batch_exists(keys, res.data());
-             return res;
-           })
-      .def("prefetch",
-           [](TieredStore& s, const std::vector<std::string>& keys) {
-             py::gil_scoped_release nogil;
-             return s.prefetch(keys);
-           })
+                              const std::vector<std::vector<uint64_t>>& sizes) { return batch_get(s, keys, multi_sg(ptrs, sizes)); })
+      .def("batch_exists", &batch_exists<TieredStore>)
+      .def("prefetch", &TieredStore::prefetch, release_gil())
       .def("get_bytes",
            [](TieredStore& s, const std::string& key) -> py::object {
              std::vector<GetTicket> t;
@@ -125,22 +88,10 @@ void bind_tiering(py::module_& m) {
              if (t[0].status >= 0) s.get_unpin({t[0].token});
              return t[0].status;
            })
-      .def("remove", [](TieredStore& s, const std::string& key) {
-             py::gil_scoped_release nogil;
-             return s.remove(key);
-           })
-      .def("remove_all", [](TieredStore& s) {
-             py::gil_scoped_release nogil;
-             return s.remove_all();
-           })
-      .def("close", [](TieredStore& s) {
-             py::gil_scoped_release nogil;
-             s.close();
-           })
-      .def("stats_json", [](TieredStore& s) {
-             py::gil_scoped_release nogil;
-             return s.stats_json();
-           })
+      .def("remove", &TieredStore::remove, release_gil())
+      .def("remove_all", &TieredStore::remove_all, release_gil())
+      .def("close", &TieredStore::close, release_gil())
+      .def("stats_json", &TieredStore::stats_json, release_gil())
       .def("take_notes", &TieredStore::take_notes)
       .def_property_readonly("arena_fd", &TieredStore::arena_fd)
       .def_property_readonly("arena_size", &TieredStore::arena_size);

@@ -1,0 +1,83 @@
+// Helpers shared by the pybind11 binding files (bindings.cpp, tiering/tiering_bindings.cpp,
+// node/node_bindings.cpp), so that _native.NvmeEngine, TieredStore and NodeClient take and check
+// their batch arguments the same way:
+//
+// * one_segment, flat_sg, multi_sg: Python lists of raw pointers and sizes -> scatter-gather
+//   lists (one segment per key, or a list of segments per key). Lengths that do not match raise
+//   ValueError. Call them with the GIL held (they run before the GIL is released).
+// * batch_put, batch_get, batch_exists: one batch call on any of the three classes with the GIL
+//   released; they return the per-key results as a list.
+// * release_gil: the call guard for methods that only forward to C++ and may block.
+//
+// Only the binding files include this header; nothing here is Python-visible by itself.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nvme/nvme_engine.h"  // Segment, SgList
+
+namespace mch::binding {
+
+using release_gil = pybind11::call_guard<pybind11::gil_scoped_release>;
+
+inline SgList one_segment(uintptr_t ptr, uint64_t size) {
+  return SgList{Segment{reinterpret_cast<uint8_t*>(ptr), size}};
+}
+
+// ptrs[i], sizes[i]: the one buffer of key i.
+inline std::vector<SgList> flat_sg(const std::vector<uintptr_t>& ptrs, const std::vector<uint64_t>& sizes) {
+  if (ptrs.size() != sizes.size()) throw pybind11::value_error("pointer and size lists differ in length");
+  std::vector<SgList> out;
+  out.reserve(ptrs.size());
+  for (size_t i = 0; i < ptrs.size(); i++) out.push_back(one_segment(ptrs[i], sizes[i]));
+  return out;
+}
+
+// ptrs[i][j], sizes[i][j]: segment j of key i.
+inline std::vector<SgList> multi_sg(const std::vector<std::vector<uintptr_t>>& ptrs,
+                                    const std::vector<std::vector<uint64_t>>& sizes) {
+  if (ptrs.size() != sizes.size()) throw pybind11::value_error("pointer and size lists differ in length");
+  std::vector<SgList> out(ptrs.size());
+  for (size_t i = 0; i < ptrs.size(); i++) {
+    if (ptrs[i].size() != sizes[i].size())
+      throw pybind11::value_error("key " + std::to_string(i) + ": pointer and size lists differ in length");
+    out[i].reserve(ptrs[i].size());
+    for (size_t j = 0; j < ptrs[i].size(); j++)
+      out[i].push_back(Segment{reinterpret_cast<uint8_t*>(ptrs[i][j]), sizes[i][j]});
+  }
+  return out;
+}
+
+// target.batch_put(keys, sg, extra..., results): extra is the depths where the class takes them.
+template <class Target, class... Extra>
+std::vector<int32_t> batch_put(Target& target, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
+                               const Extra&... extra) {
+  if (keys.size() != sg.size()) throw pybind11::value_error("keys and pointers differ in length");
+  std::vector<int32_t> res(keys.size());
+  pybind11::gil_scoped_release nogil;
+  target.batch_put(keys, sg, extra..., res.data());
+  return res;
+}
+
+template <class Target>
+std::vector<int64_t> batch_get(Target& target, const std::vector<std::string>& keys, const std::vector<SgList>& sg) {
+  if (keys.size() != sg.size()) throw pybind11::value_error("keys and pointers differ in length");
+  std::vector<int64_t> res(keys.size());
+  pybind11::gil_scoped_release nogil;
+  target.batch_get(keys, sg, res.data());
+  return res;
+}
+
+template <class Target>
+std::vector<int32_t> batch_exists(Target& target, const std::vector<std::string>& keys) {
+  std::vector<int32_t> res(keys.size());
+  pybind11::gil_scoped_release nogil;
+  target.batch_exists(keys, res.data());
+  return res;
+}
+
+}  // namespace mch::binding
