@@ -63,7 +63,9 @@ struct TieredStore::Impl {
     size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
   };
   std::unordered_map<KeyDigest, int, DigestHash> demoting;
-  std::condition_variable demoted_cv;
+  // Pages being copied from NVMe into DRAM (guarded by mu): a get of one waits for it to land.
+  std::unordered_map<KeyDigest, int, DigestHash> promoting;
+  std::condition_variable settled_cv;  // signalled when a demotion or promotion finishes
 
   // Background promotion of prefetched keys: one worker, a bounded queue (guarded by pf_mu).
   std::mutex pf_mu;
@@ -177,21 +179,22 @@ struct TieredStore::Impl {
     if (settled.empty()) return;
     {
       std::lock_guard<std::mutex> lk(mu);
-      for (const auto& d : settled) {
-        auto it = demoting.find(d);
-        if (it != demoting.end() && --it->second == 0) demoting.erase(it);
-      }
+      for (const auto& d : settled) settle(demoting, d);
     }
-    demoted_cv.notify_all();
+    settled_cv.notify_all();
   }
 
-  // Waits (mu held via lk) until none of `digests` is being demoted, at most 10 s.
-  void wait_demoted(std::unique_lock<std::mutex>& lk, const std::vector<KeyDigest>& digests) {
-    demoted_cv.wait_for(lk, std::chrono::seconds(10), [&] {
+  // Waits (mu held via lk) until none of `digests` is being demoted or promoted, at most 10 s.
+  void wait_settled(std::unique_lock<std::mutex>& lk, const std::vector<KeyDigest>& digests) {
+    settled_cv.wait_for(lk, std::chrono::seconds(10), [&] {
       for (const auto& d : digests)
-        if (demoting.count(d)) return false;
+        if (demoting.count(d) || promoting.count(d)) return false;
       return true;
     });
+  }
+  static void settle(std::unordered_map<KeyDigest, int, DigestHash>& m, const KeyDigest& d) {
+    auto it = m.find(d);
+    if (it != m.end() && --it->second == 0) m.erase(it);
   }
 
   // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
@@ -199,11 +202,11 @@ struct TieredStore::Impl {
   void promote(const std::vector<std::string>& keys, bool pin, std::vector<GetTicket>* out) {
     out->assign(keys.size(), GetTicket{});
     if (!nvme || keys.empty()) return;
+    std::vector<KeyDigest> ds;
+    for (const auto& k : keys) ds.push_back(KeyDigest::of(k));
     {
-      std::vector<KeyDigest> ds;
-      for (const auto& k : keys) ds.push_back(KeyDigest::of(k));
       std::unique_lock<std::mutex> lk(mu);
-      wait_demoted(lk, ds);  // a page on its way to NVMe is read once it is there
+      wait_settled(lk, ds);  // a page on its way to NVMe is read once it is there
     }
     std::vector<int64_t> sizes(keys.size());
     for (size_t i = 0; i < keys.size(); i++) sizes[i] = nvme->value_size(keys[i]);
@@ -215,11 +218,16 @@ struct TieredStore::Impl {
       if (closed) return;
       for (size_t i = 0; i < keys.size(); i++) {
         if (sizes[i] < 0) continue;
+        if (dram->find(ds[i]) >= 0 || promoting.count(ds[i])) {
+          (*out)[i].status = kNoSpace;  // landed meanwhile (or landing): the caller looks again
+          continue;
+        }
         int64_t s = reserve_locked(static_cast<uint64_t>(sizes[i]), &pending);
         if (s < 0) {  // no room in DRAM right now
           (*out)[i].status = kNoSpace;
           continue;
         }
+        promoting[ds[i]]++;
         idx.push_back(i);
         slot_of.push_back(static_cast<uint32_t>(s));
       }
@@ -237,11 +245,12 @@ struct TieredStore::Impl {
     for (size_t j = 0; j < idx.size(); j++) {
       uint32_t s = slot_of[j];
       GetTicket& t = (*out)[idx[j]];
+      const KeyDigest& d = ds[idx[j]];
+      settle(promoting, d);
       if (res[j] != sizes[idx[j]]) {
         dram->abort(s);
         continue;
       }
-      KeyDigest d = KeyDigest::of(keys[idx[j]]);
       dram->publish(s, keys[idx[j]], d, static_cast<uint32_t>(res[j]), 0);
       ctr.promoted++;
       if (pin) {
@@ -253,6 +262,7 @@ struct TieredStore::Impl {
       t.token = make_token(s, dram->slot(s).gen);
       t.tier = 2;
     }
+    settled_cv.notify_all();
   }
 
   void prefetch_loop() {
@@ -265,10 +275,16 @@ struct TieredStore::Impl {
         keys = std::move(pf_queue.front());
         pf_queue.pop_front();
       }
-      std::vector<GetTicket> t;
-      promote(keys, false, &t);
-      for (const auto& x : t)
-        if (x.status >= 0) ctr.prefetch_done++;
+      // In prefix order and in small steps, so a get waiting for the first pages of a prefix
+      // does not wait for the whole prefix to land.
+      constexpr size_t kStep = 16;
+      for (size_t b = 0; b < keys.size(); b += kStep) {
+        std::vector<std::string> step(keys.begin() + b, keys.begin() + std::min(keys.size(), b + kStep));
+        std::vector<GetTicket> t;
+        promote(step, false, &t);
+        for (const auto& x : t)
+          if (x.status >= 0) ctr.prefetch_done++;
+      }
     }
   }
 };
@@ -409,7 +425,33 @@ static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& 
 // Promotes keys[missing[j]] from NVMe (pinned) into (*out)[missing[j]]. A key that is on NVMe
 // but found no room in DRAM gets kNoSpace.
 static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& keys,
-                         const std::vector<size_t>& missing, std::vector<GetTicket>* out) {
+                         const std::vector<size_t>& missing_in, std::vector<GetTicket>* out) {
+  if (missing_in.empty()) return;
+  // Pages that a prefetch (or another get) is promoting right now, or that are on their way to
+  // NVMe, are waited for; those that landed in DRAM meanwhile are pinned there.
+  std::vector<size_t> missing;
+  {
+    std::vector<KeyDigest> ds;
+    for (size_t i : missing_in) ds.push_back(KeyDigest::of(keys[i]));
+    std::unique_lock<std::mutex> lk(m.mu);
+    m.wait_settled(lk, ds);
+    for (size_t j = 0; j < missing_in.size(); j++) {
+      int64_t s = m.dram->find(ds[j]);
+      if (s < 0) {
+        missing.push_back(missing_in[j]);
+        continue;
+      }
+      uint32_t id = static_cast<uint32_t>(s);
+      GetTicket& t = (*out)[missing_in[j]];
+      m.dram->pin(id);
+      m.dram->touch(id);
+      t.status = m.dram->slot(id).len;
+      t.offset = m.dram->offset(id);
+      t.token = make_token(id, m.dram->slot(id).gen);
+      t.tier = 1;
+      m.ctr.dram_hits++;
+    }
+  }
   if (missing.empty()) return;
   std::vector<std::string> mk;
   for (size_t i : missing) mk.push_back(keys[i]);
