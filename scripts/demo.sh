@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Sets up (scripts/setup.sh) and runs the main job: the NVMe benchmark against fio and a
-# one-file-per-page baseline, on a temporary file under /var/tmp. Extra arguments go to it.
+# Sets up (scripts/setup.sh), then runs the main job on the embedded single-host default:
+#   1. `mooncake-hicache bench`: starts a private node (DRAM + NVMe under /var/tmp) and pushes a
+#      KV-page workload through it from this process, verifying every page (about 10 s);
+#   2. a one-minute replay of the bundled Mooncake conversation-trace sample, comparing DRAM-only,
+#      DRAM+NVMe (each eviction policy) and SGLang's file backend (tables in bench/out/demo).
+# The NVMe benchmark against fio is `.venv/bin/python bench/nvme_bench.py` (about 2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python bench/nvme_bench.py "$@"
+.venv/bin/python -m mooncake_hicache bench "$@"
+exec .venv/bin/python bench/replay.py bench/traces/conversation_sample.jsonl --max-requests 600 --output bench/out/demo
