@@ -390,6 +390,17 @@ void TieredStore::abort_puts(const std::vector<uint64_t>& tokens) {
   }
 }
 
+// Pins DRAM slot `id` for a reader and fills its ticket. Caller holds m.mu.
+static void pin_hit(TieredStore::Impl& m, uint32_t id, GetTicket* t) {
+  m.dram->pin(id);
+  m.dram->touch(id);
+  t->status = m.dram->slot(id).len;
+  t->offset = m.dram->offset(id);
+  t->token = make_token(id, m.dram->slot(id).gen);
+  t->tier = 1;
+  m.ctr.dram_hits++;
+}
+
 // Pins the DRAM hits among `keys`; returns the indexes of the others in *missing.
 static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& keys,
                           std::vector<GetTicket>* out, std::vector<size_t>* missing) {
@@ -411,14 +422,7 @@ static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& 
       missing->push_back(i);
       continue;
     }
-    uint32_t id = static_cast<uint32_t>(s);
-    m.dram->pin(id);
-    m.dram->touch(id);
-    t.status = m.dram->slot(id).len;
-    t.offset = m.dram->offset(id);
-    t.token = make_token(id, m.dram->slot(id).gen);
-    t.tier = 1;
-    m.ctr.dram_hits++;
+    pin_hit(m, static_cast<uint32_t>(s), &t);
   }
 }
 
@@ -441,15 +445,7 @@ static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& k
         missing.push_back(missing_in[j]);
         continue;
       }
-      uint32_t id = static_cast<uint32_t>(s);
-      GetTicket& t = (*out)[missing_in[j]];
-      m.dram->pin(id);
-      m.dram->touch(id);
-      t.status = m.dram->slot(id).len;
-      t.offset = m.dram->offset(id);
-      t.token = make_token(id, m.dram->slot(id).gen);
-      t.tier = 1;
-      m.ctr.dram_hits++;
+      pin_hit(m, static_cast<uint32_t>(s), &(*out)[missing_in[j]]);
     }
   }
   if (missing.empty()) return;
