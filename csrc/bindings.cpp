@@ -28,36 +28,7 @@ const char* kind_name(EngineError::Kind k) {
 }
 
 py::dict stats_dict(const NvmeStats& s) {
-  py::dict d;
-  d["io_backend"] = s.io_backend;
-  d["direct_io"] = s.direct_io;
-  d["fixed_buffers"] = s.fixed_buffers;
-  d["capacity"] = s.capacity;
-  d["region_size"] = s.region_size;
-  d["region_count"] = s.region_count;
-  d["regions_free"] = s.regions_free;
-  d["regions_sealed"] = s.regions_sealed;
-  d["entries"] = s.entries;
-  d["value_bytes"] = s.value_bytes;
-  d["index_bytes"] = s.index_bytes;
-  d["index_bytes_per_entry"] = s.index_bytes_per_entry;
-  d["puts"] = s.puts;
-  d["put_bytes"] = s.put_bytes;
-  d["put_errors"] = s.put_errors;
-  d["gets"] = s.gets;
-  d["hits"] = s.hits;
-  d["misses"] = s.misses;
-  d["get_bytes"] = s.get_bytes;
-  d["checksum_failures"] = s.checksum_failures;
-  d["io_errors"] = s.io_errors;
-  d["evicted_regions"] = s.evicted_regions;
-  d["evicted_pages"] = s.evicted_pages;
-  d["reinserted_pages"] = s.reinserted_pages;
-  d["removes"] = s.removes;
-  d["recovery_seconds"] = s.recovery_seconds;
-  d["recovered_entries"] = s.recovered_entries;
-  d["recovered_regions_scanned"] = s.recovered_regions_scanned;
-  return d;
+  return py::module_::import("json").attr("loads")(s.to_json());
 }
 
 }  // namespace

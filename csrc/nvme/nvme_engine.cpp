@@ -1265,4 +1265,34 @@ NvmeStats NvmeEngine::stats() {
   return s;
 }
 
+std::string NvmeStats::to_json() const {
+  // Doubles always carry a decimal point, so they read back as floats.
+  auto num = [](double v) {
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%.9g", v);
+    std::string out(buf);
+    if (out.find_first_of(".eE") == std::string::npos) out += ".0";
+    return out;
+  };
+  auto b = [](bool v) { return v ? "true" : "false"; };
+  std::string o = "{\"io_backend\":\"" + io_backend + "\",\"direct_io\":" + b(direct_io) +
+                  ",\"fixed_buffers\":" + b(fixed_buffers);
+  const std::pair<const char*, uint64_t> ints[] = {
+      {"capacity", capacity}, {"region_size", region_size}, {"region_count", region_count},
+      {"regions_free", regions_free}, {"regions_sealed", regions_sealed}, {"entries", entries},
+      {"value_bytes", value_bytes}, {"index_bytes", index_bytes}};
+  for (const auto& [k, v] : ints) o += std::string(",\"") + k + "\":" + std::to_string(v);
+  o += ",\"index_bytes_per_entry\":" + num(index_bytes_per_entry);
+  const std::pair<const char*, uint64_t> counters[] = {
+      {"puts", puts}, {"put_bytes", put_bytes}, {"put_errors", put_errors}, {"gets", gets}, {"hits", hits},
+      {"misses", misses}, {"get_bytes", get_bytes}, {"checksum_failures", checksum_failures},
+      {"io_errors", io_errors}, {"evicted_regions", evicted_regions}, {"evicted_pages", evicted_pages},
+      {"reinserted_pages", reinserted_pages}, {"removes", removes}};
+  for (const auto& [k, v] : counters) o += std::string(",\"") + k + "\":" + std::to_string(v);
+  o += ",\"recovery_seconds\":" + num(recovery_seconds) + ",\"recovered_entries\":" +
+       std::to_string(recovered_entries) + ",\"recovered_regions_scanned\":" + std::to_string(recovered_regions_scanned) +
+       "}";
+  return o;
+}
+
 }  // namespace mch

@@ -77,6 +77,10 @@ struct NvmeStats {
   uint64_t removes = 0;
   double recovery_seconds = 0;
   uint64_t recovered_entries = 0, recovered_regions_scanned = 0;
+
+  // The figures as one JSON object: the single field list behind NvmeEngine.stats() in Python
+  // and the "nvme" section of TieredStore::stats_json().
+  std::string to_json() const;
 };
 
 class NvmeEngine {

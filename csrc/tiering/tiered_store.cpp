@@ -721,20 +721,7 @@ std::string TieredStore::stats_json() {
     << ",\"written_through\":" << m.ctr.written_through.load() << ",\"prefetch_queued\":" << m.ctr.prefetch_queued.load()
     << ",\"prefetch_done\":" << m.ctr.prefetch_done.load() << "}";
   if (m.nvme) {
-    NvmeStats n = m.nvme->stats();
-    o << ",\"nvme\":{\"io_backend\":\"" << n.io_backend << "\",\"direct_io\":" << (n.direct_io ? "true" : "false")
-      << ",\"fixed_buffers\":" << (n.fixed_buffers ? "true" : "false") << ",\"capacity\":" << n.capacity
-      << ",\"region_size\":" << n.region_size << ",\"region_count\":" << n.region_count
-      << ",\"regions_free\":" << n.regions_free << ",\"regions_sealed\":" << n.regions_sealed
-      << ",\"entries\":" << n.entries << ",\"value_bytes\":" << n.value_bytes << ",\"index_bytes\":" << n.index_bytes
-      << ",\"index_bytes_per_entry\":" << n.index_bytes_per_entry << ",\"puts\":" << n.puts
-      << ",\"put_bytes\":" << n.put_bytes << ",\"put_errors\":" << n.put_errors << ",\"gets\":" << n.gets
-      << ",\"hits\":" << n.hits << ",\"misses\":" << n.misses << ",\"get_bytes\":" << n.get_bytes
-      << ",\"checksum_failures\":" << n.checksum_failures << ",\"io_errors\":" << n.io_errors
-      << ",\"evicted_regions\":" << n.evicted_regions << ",\"evicted_pages\":" << n.evicted_pages
-      << ",\"reinserted_pages\":" << n.reinserted_pages << ",\"removes\":" << n.removes
-      << ",\"recovery_seconds\":" << n.recovery_seconds << ",\"recovered_entries\":" << n.recovered_entries
-      << ",\"recovered_regions_scanned\":" << n.recovered_regions_scanned << "}";
+    o << ",\"nvme\":" << m.nvme->stats().to_json();
   }
   o << "}";
   return o.str();
