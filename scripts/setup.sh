@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Sets up everything mooncake-hicache needs on Debian/Ubuntu, idempotently:
-#   system packages (compiler, liburing, xxhash, fio), a virtualenv in .venv, and an
+#   system packages (compiler, liburing, xxhash, googletest, fio), a virtualenv in .venv, and an
 #   editable build of the package (the C++ extension is compiled here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev fio)
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libgtest-dev fio)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
