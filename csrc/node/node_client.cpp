@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -317,6 +318,9 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
   if (e == 0) {
     Reader r(c->rx.data() + kHeaderSize, h.body_len);
     if (!decode_hello_reply(r, &hr) || afd < 0 || hr.arena_size == 0) e = EPROTO;
+    // Never map past the end of the memfd: touching such a page raises SIGBUS in this process.
+    struct stat st;
+    if (e == 0 && (fstat(afd, &st) != 0 || static_cast<uint64_t>(st.st_size) < hr.arena_size)) e = EPROTO;
   }
   if (e != 0) {
     *err = (e == EPROTO && c->error_code == kErrVersion) ? EPROTONOSUPPORT : e;
