@@ -1,0 +1,151 @@
+// Input generation for the decoder fuzz tests: random byte strings, valid request frames of
+// every op, and mutations of them (bit flips, interesting integers in length and count fields,
+// truncation, extension, spliced chunks).
+#pragma once
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "node/protocol.h"
+
+namespace mch::testing {
+
+class Mutator {
+ public:
+  explicit Mutator(uint64_t seed) : rng_(seed) {}
+
+  uint64_t next() { return rng_(); }
+  uint64_t below(uint64_t n) { return n == 0 ? 0 : rng_() % n; }
+  bool one_in(uint64_t n) { return below(n) == 0; }
+
+  std::vector<uint8_t> random_bytes(size_t max_len) {
+    std::vector<uint8_t> b(below(max_len + 1));
+    for (auto& x : b) x = static_cast<uint8_t>(rng_());
+    return b;
+  }
+
+  // Values that sit on the bounds the decoders check.
+  uint64_t interesting() {
+    static const uint64_t k[] = {0, 1, 2, 3, 4, 7, 8, 9, 16, 24, 255, 256, 4095, 4096, 4097, 2047, 2048, 2049,
+                                 proto::kMaxBatch - 1, proto::kMaxBatch, proto::kMaxBatch + 1, 0x7fffffff,
+                                 0x80000000, 0xfffffffe, 0xffffffff, proto::kMaxBody, proto::kMaxBody + 1,
+                                 0x7fffffffffffffffull, 0x8000000000000000ull, ~0ull};
+    return k[below(sizeof k / sizeof k[0])];
+  }
+
+  // Applies 1..4 mutations in place. `protect` leading bytes are left alone (e.g. a header
+  // that must stay intact to reach the body decoder); pass 0 to mutate everything.
+  void mutate(std::vector<uint8_t>& b, size_t protect = 0) {
+    int n = 1 + static_cast<int>(below(4));
+    for (int i = 0; i < n; i++) mutate_once(b, protect);
+  }
+
+ private:
+  void mutate_once(std::vector<uint8_t>& b, size_t protect) {
+    size_t body = b.size() > protect ? b.size() - protect : 0;
+    auto pos = [&]() { return protect + below(body); };
+    switch (below(8)) {
+      case 0:  // flip one bit
+        if (body) b[pos()] ^= static_cast<uint8_t>(1u << below(8));
+        break;
+      case 1:  // random byte
+        if (body) b[pos()] = static_cast<uint8_t>(rng_());
+        break;
+      case 2:  // interesting u32 (a length or a count)
+        if (body >= 4) {
+          size_t p = protect + below(body - 3);
+          proto::store_le<uint32_t>(&b[p], static_cast<uint32_t>(interesting()));
+        }
+        break;
+      case 3:  // interesting u64 (a size, an offset or a token)
+        if (body >= 8) {
+          size_t p = protect + below(body - 7);
+          proto::store_le<uint64_t>(&b[p], interesting());
+        }
+        break;
+      case 4:  // truncate
+        b.resize(protect + below(body + 1));
+        break;
+      case 5: {  // append random bytes
+        size_t k = 1 + below(64);
+        for (size_t i = 0; i < k; i++) b.push_back(static_cast<uint8_t>(rng_()));
+        break;
+      }
+      case 6:  // delete a chunk
+        if (body) {
+          size_t p = pos(), k = 1 + below(std::min<size_t>(16, b.size() - p));
+          b.erase(b.begin() + static_cast<long>(p), b.begin() + static_cast<long>(p + k));
+        }
+        break;
+      default:  // duplicate a chunk
+        if (body) {
+          size_t p = pos(), k = 1 + below(std::min<size_t>(16, b.size() - p));
+          std::vector<uint8_t> chunk(b.begin() + static_cast<long>(p), b.begin() + static_cast<long>(p + k));
+          b.insert(b.begin() + static_cast<long>(pos()), chunk.begin(), chunk.end());
+        }
+        break;
+    }
+  }
+
+  std::mt19937_64 rng_;
+};
+
+// A valid request frame of `op` (keys from a small pool so that gets can hit what puts stored;
+// tokens from `tokens`, which the caller fills from earlier replies).
+inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, const std::vector<uint64_t>& tokens) {
+  proto::Writer w;
+  w.begin(op, id);
+  std::vector<std::string> keys;
+  std::vector<uint32_t> idx;
+  size_t n = m.below(6);
+  for (size_t i = 0; i < n; i++) {
+    keys.push_back("fuzz-key-" + std::to_string(m.below(20)));
+    idx.push_back(static_cast<uint32_t>(i));
+  }
+  auto token = [&]() { return tokens.empty() || m.one_in(4) ? m.next() : tokens[m.below(tokens.size())]; };
+  switch (op) {
+    case proto::kHello:
+      w.u16(proto::kMinVersion);
+      w.u16(proto::kVersion);
+      w.u32(1);
+      w.str("fuzz");
+      break;
+    case proto::kPutReserve: {
+      std::vector<uint64_t> sizes;
+      std::vector<uint32_t> depths;
+      for (size_t i = 0; i < n; i++) {
+        sizes.push_back(m.one_in(8) ? m.interesting() : 1 + m.below(64 * 1024));
+        depths.push_back(static_cast<uint32_t>(m.below(5)));
+      }
+      proto::encode_put_reserve(w, keys, idx, sizes, depths);
+      break;
+    }
+    case proto::kPutCommit:
+      w.u32(static_cast<uint32_t>(n));
+      for (size_t i = 0; i < n; i++) {
+        w.u64(token());
+        w.u8(static_cast<uint8_t>(m.below(2)));
+      }
+      break;
+    case proto::kGetUnpin:
+      w.u32(static_cast<uint32_t>(n));
+      for (size_t i = 0; i < n; i++) w.u64(token());
+      break;
+    case proto::kGetPin:
+    case proto::kExists:
+    case proto::kPrefetch:
+    case proto::kRemove:
+      proto::encode_keys(w, keys, idx);
+      break;
+    case proto::kPing:
+      w.str("ping");
+      break;
+    default:  // REMOVE_ALL, STATS: empty bodies
+      break;
+  }
+  const uint8_t* f = w.finish();
+  return std::vector<uint8_t>(f, f + w.size());
+}
+
+}  // namespace mch::testing
