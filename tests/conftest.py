@@ -4,9 +4,12 @@ and page-aligned buffers with known content."""
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import mmap
 import os
 
+import numpy as np
 import pytest
 
 from mooncake_hicache import Store
@@ -38,12 +41,23 @@ class Buffer:
             pass
 
 
+@functools.lru_cache(maxsize=64)
 def pattern(key: str, n: int) -> bytes:
-    """Deterministic bytes for a key: every value is checkable without keeping it around."""
-    seed = key.encode()
-    block = (seed + b"|") * (4096 // (len(seed) + 1) + 1)
-    reps = n // len(block) + 1
-    return (block * reps)[:n]
+    """Deterministic bytes for a key: every value is checkable without keeping it around.
+
+    Every 8-byte word is a hash of (key, word offset), so no two 4 KiB blocks of a value, and no
+    two keys, share content: a block swapped, shifted or taken from another key is caught.
+    ``pattern(key, m)`` is a prefix of ``pattern(key, n)`` for m < n. Cached per (key, n)."""
+    if n <= 0:
+        return b""
+    seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    words = np.arange((n + 7) // 8, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the mix intends
+        z = words * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)   # splitmix64 of (seed, offset)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z.astype("<u8").tobytes()[:n]
 
 
 def nvme_config(path, **overrides) -> dict:
