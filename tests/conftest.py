@@ -8,6 +8,7 @@ import functools
 import hashlib
 import mmap
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,27 @@ def pytest_pycollect_makemodule(module_path, parent):
     """A module skipped at import (``pytest.importorskip``: the SGLang tests without sglang)
     reports each of its tests as skipped, with the reason, instead of vanishing from the counts."""
     return ModuleReportingSkippedTests.from_parent(parent, path=module_path)
+
+
+def page_kind_this_machine_provides(capacity: int) -> str:
+    """What a hugepages arena of ``capacity`` bytes gets here: 2 MiB hugetlb pages when the pool
+    has enough free ones, else shmem THP when the kernel gives shmem huge pages to an madvise,
+    else 4 KiB pages."""
+    pool = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
+    try:
+        free = int((pool / "free_hugepages").read_text()) - int((pool / "resv_hugepages").read_text())
+    except OSError:  # no 2 MiB pool in sysfs: /proc/meminfo, if 2 MiB is the default size
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(info["HugePages_Free"]) - int(info["HugePages_Rsvd"]) \
+            if info.get("Hugepagesize", "").split() == ["2048", "kB"] else 0
+    if free * 2 * MiB >= capacity:
+        return "hugetlb"
+    try:
+        shmem = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read_text()
+    except OSError:
+        return "4k"  # a kernel without THP
+    mode = shmem[shmem.index("[") + 1:shmem.index("]")]
+    return "thp" if mode in ("always", "within_size", "advise", "force") else "4k"
 
 
 def nvme_config(path, **overrides) -> dict:

@@ -7,11 +7,9 @@ an 8 MiB arena cut into 1 MiB slabs: 32 pages of 256 KiB fit at once.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from conftest import MiB, pattern
+from conftest import MiB, page_kind_this_machine_provides, pattern
 from mooncake_hicache.errors import ErrorCode
 
 PAGE = 256 * 1024
@@ -405,27 +403,6 @@ def test_stats_report_entries_bytes_evictions_and_page_kind(dram_store, scratch)
 
     hp = dram(dram_store(hugepages=True))
     assert hp["page_kind"] == page_kind_this_machine_provides(CAPACITY)
-
-
-def page_kind_this_machine_provides(capacity: int) -> str:
-    """What a hugepages arena of ``capacity`` bytes gets here: 2 MiB hugetlb pages when the pool
-    has enough free ones, else shmem THP when the kernel gives shmem huge pages to an madvise,
-    else 4 KiB pages."""
-    pool = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
-    try:
-        free = int((pool / "free_hugepages").read_text()) - int((pool / "resv_hugepages").read_text())
-    except OSError:  # no 2 MiB pool in sysfs: /proc/meminfo, if 2 MiB is the default size
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        free = int(info["HugePages_Free"]) - int(info["HugePages_Rsvd"]) \
-            if info.get("Hugepagesize", "").split() == ["2048", "kB"] else 0
-    if free * 2 * MiB >= capacity:
-        return "hugetlb"
-    try:
-        shmem = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read_text()
-    except OSError:
-        return "4k"  # a kernel without THP
-    mode = shmem[shmem.index("[") + 1:shmem.index("]")]
-    return "thp" if mode in ("always", "within_size", "advise", "force") else "4k"
 
 
 def test_capacity_rounds_up_to_whole_2mib_pages(dram_store):
