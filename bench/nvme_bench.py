@@ -39,7 +39,7 @@ failed, 2 for a setup problem.
 Examples::
 
     .venv/bin/python bench/nvme_bench.py                      # default: 12 points of >= 10 s, ~5 min
-    .venv/bin/python bench/nvme_bench.py --quick              # smoke test, about 20 seconds
+    .venv/bin/python bench/nvme_bench.py --quick              # smoke test, about a minute
     .venv/bin/python bench/nvme_bench.py --dir /mnt/nvme/bench --total-mib 8192 --restart-gib 16
     .venv/bin/python bench/nvme_bench.py --sizes 1M --qds 1,2,4,8,16,32,64 --skip-naive
 """

@@ -387,8 +387,9 @@ def report_rows(r: dict) -> list:
     return rows
 
 
-def print_report(results: list[dict], seconds: float) -> None:
-    print(f"Store through the node: GB/s (1e9 B/s) median [min-max] over the samples, >= {seconds:g} s per point; "
+def print_report(results: list[dict], seconds: float, mode: str) -> None:
+    where = "through the node (a client process)" if mode == "node" else "in this process (in_process mode)"
+    print(f"Store {where}: GB/s (1e9 B/s) median [min-max] over the samples, >= {seconds:g} s per point; "
           f"vs limit: median of the paired ratios [min-max], ABBA; n: pairs (rows with a limit) or samples")
     headers = ("size", "operation", "GB/s", "batch ms p50", "batch ms p99", "limit", "limit GB/s", "vs limit",
                "n", "target", "met")
@@ -456,7 +457,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             sb.close()
 
-    print_report(results, args.seconds)
+    print_report(results, args.seconds, args.mode)
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
     bc.json_line({"bench": "store_node", "mode": args.mode, "ok": not failures and not setup_error,
