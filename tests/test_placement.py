@@ -206,3 +206,16 @@ def test_bad_calls_are_refused():
     with pytest.raises(ValueError, match="not a member"):
         p.route(["k"], 1, "one", {"node-x": 1.0})
     assert p.index_of("node-c") == p.ids.index("node-c") and p.index_of("node-x") == -1
+
+
+def test_the_placement_bench_runs_and_meets_its_movement_target():
+    import json
+    import os
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "placement_bench.py")
+    r = subprocess.run([sys.executable, bench, "--quick", "--keys", "20000"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "placement" and result["ok"]
+    assert len(result["speed"]) == 8 and all(row["us_per_batch"] > 0 for row in result["speed"])
+    assert all(row["foreign"] == 0 for row in result["movement"])
