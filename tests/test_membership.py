@@ -311,6 +311,25 @@ def test_a_node_cut_off_from_etcd_keeps_its_view_and_registers_again_when_back(s
 
 
 @needs_etcd
+def test_a_node_whose_id_was_taken_while_cut_off_reports_it_and_does_not_steal_it(shared_etcd, prefix, members):
+    proxy = TcpProxy(shared_etcd.client_port)
+    try:
+        a = members([proxy.url], prefix, member("a", 7001))
+        watcher = members([shared_etcd.url], prefix, None)
+        proxy.cut()
+        wait_for(lambda: ids(watcher) == [], TTL + 1, "a's lease expired")
+        members([shared_etcd.url], prefix, member("a", 7002))  # another node takes the id
+        proxy.restore()
+        wait_for(lambda: "registration" in a.stats()["problems"], TTL + 1, "the conflict reported")
+        assert "already registered by a live node" in a.stats()["problems"]["registration"]
+        assert not a.healthy
+        time.sleep(TTL / 2)
+        assert watcher.view.member("a").port == 7002  # the new holder keeps the id
+    finally:
+        proxy.close()
+
+
+@needs_etcd
 def test_a_lost_lease_is_registered_again(shared_etcd, prefix, members):
     a = members([shared_etcd.url], prefix, member("a"))
     b = members([shared_etcd.url], prefix, member("b"))

@@ -134,6 +134,8 @@ class Membership:
 
     @staticmethod
     def _log_change(new: View, old: View) -> None:
+        if new.epoch < old.epoch:
+            log.warning("membership epoch went back from %d to %d (was etcd's data reset?)", old.epoch, new.epoch)
         joined, left, changed = new.diff(old)
         parts = [f"+{i}" for i in joined] + [f"-{i}" for i in left] + [f"~{i}" for i in changed]
         log.info("membership epoch %d: %s (%d members, %d live)", new.epoch, " ".join(parts) or "no change",
@@ -161,8 +163,9 @@ class EtcdMembership(Membership):
     start and ``DuplicateMemberError`` when another live node holds ``me.id``.
 
     Threads: ``keepalive`` refreshes the lease every TTL/3 and registers again when the lease or
-    the key was lost; ``watch`` follows the prefix. ``_lock`` also guards ``_problems`` and
-    ``_stream``; ``_members`` and ``_lease_id`` belong to the watch and keepalive threads."""
+    the key was lost; ``watch`` follows the prefix. ``_lock`` also guards ``_problems``,
+    ``_counters`` and ``_stream``; ``_members`` belongs to the watch thread and ``_lease_id`` to
+    the keepalive thread (``close`` reads it after joining that thread)."""
 
     kind = "etcd"
 
@@ -181,7 +184,7 @@ class EtcdMembership(Membership):
         self._stopping = threading.Event()
         self._wake = threading.Event()  # wakes the keepalive thread (stop, or register again)
         self._must_register = False
-        self.counters: Counter = Counter()
+        self._counters: Counter = Counter()  # guarded by _lock
         revision = self._start()
         self._threads = [threading.Thread(target=self._watch_loop, args=(revision,), name="membership-watch",
                                           daemon=True)]
@@ -199,11 +202,16 @@ class EtcdMembership(Membership):
     def stats(self) -> dict:
         with self._lock:
             problems = dict(self._problems)
+            counters = {k: self._counters[k] for k in ("registrations", "watch_restarts", "compactions",
+                                                       "etcd_failures")}
         out = super().stats()
         out.update(endpoint=self._session.endpoint, registered_as=self._me.id if self._me else None,
-                   problems=problems, **{k: self.counters[k] for k in
-                                         ("registrations", "watch_restarts", "compactions", "etcd_failures")})
+                   problems=problems, **counters)
         return out
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
 
     def close(self) -> None:
         """Leave the cluster: stop the threads and revoke the lease (peers see the leave at once)."""
@@ -254,7 +262,7 @@ class EtcdMembership(Membership):
         while True:
             holder = self._session.create(self._key, self._registration(), self._lease_id)
             if holder is None or holder["lease"] == self._lease_id:
-                self.counters["registrations"] += 1
+                self._count("registrations")
                 return
             if deadline is None:
                 deadline = time.monotonic() + self._holder_ttl(holder) + 1
@@ -286,14 +294,16 @@ class EtcdMembership(Membership):
         """From the keepalive thread, after the lease or the key was lost."""
         if not self._lease_id or self._session.keepalive(self._lease_id) <= 0:
             self._lease_id = self._session.grant(self._ttl)
+        self._must_register = False
         holder = self._session.create(self._key, self._registration(), self._lease_id)
         if holder is not None and holder["lease"] != self._lease_id:
+            self._must_register = True
             self._set_problem("registration", self._duplicate_message(holder))
             return
-        self._must_register = False
-        self.counters["registrations"] += 1
         self._clear_problem("registration")
-        log.info("registered %s at %s in etcd again (lease %x)", self._me.id, self._me.address, self._lease_id)
+        if holder is None:  # else the key is there under our lease already: nothing was lost
+            self._count("registrations")
+            log.info("registered %s at %s in etcd again (lease %x)", self._me.id, self._me.address, self._lease_id)
 
     def _request_register(self) -> None:
         if self._me is not None and not self._stopping.is_set():
@@ -371,13 +381,13 @@ class EtcdMembership(Membership):
                     revision = self._reload()
                 self._follow(revision)
             except WatchCompacted:
-                self.counters["compactions"] += 1
+                self._count("compactions")
                 log.info("membership watch fell behind a compaction; re-reading the members")
                 backoff = 0.0
             except Exception as e:  # WatchFailed, EtcdUnreachable, an etcd error answer: never die
                 if self._stopping.is_set():
                     return
-                self.counters["watch_restarts"] += 1
+                self._count("watch_restarts")
                 self._set_problem("watch", f"{type(e).__name__}: {e}")
                 backoff = min(1.0, max(0.1, backoff * 2))
             revision = None
@@ -416,7 +426,7 @@ class EtcdMembership(Membership):
             self._problems[kind] = message
             view = self._view
         if first:
-            self.counters["etcd_failures"] += 1
+            self._count("etcd_failures")
             log.warning("etcd unreachable or refusing (%s: %s): keeping the last view (epoch %d, %d members) "
                         "until it returns", kind, message, view.epoch, len(view.members))
 
