@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "common/aligned_buffer.h"
-#include "common/checksum.h"
+#include "common/keys.h"
 #include "dram/dram_arena.h"
 #include "dram/eviction_policy.h"
 
@@ -111,9 +111,6 @@ class DramTier {
   std::vector<uint32_t> free_pages_;
   std::vector<SizeClass> classes_;
   std::unordered_map<uint64_t, int> class_by_size_;
-  struct DigestHash {
-    size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
-  };
   std::unordered_map<KeyDigest, uint32_t, DigestHash> index_;
   uint64_t value_bytes_ = 0;
   uint64_t evictions_ = 0, dropped_ = 0;

@@ -119,9 +119,6 @@ class S3FifoPolicy : public EvictionPolicy {
     uint8_t freq;
     bool in_main;
   };
-  struct DigestHash {
-    size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
-  };
   void remember(const KeyDigest& d) {
     ghost_set_.insert(d);
     ghost_fifo_.push_back(d);

@@ -70,32 +70,6 @@ struct NodeClient::Conn {
 
 namespace {
 
-uint64_t sg_bytes(const SgList& sg, bool* null_ptr) {
-  uint64_t n = 0;
-  for (const Segment& s : sg) {
-    n += s.len;
-    if (s.len > 0 && s.ptr == nullptr) *null_ptr = true;
-  }
-  return n;
-}
-
-void gather(const SgList& sg, uint8_t* dst) {
-  for (const Segment& s : sg) {
-    if (s.len) memcpy(dst, s.ptr, s.len);
-    dst += s.len;
-  }
-}
-
-void scatter(const uint8_t* src, uint64_t len, const SgList& sg) {
-  for (const Segment& s : sg) {
-    if (len == 0) break;
-    uint64_t n = std::min(s.len, len);
-    memcpy(s.ptr, src, n);
-    src += n;
-    len -= n;
-  }
-}
-
 // Receives one whole frame into rx (the header at rx[0]). The first byte may carry a file
 // descriptor (SCM_RIGHTS); it is stored in *fd_out when fd_out is given.
 int recv_frame(int fd, std::vector<uint8_t>* rx, Clock::time_point deadline, Header* h, int* fd_out) {
@@ -230,12 +204,6 @@ void NodeClient::mark_down(const std::string& msg) {
 NodeInfo NodeClient::info() const {
   std::lock_guard<std::mutex> lk(pool_mu_);
   return info_;
-}
-
-int32_t NodeClient::check_key(const std::string& k) const {
-  if (k.empty()) return kInvalidParams;
-  if (k.size() > kMaxKeyLen) return kKeyTooLong;
-  return kOk;
 }
 
 std::string NodeClient::describe(int err, const Conn* c) const {
@@ -458,18 +426,18 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
   if (n == 0) return;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  const int32_t down = why == Fail::kClosed ? kClosed : kNodeUnavailable;
+  const int32_t down = why == Fail::kClosed ? status_code(Status::kClosed) : status_code(Status::kNodeUnavailable);
   std::vector<uint32_t> local_idx;
   std::vector<uint32_t>& todo = c ? c->idx : local_idx;
   todo.clear();
   if (c) c->sizes.assign(n, 0);
   for (size_t i = 0; i < n; i++) {
-    int32_t st = check_key(keys[i]);
+    int32_t st = key_code(keys[i]);
     bool null_ptr = false;
     uint64_t sz = i < values.size() ? sg_bytes(values[i], &null_ptr) : 0;
-    if (st == kOk && (i >= values.size() || null_ptr)) st = kInvalidParams;
+    if (st == status_code(Status::kOk) && (i >= values.size() || null_ptr)) st = status_code(Status::kInvalidParams);
     results[i] = st;
-    if (st != kOk) continue;
+    if (st != status_code(Status::kOk)) continue;
     if (!c) {
       results[i] = down;
       continue;
@@ -494,7 +462,7 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
       if (m != todo.size() || r.remaining() != m * kReserveResultWire) e = EPROTO;
     }
     if (e) {
-      for (uint32_t i : todo) results[i] = kNodeUnavailable;
+      for (uint32_t i : todo) results[i] = status_code(Status::kNodeUnavailable);
       return fail(std::move(c), e, "put");
     }
     c->tokens.clear();
@@ -507,19 +475,19 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
       uint64_t off = r.u64(), token = r.u64();
       uint32_t i = todo[j];
       if (status == 1) {  // stored already: nothing to copy
-        results[i] = kOk;
-      } else if (status == kNoSpace) {
-        results[i] = kNoSpace;
+        results[i] = status_code(Status::kOk);
+      } else if (status == status_code(Status::kNoSpace)) {
+        results[i] = status_code(Status::kNoSpace);
         c->retry.push_back(i);
       } else if (status < 0) {
         results[i] = status;
-      } else if (status != kOk || !map.holds(off, c->sizes[i])) {
-        results[i] = kNodeUnavailable;  // never write outside the arena; give the slot back
+      } else if (status != status_code(Status::kOk) || !map.holds(off, c->sizes[i])) {
+        results[i] = status_code(Status::kNodeUnavailable);  // never write outside the arena; give the slot back
         c->tokens.push_back(token);
         c->pos.push_back(i);
         oks.push_back(0);
       } else {
-        gather(values[i], map.base + off);
+        gather(values[i], map.base + off, c->sizes[i]);
         c->tokens.push_back(token);
         c->pos.push_back(i);
         oks.push_back(1);
@@ -540,8 +508,8 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
       if (m != c->tokens.size() || r.remaining() != 4ull * m) e = EPROTO;
     }
     if (e) {
-      for (uint32_t i : c->pos) results[i] = kNodeUnavailable;
-      for (uint32_t i : c->retry) results[i] = kNodeUnavailable;
+      for (uint32_t i : c->pos) results[i] = status_code(Status::kNodeUnavailable);
+      for (uint32_t i : c->retry) results[i] = status_code(Status::kNodeUnavailable);
       return fail(std::move(c), e, "put commit");
     }
     size_t committed = 0;
@@ -549,7 +517,7 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
       int32_t res = r.i32();
       if (!oks[t]) continue;
       results[c->pos[t]] = res;
-      committed += res == kOk;
+      committed += res == status_code(Status::kOk);
     }
     if (committed == 0) break;
     todo.swap(c->retry);
@@ -562,15 +530,15 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
   if (n == 0) return;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  const int64_t down = why == Fail::kClosed ? kClosed : kNotFound;
+  const int64_t down = why == Fail::kClosed ? status_code(Status::kClosed) : status_code(Status::kNotFound);
   std::vector<uint32_t> local_idx;
   std::vector<uint32_t>& todo = c ? c->idx : local_idx;
   todo.clear();
   for (size_t i = 0; i < n; i++) {
-    int32_t st = check_key(keys[i]);
-    if (st == kOk && i >= buffers.size()) st = kInvalidParams;
+    int32_t st = key_code(keys[i]);
+    if (st == status_code(Status::kOk) && i >= buffers.size()) st = status_code(Status::kInvalidParams);
     results[i] = st;
-    if (st != kOk) continue;
+    if (st != status_code(Status::kOk)) continue;
     if (!c) {
       results[i] = down;
       continue;
@@ -591,7 +559,7 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
       if (m != todo.size() || r.remaining() != m * kPinResultWire) e = EPROTO;
     }
     if (e) {
-      for (uint32_t i : todo) results[i] = kNotFound;
+      for (uint32_t i : todo) results[i] = status_code(Status::kNotFound);
       return fail(std::move(c), e, "get");
     }
     c->tokens.clear();
@@ -602,8 +570,8 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
       uint64_t off = r.u64(), token = r.u64();
       r.u8();  // tier
       uint32_t i = todo[j];
-      if (status == kNoSpace) {
-        results[i] = kNotFound;
+      if (status == status_code(Status::kNoSpace)) {
+        results[i] = status_code(Status::kNotFound);
         c->retry.push_back(i);
         continue;
       }
@@ -616,11 +584,11 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
       bool null_ptr = false;
       uint64_t cap = sg_bytes(buffers[i], &null_ptr);
       if (!map.holds(off, len)) {
-        results[i] = kNotFound;  // never read outside the arena
+        results[i] = status_code(Status::kNotFound);  // never read outside the arena
       } else if (null_ptr) {
-        results[i] = kInvalidParams;
+        results[i] = status_code(Status::kInvalidParams);
       } else if (cap < len) {
-        results[i] = kBufferTooSmall;
+        results[i] = status_code(Status::kBufferTooSmall);
       } else {
         scatter(map.base + off, len, buffers[i]);
         results[i] = status;
@@ -647,14 +615,14 @@ void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
   if (n == 0) return;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  const int32_t down = why == Fail::kClosed ? kClosed : 0;
+  const int32_t down = why == Fail::kClosed ? status_code(Status::kClosed) : 0;
   std::vector<uint32_t> local_idx;
   std::vector<uint32_t>& idx = c ? c->idx : local_idx;
   idx.clear();
   for (size_t i = 0; i < n; i++) {
-    int32_t st = check_key(keys[i]);
+    int32_t st = key_code(keys[i]);
     results[i] = st;
-    if (st != kOk) continue;
+    if (st != status_code(Status::kOk)) continue;
     if (!c) {
       results[i] = down;
       continue;
@@ -685,7 +653,7 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
   if (!c) return 0;
   c->idx.clear();
   for (size_t i = 0; i < keys.size(); i++)
-    if (check_key(keys[i]) == kOk) c->idx.push_back(static_cast<uint32_t>(i));
+    if (key_code(keys[i]) == status_code(Status::kOk)) c->idx.push_back(static_cast<uint32_t>(i));
   if (c->idx.empty()) {
     release(std::move(c));
     return 0;
@@ -705,11 +673,11 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
 }
 
 int32_t NodeClient::remove(const std::string& key) {
-  int32_t st = check_key(key);
-  if (st != kOk) return st;
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return why == Fail::kClosed ? kClosed : kNodeUnavailable;
+  if (!c) return why == Fail::kClosed ? status_code(Status::kClosed) : status_code(Status::kNodeUnavailable);
   c->begin(kRemove);
   c->w.u32(1);
   c->w.str(key);
@@ -723,7 +691,7 @@ int32_t NodeClient::remove(const std::string& key) {
   }
   if (e) {
     fail(std::move(c), e, "remove");
-    return kNodeUnavailable;
+    return status_code(Status::kNodeUnavailable);
   }
   release(std::move(c));
   return rc;
@@ -732,7 +700,7 @@ int32_t NodeClient::remove(const std::string& key) {
 int32_t NodeClient::remove_all() {
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return why == Fail::kClosed ? kClosed : kNodeUnavailable;
+  if (!c) return why == Fail::kClosed ? status_code(Status::kClosed) : status_code(Status::kNodeUnavailable);
   c->begin(kRemoveAll);
   Reader r;
   int e = roundtrip(*c, &r);
@@ -740,7 +708,7 @@ int32_t NodeClient::remove_all() {
   if (e == 0 && !r.done()) e = EPROTO;
   if (e) {
     fail(std::move(c), e, "remove_all");
-    return kNodeUnavailable;
+    return status_code(Status::kNodeUnavailable);
   }
   release(std::move(c));
   return rc;
@@ -773,18 +741,18 @@ bool NodeClient::stats_json(std::string* out) {
 }
 
 int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc) {
-  int32_t st = check_key(key);
-  if (st != kOk) return st;
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return why == Fail::kClosed ? kClosed : kNotFound;
+  if (!c) return why == Fail::kClosed ? status_code(Status::kClosed) : status_code(Status::kNotFound);
   c->idx.assign(1, 0);
   std::vector<std::string> one{key};
   c->begin(kGetPin);
   encode_keys(c->w, one, c->idx);
   Reader r;
   int e = roundtrip(*c, &r);
-  int64_t status = kNotFound;
+  int64_t status = status_code(Status::kNotFound);
   uint64_t off = 0, token = 0;
   if (e == 0) {
     uint32_t m = r.u32();
@@ -796,7 +764,7 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
   }
   if (e) {
     fail(std::move(c), e, "get");
-    return kNotFound;
+    return status_code(Status::kNotFound);
   }
   if (status < 0) {
     release(std::move(c));
@@ -804,13 +772,13 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
   }
   int64_t result = status;
   if (!c->map->holds(off, static_cast<uint64_t>(status))) {
-    result = kNotFound;
+    result = status_code(Status::kNotFound);
   } else if (alloc) {
     uint8_t* dst = alloc(static_cast<size_t>(status));
     if (dst)
       memcpy(dst, c->map->base + off, static_cast<size_t>(status));
     else
-      result = kInvalidParams;
+      result = status_code(Status::kInvalidParams);
   }
   c->begin(kGetUnpin);
   c->w.u32(1);

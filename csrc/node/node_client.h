@@ -32,7 +32,9 @@
 #include <vector>
 
 #include "node/protocol.h"
-#include "nvme/nvme_engine.h"  // Segment, SgList, EngineError
+#include "common/error.h"
+#include "common/keys.h"
+#include "common/sg_list.h"
 
 namespace mch {
 
@@ -70,7 +72,7 @@ class NodeClient {
   // The node's figures as a JSON object; false (and last_error()) when the node is unavailable.
   bool stats_json(std::string* out);
   // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
-  // Status. alloc may return nullptr (then kInvalidParams).
+  // Status. alloc may return nullptr (then status_code(Status::kInvalidParams)).
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
   int64_t value_size(const std::string& key);
   bool ping();
@@ -99,7 +101,6 @@ class NodeClient {
   std::string describe(int err, const Conn* c) const;
   void note_locked(std::string line);
   void mark_down(const std::string& msg);  // healthy -> unhealthy, with a note on the transition
-  int32_t check_key(const std::string& k) const;
 
   const std::string path_;
   const int timeout_ms_;

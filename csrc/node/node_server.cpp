@@ -15,7 +15,9 @@
 #include <sstream>
 
 #include "common/status.h"
-#include "nvme/nvme_engine.h"  // EngineError
+#include "common/error.h"
+#include "common/open_hash_map.h"
+#include "common/text.h"
 #include "tiering/tiered_store.h"
 
 #ifndef F_ADD_SEALS
@@ -30,106 +32,45 @@ using namespace proto;
 
 namespace {
 
-// A multiset of tokens (token -> count) with open addressing and backward-shift deletion: no
-// allocation per insert once warm. Used by one connection thread only.
+// A multiset of tokens (token -> count) on an OpenHashMap: no allocation per insert once warm.
+// Token 0 is never issued by the store (slot generations start at 1), so it marks a free slot.
+// Used by one connection thread only.
 class TokenTable {
  public:
-  TokenTable() : tab_(256) {}
   void add(uint64_t t) {
-    if ((used_ + 1) * 2 > tab_.size()) grow();
-    size_t i = find_slot(t);
-    if (tab_[i].count == 0) {
-      tab_[i].token = t;
-      used_++;
-    }
-    tab_[i].count++;
+    if (t == 0) return;
+    map_.get_or_insert(t)++;
     total_++;
   }
   // Takes one count of t; false if t is not held.
   bool take(uint64_t t) {
-    size_t i = find_slot(t);
-    if (tab_[i].count == 0) return false;
+    uint32_t* n = t ? map_.find(t) : nullptr;
+    if (!n) return false;
     total_--;
-    if (--tab_[i].count == 0) erase_at(i);
+    if (--*n == 0) map_.erase(t);
     return true;
   }
   uint64_t total() const { return total_; }
   // Appends every held token (once per count) to out and empties the table.
   void drain(std::vector<uint64_t>* out) {
-    for (Entry& e : tab_) {
-      for (uint32_t k = 0; k < e.count; k++) out->push_back(e.token);
-      e.count = 0;
-    }
-    used_ = total_ = 0;
+    map_.for_each([out](uint64_t t, uint32_t n) { out->insert(out->end(), n, t); });
+    map_.clear();
+    total_ = 0;
   }
 
  private:
-  struct Entry {
-    uint64_t token = 0;
-    uint32_t count = 0;  // 0: empty
-  };
-  size_t mask() const { return tab_.size() - 1; }
-  static size_t hash(uint64_t t) {
-    t ^= t >> 33;
-    t *= 0xff51afd7ed558ccdull;
-    t ^= t >> 33;
-    return static_cast<size_t>(t);
-  }
-  size_t find_slot(uint64_t t) const {
-    size_t i = hash(t) & mask();
-    while (tab_[i].count != 0 && tab_[i].token != t) i = (i + 1) & mask();
-    return i;
-  }
-  void erase_at(size_t i) {
-    size_t j = i;
-    for (;;) {
-      j = (j + 1) & mask();
-      if (tab_[j].count == 0) break;
-      size_t k = hash(tab_[j].token) & mask();
-      // Move j back to i unless its home k lies cyclically in (i, j].
-      bool stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
-      if (!stays) {
-        tab_[i] = tab_[j];
-        tab_[j].count = 0;
-        i = j;
-      }
+  struct Traits {
+    static size_t hash(uint64_t t) {  // murmur3 finaliser: tokens are (generation, slot) pairs
+      t ^= t >> 33;
+      t *= 0xff51afd7ed558ccdull;
+      t ^= t >> 33;
+      return static_cast<size_t>(t);
     }
-    tab_[i].count = 0;
-    used_--;
-  }
-  void grow() {
-    std::vector<Entry> old(tab_.size() * 2);
-    old.swap(tab_);
-    used_ = 0;
-    for (const Entry& e : old)
-      if (e.count) {
-        size_t i = find_slot(e.token);
-        tab_[i] = e;
-        used_++;
-      }
-  }
-  std::vector<Entry> tab_;
-  size_t used_ = 0;    // distinct tokens
+    static bool empty(uint64_t t) { return t == 0; }
+  };
+  OpenHashMap<uint64_t, uint32_t, Traits> map_{256, 50};
   uint64_t total_ = 0;  // sum of counts
 };
-
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += ch;
-    } else if (c < 0x20) {
-      char b[8];
-      snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else {
-      o += ch;
-    }
-  }
-  return o;
-}
 
 uint64_t random_instance() {
   std::random_device rd;
@@ -479,7 +420,7 @@ void NodeServer::serve(Conn* c) {
           w.i32(t.status);
           w.u64(t.offset);
           w.u64(t.token);
-          if (t.status == kOk) {
+          if (t.status == status_code(Status::kOk)) {
             c->reservations.add(t.token);
             held++;
           }
@@ -514,12 +455,12 @@ void NodeServer::serve(Conn* c) {
           ctr_.reservations_held += c->tokens.size();
           return bad_body();
         }
-        c->res.assign(c->tokens.size(), kInvalidParams);
+        c->res.assign(c->tokens.size(), status_code(Status::kInvalidParams));
         if (!c->tokens.empty()) store_.put_commit(c->tokens, c->oks, c->res.data());
         w.begin(kPutCommit, h.request_id, kFlagReply, c->version);
         w.reserve(4 + 4 * static_cast<size_t>(n));
         w.u32(n);
-        for (uint32_t i = 0; i < n; i++) w.i32(c->owned[i] < 0 ? kInvalidParams : c->res[c->owned[i]]);
+        for (uint32_t i = 0; i < n; i++) w.i32(c->owned[i] < 0 ? status_code(Status::kInvalidParams) : c->res[c->owned[i]]);
         break;
       }
       case kGetPin: {

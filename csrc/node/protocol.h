@@ -32,6 +32,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/keys.h"
+
 namespace mch {
 namespace proto {
 
@@ -43,7 +45,7 @@ constexpr size_t kHeaderSize = 24;
 // 2 KiB keys is ~270 KiB); the limit only bounds what a broken peer can make us allocate.
 constexpr uint64_t kMaxBody = 64ull << 20;
 constexpr uint32_t kMaxBatch = 1u << 16;  // keys per request
-constexpr uint32_t kMaxKeyLen = 2048;     // same as the NVMe record format (fmt::kMaxKeyLen)
+using mch::kMaxKeyLen;                    // common/keys.h
 
 constexpr uint32_t kFlagReply = 1u << 0;
 

@@ -16,59 +16,30 @@
 #include <chrono>
 #include <cstdio>
 
+#include "common/text.h"
+
 namespace mch {
 
-using fmt::kBlock;
+using disk::kBlock;
 
 namespace {
 
 constexpr size_t kSlotBounce = 32 << 10;   // per-slot registered bounce memory
 constexpr size_t kScanWindow = 8 << 20;    // read size when scanning an open region
 
-std::string fmt_bytes(uint64_t n) {
-  char buf[64];
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    u++;
-  }
-  snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
-  return buf;
-}
-
 std::string errstr(int64_t neg_errno) { return strerror(static_cast<int>(-neg_errno)); }
-
-// Validates a key; returns kOk or the Status to report.
-int32_t check_key(const std::string& key) {
-  if (key.empty()) return kInvalidParams;
-  if (key.size() > fmt::kMaxKeyLen) return kKeyTooLong;
-  return kOk;
-}
 
 // Validates a scatter-gather list and returns its total length, or a negative Status.
 int64_t check_sg(const SgList& segs) {
-  if (segs.size() > NvmeEngine::kMaxSegments) return kInvalidParams;
+  if (segs.size() > NvmeEngine::kMaxSegments) return status_code(Status::kInvalidParams);
   uint64_t total = 0;
   for (const Segment& s : segs) {
-    if (s.len > 0 && s.ptr == nullptr) return kInvalidParams;
+    if (s.len > 0 && s.ptr == nullptr) return status_code(Status::kInvalidParams);
     total += s.len;
   }
   return static_cast<int64_t>(total);
 }
 
-// Streaming checksum of the first `len` bytes of a scatter-gather list.
-uint64_t sg_checksum(const SgList& segs, uint64_t len) {
-  StreamChecksum cs;
-  for (const Segment& s : segs) {
-    if (len == 0) break;
-    uint64_t take = std::min(s.len, len);
-    cs.update(s.ptr, take);
-    len -= take;
-  }
-  return cs.digest();
-}
 
 // One piece of a record's I/O: either caller memory used in place (O_DIRECT needs address,
 // file offset and length 4 KiB aligned) or a span of bounce memory.
@@ -101,7 +72,7 @@ size_t plan_value_io(const SgList& segs, uint64_t len, std::vector<Piece>* piece
     len -= n;
     while (n > 0) {
       auto addr = reinterpret_cast<uintptr_t>(p);
-      bool direct = fmt::is_aligned(cursor) && fmt::is_aligned(addr) && n >= kBlock;
+      bool direct = disk::is_aligned(cursor) && disk::is_aligned(addr) && n >= kBlock;
       size_t take;
       if (direct) {
         if (run_open) {  // cursor is aligned, so the run is a block multiple
@@ -129,7 +100,7 @@ size_t plan_value_io(const SgList& segs, uint64_t len, std::vector<Piece>* piece
   }
   *used = bounce;
   if (run_open) {
-    bounce = fmt::align_up(bounce);
+    bounce = disk::align_up(bounce);
     pieces->push_back({true, nullptr, run_begin, bounce - run_begin});
   }
   return bounce;
@@ -155,7 +126,7 @@ struct NvmeEngine::IoContext {
     size_t item = 0;     // index in the batch
     PageLocation loc;
     KeyDigest digest;
-    fmt::SummaryEntry entry{};  // writes: what the summary will list
+    disk::SummaryEntry entry{};  // writes: what the summary will list
   };
 
   std::unique_ptr<IoQueue> q;
@@ -214,7 +185,7 @@ struct NvmeEngine::PutItem {
 
 NvmeEngine::NvmeEngine(const NvmeOptions& opt) : opt_(opt) {
   if (opt_.path.empty()) throw EngineError(EngineError::kInvalid, "tiers.nvme.path is empty");
-  if (opt_.region_size < (1u << 20) || !fmt::is_aligned(opt_.region_size))
+  if (opt_.region_size < (1u << 20) || !disk::is_aligned(opt_.region_size))
     throw EngineError(EngineError::kInvalid,
                       "tiers.nvme.region_size must be a multiple of 4 KiB and at least 1 MiB");
   if (opt_.queue_depth < 1 || opt_.queue_depth > 4096)
@@ -311,11 +282,11 @@ void NvmeEngine::open_file() {
     uint64_t dev_bytes = 0;
     if (ioctl(fd_, BLKGETSIZE64, &dev_bytes) != 0)
       fail(EngineError::kIo, "cannot read the size of block device '" + path + "': " + strerror(errno));
-    if (dev_bytes <= fmt::kDataOffset) fail(EngineError::kInvalid, "block device '" + path + "' is too small");
-    if (capacity == 0) capacity = dev_bytes - fmt::kDataOffset;
-    if (capacity + fmt::kDataOffset > dev_bytes)
-      fail(EngineError::kInvalid, "tiers.nvme.capacity " + fmt_bytes(capacity) + " exceeds block device '" +
-                                      path + "' (" + fmt_bytes(dev_bytes) + "); lower it or set 0 for the whole device");
+    if (dev_bytes <= disk::kDataOffset) fail(EngineError::kInvalid, "block device '" + path + "' is too small");
+    if (capacity == 0) capacity = dev_bytes - disk::kDataOffset;
+    if (capacity + disk::kDataOffset > dev_bytes)
+      fail(EngineError::kInvalid, "tiers.nvme.capacity " + format_bytes(capacity) + " exceeds block device '" +
+                                      path + "' (" + format_bytes(dev_bytes) + "); lower it or set 0 for the whole device");
   } else if (!S_ISREG(st.st_mode)) {
     fail(EngineError::kInvalid, "tiers.nvme.path '" + path + "' is neither a regular file nor a block device");
   } else if (capacity == 0) {
@@ -323,8 +294,8 @@ void NvmeEngine::open_file() {
   }
   region_count_ = capacity / opt_.region_size;
   if (region_count_ < 2)
-    fail(EngineError::kInvalid, "tiers.nvme.capacity " + fmt_bytes(capacity) + " holds fewer than two regions of " +
-                                    fmt_bytes(opt_.region_size) + "; raise capacity or lower region_size");
+    fail(EngineError::kInvalid, "tiers.nvme.capacity " + format_bytes(capacity) + " holds fewer than two regions of " +
+                                    format_bytes(opt_.region_size) + "; raise capacity or lower region_size");
   if (region_count_ > 0xffffffffull) fail(EngineError::kInvalid, "tiers.nvme: too many regions; raise region_size");
   opt_.capacity = region_count_ * opt_.region_size;
 
@@ -335,31 +306,31 @@ void NvmeEngine::open_file() {
     create_layout();
     return;
   }
-  fmt::Superblock sb;
+  disk::Superblock sb;
   memcpy(&sb, block.data(), sizeof(sb));
-  if (memcmp(sb.magic, fmt::kSuperMagic, 8) != 0)
+  if (memcmp(sb.magic, disk::kSuperMagic, 8) != 0)
     fail(EngineError::kFormat, "'" + path + "' exists and is not a mooncake-hicache data file; "
                                    "remove it or choose another tiers.nvme.path");
-  if (sb.format_version != fmt::kFormatVersion)
+  if (sb.format_version != disk::kFormatVersion)
     fail(EngineError::kFormat, "'" + path + "' was written by data format version " + std::to_string(sb.format_version) +
-                                   ", this build reads version " + std::to_string(fmt::kFormatVersion) +
+                                   ", this build reads version " + std::to_string(disk::kFormatVersion) +
                                    "; remove the file (its cached pages are lost) or use a matching mooncake-hicache");
-  if (!fmt::superblock_valid(sb))
+  if (!disk::superblock_valid(sb))
     fail(EngineError::kFormat, "'" + path + "' has a corrupt superblock; remove the file (its cached pages are lost)");
   if (sb.region_size != opt_.region_size)
-    fail(EngineError::kInvalid, "'" + path + "' was created with region_size " + fmt_bytes(sb.region_size) +
-                                    " but tiers.nvme.region_size is " + fmt_bytes(opt_.region_size) +
+    fail(EngineError::kInvalid, "'" + path + "' was created with region_size " + format_bytes(sb.region_size) +
+                                    " but tiers.nvme.region_size is " + format_bytes(opt_.region_size) +
                                     "; set it back or remove the file");
   if (sb.region_count != region_count_)
-    fail(EngineError::kInvalid, "'" + path + "' was created with capacity " + fmt_bytes(sb.region_count * sb.region_size) +
-                                    " but tiers.nvme.capacity gives " + fmt_bytes(opt_.capacity) +
+    fail(EngineError::kInvalid, "'" + path + "' was created with capacity " + format_bytes(sb.region_count * sb.region_size) +
+                                    " but tiers.nvme.capacity gives " + format_bytes(opt_.capacity) +
                                     "; set it back or remove the file");
   start_new_life(sb);
 }
 
-void NvmeEngine::start_new_life(fmt::Superblock sb) {
+void NvmeEngine::start_new_life(disk::Superblock sb) {
   sb.boot_epoch++;
-  fmt::seal_superblock(&sb);
+  disk::seal_superblock(&sb);
   AlignedBuffer block(kBlock);
   memcpy(block.data(), &sb, sizeof(sb));
   if (pwrite(fd_, block.data(), kBlock, 0) != static_cast<ssize_t>(kBlock) || fdatasync(fd_) != 0)
@@ -369,7 +340,7 @@ void NvmeEngine::start_new_life(fmt::Superblock sb) {
 }
 
 void NvmeEngine::create_layout() {
-  uint64_t file_bytes = fmt::kDataOffset + region_count_ * opt_.region_size;
+  uint64_t file_bytes = disk::kDataOffset + region_count_ * opt_.region_size;
   struct stat st;
   fstat(fd_, &st);
   bool had_data = is_blockdev_ || st.st_size > 0;
@@ -378,7 +349,7 @@ void NvmeEngine::create_layout() {
     if (rc == ENOSPC) {
       ftruncate(fd_, 0);
       throw EngineError(EngineError::kInvalid, "not enough free space for tiers.nvme.capacity " +
-                                                   fmt_bytes(opt_.capacity) + " at '" + opt_.path +
+                                                   format_bytes(opt_.capacity) + " at '" + opt_.path +
                                                    "'; lower capacity or free disk space");
     }
     if (rc != 0 && ftruncate(fd_, static_cast<off_t>(file_bytes)) != 0)
@@ -391,13 +362,13 @@ void NvmeEngine::create_layout() {
           static_cast<ssize_t>(kBlock))
         throw EngineError(EngineError::kIo, "cannot initialise '" + opt_.path + "': " + strerror(errno));
   }
-  fmt::Superblock sb{};
-  memcpy(sb.magic, fmt::kSuperMagic, 8);
-  sb.format_version = fmt::kFormatVersion;
+  disk::Superblock sb{};
+  memcpy(sb.magic, disk::kSuperMagic, 8);
+  sb.format_version = disk::kFormatVersion;
   sb.block_size = kBlock;
   sb.region_size = opt_.region_size;
   sb.region_count = region_count_;
-  sb.data_offset = fmt::kDataOffset;
+  sb.data_offset = disk::kDataOffset;
   sb.created_unix = static_cast<uint64_t>(time(nullptr));
   sb.boot_epoch = 0;
   start_new_life(sb);
@@ -474,7 +445,7 @@ void NvmeEngine::recover() {
 
   regions_.assign(region_count_, RegionState{});
   readers_.assign(region_count_, 0);
-  std::vector<fmt::RegionTrailer> trailers(region_count_);
+  std::vector<disk::RegionTrailer> trailers(region_count_);
 
   // 1. Read every region's trailer, queue_depth reads at a time.
   {
@@ -499,9 +470,9 @@ void NvmeEngine::recover() {
         for (int i = 0; i < got; i++) {
           uint64_t k = ctx->cqes[i].tag;
           if (ctx->cqes[i].result == static_cast<int64_t>(kBlock))
-            memcpy(&trailers[first + k], buf.data() + k * kBlock, sizeof(fmt::RegionTrailer));
+            memcpy(&trailers[first + k], buf.data() + k * kBlock, sizeof(disk::RegionTrailer));
           else
-            memset(&trailers[first + k], 0, sizeof(fmt::RegionTrailer));
+            memset(&trailers[first + k], 0, sizeof(disk::RegionTrailer));
         }
         done += got;
       }
@@ -509,12 +480,12 @@ void NvmeEngine::recover() {
   }
 
   // 2. Collect records: summaries of sealed regions, scans of open ones.
-  std::vector<std::pair<uint32_t, fmt::SummaryEntry>> all;
+  std::vector<std::pair<uint32_t, disk::SummaryEntry>> all;
   std::vector<bool> scanned(region_count_, false);
   uint64_t max_region_seq = 0;
   for (uint32_t r = 0; r < region_count_; r++) {
-    const fmt::RegionTrailer& t = trailers[r];
-    if (!fmt::trailer_valid(t)) {
+    const disk::RegionTrailer& t = trailers[r];
+    if (!disk::trailer_valid(t)) {
       free_regions_.push_back(r);
       continue;
     }
@@ -522,14 +493,14 @@ void NvmeEngine::recover() {
     RegionState& s = regions_[r];
     s.region_seq = t.region_seq;
     bool summary_ok = false;
-    if (t.state == fmt::kSealed && t.summary_offset + fmt::summary_bytes(t.entry_count) + kBlock == opt_.region_size) {
-      uint64_t bytes = fmt::summary_bytes(t.entry_count);
+    if (t.state == disk::kSealed && t.summary_offset + disk::summary_bytes(t.entry_count) + kBlock == opt_.region_size) {
+      uint64_t bytes = disk::summary_bytes(t.entry_count);
       AlignedBuffer buf(std::max<uint64_t>(bytes, kBlock));
       if (bytes == 0 ||
           sync_io(*ctx, IoOp::kRead, region_base(r) + t.summary_offset, buf.data(), bytes) == static_cast<int64_t>(bytes)) {
-        if (checksum64(buf.data(), t.entry_count * sizeof(fmt::SummaryEntry)) == t.summary_checksum) {
+        if (checksum64(buf.data(), t.entry_count * sizeof(disk::SummaryEntry)) == t.summary_checksum) {
           summary_ok = true;
-          auto* e = reinterpret_cast<const fmt::SummaryEntry*>(buf.data());
+          auto* e = reinterpret_cast<const disk::SummaryEntry*>(buf.data());
           for (uint64_t i = 0; i < t.entry_count; i++) all.push_back({r, e[i]});
           s.state = RegionState::kSealed;
           s.summary_off = t.summary_offset;
@@ -552,7 +523,7 @@ void NvmeEngine::recover() {
     KeyDigest d{e.digest_lo, e.digest_hi};
     PageLocation* cur = index_.find(d);
     if (cur) value_bytes_ -= cur->value_len;
-    if (e.flags & fmt::kTombstone) {
+    if (e.flags & disk::kTombstone) {
       if (cur) index_.erase(d);
       continue;
     }
@@ -572,7 +543,7 @@ void NvmeEngine::recover() {
   //    reads their summaries, and free those that held nothing.
   std::vector<uint32_t> used;
   for (uint32_t r = 0; r < region_count_; r++)
-    if (fmt::trailer_valid(trailers[r])) used.push_back(r);
+    if (disk::trailer_valid(trailers[r])) used.push_back(r);
   std::sort(used.begin(), used.end(), [&](uint32_t a, uint32_t b) { return regions_[a].region_seq < regions_[b].region_seq; });
   for (uint32_t r : used) {
     RegionState& s = regions_[r];
@@ -591,14 +562,14 @@ void NvmeEngine::recover() {
   if (!all.empty() || recovered_scanned_ > 0) {
     char line[256];
     snprintf(line, sizeof(line), "recovered %zu pages (%s) from %zu regions in %.3f s (%llu scanned)",
-             index_.size(), fmt_bytes(value_bytes_).c_str(), sealed_fifo_.size(), recovery_seconds_,
+             index_.size(), format_bytes(value_bytes_).c_str(), sealed_fifo_.size(), recovery_seconds_,
              static_cast<unsigned long long>(recovered_scanned_));
     note(line);
   }
 }
 
 void NvmeEngine::scan_region(IoContext& ctx, uint32_t r, uint64_t region_seq,
-                             std::vector<std::pair<uint32_t, fmt::SummaryEntry>>* out) {
+                             std::vector<std::pair<uint32_t, disk::SummaryEntry>>* out) {
   RegionState& s = regions_[r];
   s.entries.clear();
   const uint64_t limit = opt_.region_size - kBlock;
@@ -617,23 +588,23 @@ void NvmeEngine::scan_region(IoContext& ctx, uint32_t r, uint64_t region_seq,
   uint64_t off = 0;
   while (off + kBlock <= limit) {
     if (!load(off, kBlock)) break;
-    fmt::RecordHeader h;
-    if (!fmt::decode_header(win.data() + (off - wstart), &h) || h.region_seq != region_seq) {
+    disk::RecordHeader h;
+    if (!disk::decode_header(win.data() + (off - wstart), &h) || h.region_seq != region_seq) {
       off += kBlock;
       continue;
     }
-    uint64_t rb = fmt::record_bytes(h.value_len);
+    uint64_t rb = disk::record_bytes(h.value_len);
     if (off + rb > limit) {
       off += kBlock;
       continue;
     }
     bool ok = true;
-    if (!(h.flags & fmt::kTombstone)) {
+    if (!(h.flags & disk::kTombstone)) {
       if (!load(off, rb)) break;
       ok = checksum64(win.data() + (off - wstart) + kBlock, h.value_len) == h.value_checksum;
     }
     if (ok) {  // a torn record (valid header, bad value) is skipped
-      fmt::SummaryEntry e{};
+      disk::SummaryEntry e{};
       e.digest_lo = h.digest_lo;
       e.digest_hi = h.digest_hi;
       e.block = static_cast<uint32_t>(off / kBlock);
@@ -654,22 +625,22 @@ void NvmeEngine::scan_region(IoContext& ctx, uint32_t r, uint64_t region_seq,
 // ---- writer path --------------------------------------------------------------------------
 
 bool NvmeEngine::fits(const RegionState& s, uint64_t rec_bytes) const {
-  return s.write_off + rec_bytes + fmt::summary_bytes(s.reserved + 1) + kBlock <= opt_.region_size;
+  return s.write_off + rec_bytes + disk::summary_bytes(s.reserved + 1) + kBlock <= opt_.region_size;
 }
 
 void NvmeEngine::seal_region(IoContext& ctx, uint32_t r) {
   RegionState& s = regions_[r];
   const uint64_t n = s.entries.size();
-  const uint64_t sum_bytes = fmt::summary_bytes(n);
+  const uint64_t sum_bytes = disk::summary_bytes(n);
   AlignedBuffer buf(sum_bytes + kBlock);
-  if (n) memcpy(buf.data(), s.entries.data(), n * sizeof(fmt::SummaryEntry));
-  fmt::RegionTrailer t{};
-  t.state = fmt::kSealed;
+  if (n) memcpy(buf.data(), s.entries.data(), n * sizeof(disk::SummaryEntry));
+  disk::RegionTrailer t{};
+  t.state = disk::kSealed;
   t.region_seq = s.region_seq;
   t.entry_count = n;
   t.summary_offset = opt_.region_size - kBlock - sum_bytes;
-  t.summary_checksum = checksum64(buf.data(), n * sizeof(fmt::SummaryEntry));
-  fmt::seal_trailer(&t);
+  t.summary_checksum = checksum64(buf.data(), n * sizeof(disk::SummaryEntry));
+  disk::seal_trailer(&t);
   memcpy(buf.data() + sum_bytes, &t, sizeof(t));
   int64_t rc = sync_io(ctx, IoOp::kWrite, region_base(r) + t.summary_offset, buf.data(), buf.size());
   if (rc != static_cast<int64_t>(buf.size())) {
@@ -681,7 +652,7 @@ void NvmeEngine::seal_region(IoContext& ctx, uint32_t r) {
   s.state = RegionState::kSealed;
   s.summary_off = t.summary_offset;
   s.summary_count = n;
-  std::vector<fmt::SummaryEntry>().swap(s.entries);
+  std::vector<disk::SummaryEntry>().swap(s.entries);
   sealed_fifo_.push_back(r);
   if (open_ == static_cast<int64_t>(r)) open_ = -1;
 }
@@ -691,10 +662,10 @@ bool NvmeEngine::open_region(IoContext& ctx, uint32_t r) {
   s = RegionState{};
   s.state = RegionState::kOpen;
   s.region_seq = next_region_seq_++;
-  fmt::RegionTrailer t{};
-  t.state = fmt::kOpen;
+  disk::RegionTrailer t{};
+  t.state = disk::kOpen;
   t.region_seq = s.region_seq;
-  fmt::seal_trailer(&t);
+  disk::seal_trailer(&t);
   memset(ctx.scratch, 0, kBlock);
   memcpy(ctx.scratch, &t, sizeof(t));
   int64_t rc = sync_io(ctx, IoOp::kWrite, region_base(r) + opt_.region_size - kBlock, ctx.scratch, kBlock);
@@ -716,12 +687,12 @@ int64_t NvmeEngine::reclaim_oldest(IoContext& ctx, std::vector<HotRecord>* hot) 
   RegionState& s = regions_[r];
 
   // Which pages live here: the summary on disk lists them.
-  std::vector<fmt::SummaryEntry> entries(s.summary_count);
+  std::vector<disk::SummaryEntry> entries(s.summary_count);
   if (s.summary_count) {
-    uint64_t bytes = fmt::summary_bytes(s.summary_count);
+    uint64_t bytes = disk::summary_bytes(s.summary_count);
     AlignedBuffer buf(bytes);
     if (sync_io(ctx, IoOp::kRead, region_base(r) + s.summary_off, buf.data(), bytes) == static_cast<int64_t>(bytes))
-      memcpy(entries.data(), buf.data(), s.summary_count * sizeof(fmt::SummaryEntry));
+      memcpy(entries.data(), buf.data(), s.summary_count * sizeof(disk::SummaryEntry));
     else
       entries.clear();
   }
@@ -731,7 +702,7 @@ int64_t NvmeEngine::reclaim_oldest(IoContext& ctx, std::vector<HotRecord>* hot) 
   {
     std::lock_guard<std::mutex> lk(index_mu_);
     auto consider = [&](const KeyDigest& d, PageLocation& loc) {
-      uint64_t rb = fmt::record_bytes(loc.value_len);
+      uint64_t rb = disk::record_bytes(loc.value_len);
       if (opt_.reinsertion && (loc.flags & PageIndex::kHit) && keep_bytes + rb <= budget) {
         keep.push_back({d, loc});
         keep_bytes += rb;
@@ -747,15 +718,15 @@ int64_t NvmeEngine::reclaim_oldest(IoContext& ctx, std::vector<HotRecord>* hot) 
   }
   // Read the hot pages (header + value) while they are still indexed and intact.
   for (auto& [d, loc] : keep) {
-    uint64_t rb = fmt::record_bytes(loc.value_len);
+    uint64_t rb = disk::record_bytes(loc.value_len);
     AlignedBuffer buf(rb);
     if (sync_io(ctx, IoOp::kRead, region_base(r) + uint64_t(loc.block) * kBlock, buf.data(), rb) != static_cast<int64_t>(rb))
       continue;
-    fmt::RecordHeader h;
-    if (!fmt::decode_header(buf.data(), &h) || h.value_len != loc.value_len ||
+    disk::RecordHeader h;
+    if (!disk::decode_header(buf.data(), &h) || h.value_len != loc.value_len ||
         checksum64(buf.data() + kBlock, loc.value_len) != loc.value_checksum)
       continue;
-    std::string key(reinterpret_cast<const char*>(buf.data() + sizeof(fmt::RecordHeader)), h.key_len);
+    std::string key(reinterpret_cast<const char*>(buf.data() + sizeof(disk::RecordHeader)), h.key_len);
     hot->push_back(HotRecord{std::move(key), std::move(buf), loc.value_len});
   }
   // Drop every page of the region from the index and wait for readers still copying from it.
@@ -830,7 +801,7 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
         }
         value_bytes_ += s.loc.value_len;
       }
-      *it.result = kOk;
+      *it.result = status_code(Status::kOk);
       if (it.reinsert) {
         ctr_.reinserted_pages++;
       } else {
@@ -838,11 +809,11 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
         ctr_.put_bytes += it.len;
       }
     } else {
-      *it.result = kIoError;
+      *it.result = status_code(Status::kIoError);
       ctr_.put_errors++;
       ctr_.io_errors++;
       if (ctr_.io_errors.load() <= 3)
-        note("write of a " + fmt_bytes(it.len) + " page failed: " + (res < 0 ? errstr(res) : "short write") +
+        note("write of a " + format_bytes(it.len) + " page failed: " + (res < 0 ? errstr(res) : "short write") +
              " (the put returns IO_ERROR; the engine goes on)");
     }
     ctx.give_slot(static_cast<int>(c.tag));
@@ -857,11 +828,11 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
 
   for (size_t i = 0; i < items.size(); i++) {
     PutItem& it = items[i];
-    const uint64_t rec = fmt::record_bytes(it.len);
+    const uint64_t rec = disk::record_bytes(it.len);
     if (open_ < 0 || !fits(regions_[open_], rec)) {
       drain();  // a region switch needs every write to the old region finished
       if (it.reinsert ? (open_ < 0 || !fits(regions_[open_], rec)) : !ensure_room(ctx, rec)) {
-        *it.result = kNoSpace;
+        *it.result = status_code(Status::kNoSpace);
         continue;
       }
     }
@@ -874,7 +845,7 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
     size_t used = 0, total = 0;
     uint8_t* bounce = nullptr;
     if (!ctx.prepare_value(s, *it.segs, it.len, &used, &bounce, &total)) {
-      *it.result = kInvalidParams;
+      *it.result = status_code(Status::kInvalidParams);
       ctx.give_slot(si);
       continue;
     }
@@ -882,7 +853,7 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
     if (total > used) memset(bounce + used, 0, total - used);  // deterministic padding
 
     RegionState& R = regions_[open_];
-    fmt::RecordHeader h{};
+    disk::RecordHeader h{};
     h.key_len = static_cast<uint32_t>(it.key->size());
     h.value_len = it.len;
     h.region_seq = R.region_seq;
@@ -890,7 +861,7 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
     h.digest_lo = it.digest.lo;
     h.digest_hi = it.digest.hi;
     h.value_checksum = sg_checksum(*it.segs, it.len);
-    fmt::encode_header(s.header, h, it.key->data());
+    disk::encode_header(s.header, h, it.key->data());
 
     const uint64_t off = R.write_off;
     R.write_off += rec;
@@ -899,7 +870,7 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
     s.digest = it.digest;
     s.loc = PageLocation{h.value_checksum, static_cast<uint32_t>(it.len), static_cast<uint32_t>(open_),
                          static_cast<uint32_t>(off / kBlock), 0};
-    s.entry = fmt::SummaryEntry{};
+    s.entry = disk::SummaryEntry{};
     s.entry.digest_lo = it.digest.lo;
     s.entry.digest_hi = it.digest.hi;
     s.entry.block = s.loc.block;
@@ -922,26 +893,26 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
 bool NvmeEngine::write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d) {
   if (!ensure_room(ctx, kBlock)) return false;
   RegionState& R = regions_[open_];
-  fmt::RecordHeader h{};
-  h.flags = fmt::kTombstone;
+  disk::RecordHeader h{};
+  h.flags = disk::kTombstone;
   h.key_len = static_cast<uint32_t>(key.size());
   h.region_seq = R.region_seq;
   h.seq = next_seq_++;
   h.digest_lo = d.lo;
   h.digest_hi = d.hi;
   h.value_checksum = checksum64(nullptr, 0);
-  fmt::encode_header(ctx.scratch, h, key.data());
+  disk::encode_header(ctx.scratch, h, key.data());
   uint64_t off = R.write_off;
   R.write_off += kBlock;
   R.reserved++;
   if (sync_io(ctx, IoOp::kWrite, region_base(static_cast<uint32_t>(open_)) + off, ctx.scratch, kBlock) !=
       static_cast<int64_t>(kBlock))
     return false;
-  fmt::SummaryEntry e{};
+  disk::SummaryEntry e{};
   e.digest_lo = d.lo;
   e.digest_hi = d.hi;
   e.block = static_cast<uint32_t>(off / kBlock);
-  e.flags = fmt::kTombstone;
+  e.flags = disk::kTombstone;
   e.value_checksum = h.value_checksum;
   e.seq = h.seq;
   R.entries.push_back(e);
@@ -954,7 +925,7 @@ void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vect
                            int32_t* results) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) {
-    std::fill(results, results + keys.size(), kClosed);
+    std::fill(results, results + keys.size(), status_code(Status::kClosed));
     return;
   }
   std::vector<PutItem> items;
@@ -973,18 +944,18 @@ void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vect
     for (size_t k = 0; k + 1 < order.size(); k++)
       if (digests[order[k]] == digests[order[k + 1]]) last[order[k]] = order[k + 1];
     for (size_t i = 0; i < keys.size(); i++) {
-      int32_t st = check_key(keys[i]);
-      int64_t len = st == kOk ? check_sg(values[i]) : st;
+      int32_t st = key_code(keys[i]);
+      int64_t len = st == status_code(Status::kOk) ? check_sg(values[i]) : st;
       if (len < 0) {
         results[i] = static_cast<int32_t>(len);
         continue;
       }
       if (static_cast<uint64_t>(len) > max_value_) {
-        results[i] = kValueTooLarge;
+        results[i] = status_code(Status::kValueTooLarge);
         continue;
       }
       if (last[i] != i) {  // superseded later in this batch
-        results[i] = kOk;
+        results[i] = status_code(Status::kOk);
         continue;
       }
       items.push_back(PutItem{&keys[i], digests[i], &values[i], static_cast<uint64_t>(len), &results[i], false});
@@ -997,7 +968,7 @@ void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vect
     ctx = acquire_context();
   } catch (const std::exception& e) {
     note(std::string("cannot set up an I/O queue: ") + e.what());
-    for (auto& it : items) *it.result = kIoError;
+    for (auto& it : items) *it.result = status_code(Status::kIoError);
     return;
   }
   put_records(*ctx, items);
@@ -1013,7 +984,7 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
                            int64_t* results) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) {
-    std::fill(results, results + keys.size(), static_cast<int64_t>(kClosed));
+    std::fill(results, results + keys.size(), static_cast<int64_t>(status_code(Status::kClosed)));
     return;
   }
   IoContext* ctxp;
@@ -1021,7 +992,7 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
     ctxp = acquire_context();
   } catch (const std::exception& e) {
     note(std::string("cannot set up an I/O queue: ") + e.what());
-    std::fill(results, results + keys.size(), static_cast<int64_t>(kIoError));
+    std::fill(results, results + keys.size(), static_cast<int64_t>(status_code(Status::kIoError)));
     return;
   }
   IoContext& ctx = *ctxp;
@@ -1032,13 +1003,13 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
     const SgList& segs = buffers[s.item];
     int64_t& out = results[s.item];
     if (c.result != s.expect) {
-      out = kIoError;
+      out = status_code(Status::kIoError);
       ctr_.io_errors++;
     } else {
       for (const auto& cp : s.copies) memcpy(cp.user, cp.bounce, cp.len);
       if (sg_checksum(segs, s.loc.value_len) != s.loc.value_checksum) {
         // Never hand out wrong bytes: a corrupt record is a miss, and is forgotten.
-        out = kNotFound;
+        out = status_code(Status::kNotFound);
         ctr_.checksum_failures++;
         ctr_.misses++;
         std::lock_guard<std::mutex> lk(index_mu_);
@@ -1062,8 +1033,8 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
   };
 
   for (size_t i = 0; i < keys.size(); i++) {
-    int32_t st = check_key(keys[i]);
-    int64_t cap = st == kOk ? check_sg(buffers[i]) : st;
+    int32_t st = key_code(keys[i]);
+    int64_t cap = st == status_code(Status::kOk) ? check_sg(buffers[i]) : st;
     if (cap < 0) {
       results[i] = cap;
       continue;
@@ -1074,7 +1045,7 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
       std::lock_guard<std::mutex> lk(index_mu_);
       PageLocation* p = index_.find(d);
       if (!p) {
-        results[i] = kNotFound;
+        results[i] = status_code(Status::kNotFound);
         ctr_.misses++;
         continue;
       }
@@ -1083,7 +1054,7 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
       readers_[loc.region]++;
     }
     if (static_cast<uint64_t>(cap) < loc.value_len) {
-      results[i] = kBufferTooSmall;
+      results[i] = status_code(Status::kBufferTooSmall);
       unpin(loc.region);
       continue;
     }
@@ -1103,12 +1074,12 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
     size_t used = 0, total = 0;
     uint8_t* bounce = nullptr;
     if (!ctx.prepare_value(s, buffers[i], loc.value_len, &used, &bounce, &total)) {
-      results[i] = kInvalidParams;
+      results[i] = status_code(Status::kInvalidParams);
       unpin(loc.region);
       ctx.give_slot(si);
       continue;
     }
-    s.expect = static_cast<int64_t>(fmt::align_up(loc.value_len));
+    s.expect = static_cast<int64_t>(disk::align_up(loc.value_len));
     IoRequest req;
     req.op = IoOp::kRead;
     req.offset = region_base(loc.region) + uint64_t(loc.block) * kBlock + kBlock;
@@ -1126,39 +1097,39 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
 void NvmeEngine::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) {
-    std::fill(results, results + keys.size(), kClosed);
+    std::fill(results, results + keys.size(), status_code(Status::kClosed));
     return;
   }
   std::vector<KeyDigest> d(keys.size());
   for (size_t i = 0; i < keys.size(); i++) d[i] = KeyDigest::of(keys[i]);
   std::lock_guard<std::mutex> lk(index_mu_);
   for (size_t i = 0; i < keys.size(); i++) {
-    int32_t st = check_key(keys[i]);
-    results[i] = st != kOk ? st : (index_.find(d[i]) ? 1 : 0);
+    int32_t st = key_code(keys[i]);
+    results[i] = st != status_code(Status::kOk) ? st : (index_.find(d[i]) ? 1 : 0);
   }
 }
 
 int64_t NvmeEngine::value_size(const std::string& key) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
-  if (closed_) return kClosed;
-  int32_t st = check_key(key);
-  if (st != kOk) return st;
+  if (closed_) return status_code(Status::kClosed);
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
   std::lock_guard<std::mutex> lk(index_mu_);
   PageLocation* p = index_.find(KeyDigest::of(key));
-  return p ? static_cast<int64_t>(p->value_len) : kNotFound;
+  return p ? static_cast<int64_t>(p->value_len) : status_code(Status::kNotFound);
 }
 
 int32_t NvmeEngine::remove(const std::string& key) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
-  if (closed_) return kClosed;
-  int32_t st = check_key(key);
-  if (st != kOk) return st;
+  if (closed_) return status_code(Status::kClosed);
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
   KeyDigest d = KeyDigest::of(key);
   std::lock_guard<std::mutex> wl(write_mu_);
   {
     std::lock_guard<std::mutex> lk(index_mu_);
     PageLocation* p = index_.find(d);
-    if (!p) return kNotFound;
+    if (!p) return status_code(Status::kNotFound);
     value_bytes_ -= p->value_len;
     index_.erase(d);
   }
@@ -1169,14 +1140,14 @@ int32_t NvmeEngine::remove(const std::string& key) {
   release_context(ctx);
   if (!ok) {
     note("could not persist the removal of a key; it may reappear after a restart");
-    return kIoError;
+    return status_code(Status::kIoError);
   }
-  return kOk;
+  return status_code(Status::kOk);
 }
 
 int32_t NvmeEngine::remove_all() {
   std::shared_lock<std::shared_mutex> life(life_mu_);
-  if (closed_) return kClosed;
+  if (closed_) return status_code(Status::kClosed);
   std::lock_guard<std::mutex> wl(write_mu_);
   {
     std::unique_lock<std::mutex> lk(index_mu_);
@@ -1185,13 +1156,13 @@ int32_t NvmeEngine::remove_all() {
     unpinned_cv_.wait(lk, [&] { return std::all_of(readers_.begin(), readers_.end(), [](uint32_t n) { return n == 0; }); });
   }
   IoContext* ctx = acquire_context();
-  int32_t rc = kOk;
+  int32_t rc = status_code(Status::kOk);
   memset(ctx->scratch, 0, kBlock);
   for (uint32_t r = 0; r < region_count_; r++) {
     if (regions_[r].state == RegionState::kFree) continue;
     if (sync_io(*ctx, IoOp::kWrite, region_base(r) + opt_.region_size - kBlock, ctx->scratch, kBlock) !=
         static_cast<int64_t>(kBlock))
-      rc = kIoError;
+      rc = status_code(Status::kIoError);
   }
   release_context(ctx);
   fdatasync(fd_);

@@ -26,6 +26,9 @@
 
 #include "common/aligned_buffer.h"
 #include "common/checksum.h"
+#include "common/error.h"
+#include "common/keys.h"
+#include "common/sg_list.h"
 #include "nvme/io_queue.h"
 #include "nvme/page_index.h"
 #include "nvme/record_format.h"
@@ -43,22 +46,6 @@ struct NvmeOptions {
   bool sync_on_seal = true;            // fdatasync after writing a region's summary
   bool reinsertion = true;             // re-append hit pages when their region is reclaimed
   int max_parallel_calls = 8;          // IoContexts (calls that do I/O at the same time)
-};
-
-// One caller buffer of a scatter-gather list.
-struct Segment {
-  uint8_t* ptr = nullptr;
-  uint64_t len = 0;
-};
-using SgList = std::vector<Segment>;
-
-// Raised when the engine cannot be opened or used; `kind` tells the Python layer which typed
-// exception to raise.
-class EngineError : public std::runtime_error {
- public:
-  enum Kind { kInvalid, kInUse, kFormat, kIo };
-  EngineError(Kind kind, const std::string& msg) : std::runtime_error(msg), kind(kind) {}
-  Kind kind;
 };
 
 struct NvmeStats {
@@ -95,7 +82,7 @@ class NvmeEngine {
   // results[i] = 0 or a negative Status.
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                  int32_t* results);
-  // results[i] = bytes read or a negative Status (kNotFound for a miss or a corrupt record).
+  // results[i] = bytes read or a negative Status (status_code(Status::kNotFound) for a miss or a corrupt record).
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                  int64_t* results);
   // results[i] = 1 present, 0 absent, negative Status on error.
@@ -104,7 +91,7 @@ class NvmeEngine {
   int64_t value_size(const std::string& key);
   int32_t remove(const std::string& key);
   int32_t remove_all();
-  // Seals the open region and closes the file. Later calls return kClosed.
+  // Seals the open region and closes the file. Later calls return status_code(Status::kClosed).
   void close();
 
   NvmeStats stats();
@@ -122,7 +109,7 @@ class NvmeEngine {
     uint64_t region_seq = 0;
     uint64_t write_off = 0;                 // open: next record offset
     uint64_t reserved = 0;                  // open: records placed (incl. in flight)
-    std::vector<fmt::SummaryEntry> entries; // open: records completed
+    std::vector<disk::SummaryEntry> entries; // open: records completed
     uint64_t summary_off = 0, summary_count = 0;  // sealed
   };
   struct HotRecord {
@@ -134,10 +121,10 @@ class NvmeEngine {
   // --- open / recovery ---
   void open_file();
   void create_layout();
-  void start_new_life(fmt::Superblock sb);
+  void start_new_life(disk::Superblock sb);
   void recover();
   void scan_region(IoContext& ctx, uint32_t r, uint64_t region_seq,
-                   std::vector<std::pair<uint32_t, fmt::SummaryEntry>>* out);
+                   std::vector<std::pair<uint32_t, disk::SummaryEntry>>* out);
 
   // --- contexts ---
   IoContext* acquire_context();
@@ -154,7 +141,7 @@ class NvmeEngine {
   bool write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d);
   int64_t sync_io(IoContext& ctx, IoOp op, uint64_t off, void* buf, size_t len);
 
-  uint64_t region_base(uint32_t r) const { return fmt::kDataOffset + uint64_t(r) * opt_.region_size; }
+  uint64_t region_base(uint32_t r) const { return disk::kDataOffset + uint64_t(r) * opt_.region_size; }
   void unpin(uint32_t region);
   void note(const std::string& line);
 

@@ -14,7 +14,8 @@
 #include <thread>
 
 #include "dram/dram_tier.h"
-#include "nvme/record_format.h"
+#include "common/keys.h"
+#include "common/sg_list.h"
 
 namespace mch {
 
@@ -23,32 +24,6 @@ uint64_t make_token(uint32_t slot, uint32_t gen) { return (uint64_t(gen) << 32) 
 uint32_t token_slot(uint64_t t) { return static_cast<uint32_t>(t); }
 uint32_t token_gen(uint64_t t) { return static_cast<uint32_t>(t >> 32); }
 
-int32_t check_key(const std::string& key) {
-  if (key.empty()) return kInvalidParams;
-  if (key.size() > fmt::kMaxKeyLen) return kKeyTooLong;
-  return kOk;
-}
-
-// Copies between a scatter-gather list and contiguous memory; returns bytes moved.
-uint64_t gather(const SgList& segs, uint8_t* dst, uint64_t len) {
-  uint64_t done = 0;
-  for (const Segment& s : segs) {
-    uint64_t n = std::min(s.len, len - done);
-    memcpy(dst + done, s.ptr, n);
-    done += n;
-    if (done == len) break;
-  }
-  return done;
-}
-void scatter(const uint8_t* src, uint64_t len, const SgList& segs) {
-  uint64_t done = 0;
-  for (const Segment& s : segs) {
-    if (done == len) break;
-    uint64_t n = std::min(s.len, len - done);
-    memcpy(s.ptr, src + done, n);
-    done += n;
-  }
-}
 }  // namespace
 
 struct TieredStore::Impl {
@@ -59,9 +34,6 @@ struct TieredStore::Impl {
   bool closed = false;
   // Pages evicted from DRAM whose demotion to NVMe is in flight (guarded by mu): they still
   // count as present, and a get of one waits for its demotion instead of missing.
-  struct DigestHash {
-    size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
-  };
   std::unordered_map<KeyDigest, int, DigestHash> demoting;
   // Pages being copied from NVMe into DRAM (guarded by mu): a get of one waits for it to land.
   std::unordered_map<KeyDigest, int, DigestHash> promoting;
@@ -173,7 +145,7 @@ struct TieredStore::Impl {
       if (!k2.empty()) {
         std::vector<int32_t> res(k2.size());
         nvme->batch_put(k2, s2, res.data());
-        for (int32_t r : res) (r == kOk ? ctr.demoted : ctr.demote_failures)++;
+        for (int32_t r : res) (r == status_code(Status::kOk) ? ctr.demoted : ctr.demote_failures)++;
       }
     }
     if (settled.empty()) return;
@@ -198,7 +170,7 @@ struct TieredStore::Impl {
   }
 
   // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
-  // ticket for keys[i] (kNotFound if it is not on NVMe or could not be promoted).
+  // ticket for keys[i] (status_code(Status::kNotFound) if it is not on NVMe or could not be promoted).
   void promote(const std::vector<std::string>& keys, bool pin, std::vector<GetTicket>* out) {
     out->assign(keys.size(), GetTicket{});
     if (!nvme || keys.empty()) return;
@@ -219,12 +191,12 @@ struct TieredStore::Impl {
       for (size_t i = 0; i < keys.size(); i++) {
         if (sizes[i] < 0) continue;
         if (dram->find(ds[i]) >= 0 || promoting.count(ds[i])) {
-          (*out)[i].status = kNoSpace;  // landed meanwhile (or landing): the caller looks again
+          (*out)[i].status = status_code(Status::kNoSpace);  // landed meanwhile (or landing): the caller looks again
           continue;
         }
         int64_t s = reserve_locked(static_cast<uint64_t>(sizes[i]), &pending);
         if (s < 0) {  // no room in DRAM right now
-          (*out)[i].status = kNoSpace;
+          (*out)[i].status = status_code(Status::kNoSpace);
           continue;
         }
         promoting[ds[i]]++;
@@ -237,7 +209,7 @@ struct TieredStore::Impl {
     std::vector<SgList> sg;
     for (size_t j = 0; j < idx.size(); j++) {
       k.push_back(keys[idx[j]]);
-      sg.push_back({Segment{dram->data(slot_of[j]), fmt::align_up(static_cast<uint64_t>(sizes[idx[j]]))}});
+      sg.push_back({Segment{dram->data(slot_of[j]), align_up(static_cast<uint64_t>(sizes[idx[j]]))}});
     }
     std::vector<int64_t> res(k.size());
     if (!k.empty()) nvme->batch_get(k, sg, res.data());
@@ -307,13 +279,13 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
   {
     std::lock_guard<std::mutex> lk(m.mu);
     if (m.closed) {
-      for (auto& t : *out) t.status = kClosed;
+      for (auto& t : *out) t.status = status_code(Status::kClosed);
       return;
     }
     for (size_t i = 0; i < keys.size(); i++) {
       PutTicket& t = (*out)[i];
-      t.status = check_key(keys[i]);
-      if (t.status != kOk) continue;
+      t.status = key_code(keys[i]);
+      if (t.status != status_code(Status::kOk)) continue;
       int64_t have = m.dram->find(digests[i]);
       if (have >= 0 && m.dram->slot(static_cast<uint32_t>(have)).len == sizes[i]) {
         t.status = 1;  // the same page is stored already: nothing to copy
@@ -346,20 +318,20 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
       uint32_t s = token_slot(tokens[i]);
       if (!m.dram->valid_slot(s) || m.dram->slot(s).gen != token_gen(tokens[i]) ||
           m.dram->slot(s).state != DramTier::kWriting) {
-        results[i] = kInvalidParams;
+        results[i] = status_code(Status::kInvalidParams);
         continue;
       }
       DramTier::Slot& slot = m.dram->slot(s);
       if (i < ok.size() && !ok[i]) {
         m.dram->abort(s);
-        results[i] = kIoError;
+        results[i] = status_code(Status::kIoError);
         continue;
       }
       std::string key = slot.key;
       m.dram->publish(s, key, slot.digest, slot.len, slot.depth);
       m.ctr.puts++;
       m.ctr.put_bytes += slot.len;
-      results[i] = kOk;
+      results[i] = status_code(Status::kOk);
       if (m.opt.write_through && m.nvme) {
         m.dram->pin(s);
         through.push_back(s);
@@ -377,7 +349,7 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
   m.nvme->batch_put(keys, sg, res.data());
   std::lock_guard<std::mutex> lk(m.mu);
   for (size_t i = 0; i < through.size(); i++) {
-    if (res[i] == kOk) m.ctr.written_through++;
+    if (res[i] == status_code(Status::kOk)) m.ctr.written_through++;
     m.dram->unpin(through[i]);
   }
 }
@@ -407,13 +379,13 @@ static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& 
   out->assign(keys.size(), GetTicket{});
   std::lock_guard<std::mutex> lk(m.mu);
   if (m.closed) {
-    for (auto& t : *out) t.status = kClosed;
+    for (auto& t : *out) t.status = status_code(Status::kClosed);
     return;
   }
   for (size_t i = 0; i < keys.size(); i++) {
     GetTicket& t = (*out)[i];
-    int32_t st = check_key(keys[i]);
-    if (st != kOk) {
+    int32_t st = key_code(keys[i]);
+    if (st != status_code(Status::kOk)) {
       t.status = st;
       continue;
     }
@@ -427,7 +399,7 @@ static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& 
 }
 
 // Promotes keys[missing[j]] from NVMe (pinned) into (*out)[missing[j]]. A key that is on NVMe
-// but found no room in DRAM gets kNoSpace.
+// but found no room in DRAM gets status_code(Status::kNoSpace).
 static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& keys,
                          const std::vector<size_t>& missing_in, std::vector<GetTicket>* out) {
   if (missing_in.empty()) return;
@@ -457,7 +429,7 @@ static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& k
     (*out)[missing[j]] = pt[j];
     if (pt[j].status >= 0)
       m.ctr.nvme_hits++;
-    else if (pt[j].status != kNoSpace)
+    else if (pt[j].status != status_code(Status::kNoSpace))
       m.ctr.misses++;
   }
 }
@@ -466,7 +438,7 @@ void TieredStore::get_pin(const std::vector<std::string>& keys, std::vector<GetT
   std::vector<size_t> missing;
   pin_dram_hits(*impl_, keys, out, &missing);
   impl_->ctr.gets += keys.size();
-  // A page on NVMe that found no free DRAM slot keeps kNoSpace: the client retries it once it
+  // A page on NVMe that found no free DRAM slot keeps status_code(Status::kNoSpace): the client retries it once it
   // has released its other pins.
   pin_promoted(*impl_, keys, missing, out);
 }
@@ -490,7 +462,7 @@ void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vec
       sizes[i] += s.len;
     }
     if (null_ptr)
-      results[i] = kInvalidParams;
+      results[i] = status_code(Status::kInvalidParams);
     else
       todo.push_back(i);
   }
@@ -511,12 +483,12 @@ void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vec
     std::vector<size_t> committed, retry;
     for (size_t j = 0; j < todo.size(); j++) {
       size_t i = todo[j];
-      if (t[j].status == kNoSpace && j > 0) {
+      if (t[j].status == status_code(Status::kNoSpace) && j > 0) {
         retry.push_back(i);
         continue;
       }
-      results[i] = t[j].status == 1 ? kOk : t[j].status;
-      if (t[j].status != kOk) continue;
+      results[i] = t[j].status == 1 ? status_code(Status::kOk) : t[j].status;
+      if (t[j].status != status_code(Status::kOk)) continue;
       gather(values[i], impl_->dram->arena().base() + t[j].offset, sizes[i]);
       tokens.push_back(t[j].token);
       committed.push_back(i);
@@ -527,7 +499,7 @@ void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vec
       for (size_t j = 0; j < committed.size(); j++) results[committed[j]] = res[j];
     }
     if (committed.empty()) {  // no progress possible: report the refusals
-      for (size_t i : retry) results[i] = kNoSpace;
+      for (size_t i : retry) results[i] = status_code(Status::kNoSpace);
       break;
     }
     todo.swap(retry);
@@ -551,9 +523,9 @@ void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vec
         null_ptr |= s.len > 0 && s.ptr == nullptr;
       }
       if (null_ptr) {
-        results[i] = kInvalidParams;
+        results[i] = status_code(Status::kInvalidParams);
       } else if (cap < static_cast<uint64_t>(t[i].status)) {
-        results[i] = kBufferTooSmall;
+        results[i] = status_code(Status::kBufferTooSmall);
       } else {
         scatter(m.dram->arena().base() + t[i].offset, static_cast<uint64_t>(t[i].status), buffers[i]);
         m.ctr.get_bytes += static_cast<uint64_t>(t[i].status);
@@ -577,7 +549,7 @@ void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vec
   std::vector<SgList> direct_bufs;
   std::vector<size_t> direct_idx;
   for (size_t i : missing)
-    if (t[i].status == kNoSpace) {
+    if (t[i].status == status_code(Status::kNoSpace)) {
       direct_keys.push_back(keys[i]);
       direct_bufs.push_back(buffers[i]);
       direct_idx.push_back(i);
@@ -603,8 +575,8 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
   {
     std::lock_guard<std::mutex> lk(m.mu);
     for (size_t i = 0; i < keys.size(); i++) {
-      int32_t st = check_key(keys[i]);
-      if (st != kOk) {
+      int32_t st = key_code(keys[i]);
+      if (st != status_code(Status::kOk)) {
         results[i] = st;
         continue;
       }
@@ -629,7 +601,7 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   {
     std::lock_guard<std::mutex> lk(m.mu);
     for (const auto& k : keys)
-      if (check_key(k) == kOk && m.dram->find(KeyDigest::of(k)) < 0) todo.push_back(k);
+      if (key_code(k) == status_code(Status::kOk) && m.dram->find(KeyDigest::of(k)) < 0) todo.push_back(k);
   }
   if (todo.empty()) return 0;
   std::vector<int32_t> on(todo.size());
@@ -651,15 +623,15 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
 
 int32_t TieredStore::remove(const std::string& key) {
   Impl& m = *impl_;
-  int32_t st = check_key(key);
-  if (st != kOk) return st;
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
   bool found;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     found = m.dram->erase(KeyDigest::of(key));
   }
-  if (m.nvme && m.nvme->remove(key) == kOk) found = true;
-  return found ? kOk : kNotFound;
+  if (m.nvme && m.nvme->remove(key) == status_code(Status::kOk)) found = true;
+  return found ? status_code(Status::kOk) : status_code(Status::kNotFound);
 }
 
 int32_t TieredStore::remove_all() {
@@ -668,7 +640,7 @@ int32_t TieredStore::remove_all() {
     std::lock_guard<std::mutex> lk(m.mu);
     m.dram->clear();
   }
-  return m.nvme ? m.nvme->remove_all() : kOk;
+  return m.nvme ? m.nvme->remove_all() : status_code(Status::kOk);
 }
 
 void TieredStore::close() {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/sg_list.h"
 #include "common/status.h"
 #include "nvme/nvme_engine.h"
 
@@ -42,13 +43,13 @@ struct TieredOptions {
 };
 
 struct PutTicket {
-  int32_t status = kOk;   // kOk: copy then commit; 1: already stored, skip; < 0: error
+  int32_t status = status_code(Status::kOk);   // status_code(Status::kOk): copy then commit; 1: already stored, skip; < 0: error
   uint64_t offset = 0;    // arena offset of the slot to fill
   uint64_t token = 0;     // pass back to put_commit / abort_puts
 };
 
 struct GetTicket {
-  int64_t status = kNotFound;  // value length when found, else a negative Status (kNoSpace: on
+  int64_t status = status_code(Status::kNotFound);  // value length when found, else a negative Status (status_code(Status::kNoSpace): on
                                // NVMe, but no DRAM slot is free to stage it right now)
   uint64_t offset = 0;         // arena offset of the value
   uint64_t token = 0;          // pass back to get_unpin
@@ -64,7 +65,7 @@ class TieredStore {
   // depth: the page's position in its prefix chain (0 = unknown); used by prefix_lru.
   void put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
                    const std::vector<uint32_t>& depths, std::vector<PutTicket>* out);
-  // ok[i] false aborts ticket i. results[i]: kOk or a negative Status.
+  // ok[i] false aborts ticket i. results[i]: status_code(Status::kOk) or a negative Status.
   void put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results);
   void abort_puts(const std::vector<uint64_t>& tokens);
   void get_pin(const std::vector<std::string>& keys, std::vector<GetTicket>* out);

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "nvme/nvme_engine.h"  // Segment, SgList
+#include "common/sg_list.h"
 
 namespace mch::binding {
 

@@ -4,7 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "binding_utils.h"
+#include "python/binding_utils.h"
 #include "nvme/record_format.h"
 #include "tiering/tiered_store.h"
 

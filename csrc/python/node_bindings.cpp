@@ -6,7 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "binding_utils.h"
+#include "python/binding_utils.h"
 #include "node/node_client.h"
 #include "node/node_server.h"
 #include "node/protocol.h"

@@ -3,7 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "binding_utils.h"
+#include "python/binding_utils.h"
 #include "nvme/io_queue.h"
 #include "nvme/nvme_engine.h"
 #include "nvme/record_format.h"
@@ -35,9 +35,13 @@ py::dict stats_dict(const NvmeStats& s) {
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "mooncake-hicache native data plane (NVMe engine)";
-  m.attr("MAX_KEY_LEN") = fmt::kMaxKeyLen;
-  m.attr("FORMAT_VERSION") = fmt::kFormatVersion;
-  m.attr("BLOCK_SIZE") = fmt::kBlock;
+  m.attr("MAX_KEY_LEN") = kMaxKeyLen;
+  // The per-key result codes: [(name, value, doc)], the source of mooncake_hicache.ErrorCode.
+  py::list codes;
+  for (const StatusInfo& s : kStatusTable) codes.append(py::make_tuple(s.name, s.value, s.doc));
+  m.attr("STATUS_CODES") = codes;
+  m.attr("FORMAT_VERSION") = disk::kFormatVersion;
+  m.attr("BLOCK_SIZE") = disk::kBlock;
   m.attr("MAX_SEGMENTS") = NvmeEngine::kMaxSegments;
   m.attr("HAVE_URING") = uring_compiled_in();
 
@@ -107,15 +111,15 @@ PYBIND11_MODULE(_native, m) {
                  py::gil_scoped_release nogil;
                  n = e.value_size(key);
                  if (n < 0) return py::int_(n);
-                 buf = AlignedBuffer(std::max<uint64_t>(fmt::align_up(static_cast<uint64_t>(n)), fmt::kBlock));
+                 buf = AlignedBuffer(std::max<uint64_t>(disk::align_up(static_cast<uint64_t>(n)), disk::kBlock));
                  std::vector<std::string> keys{key};
                  std::vector<SgList> sg{one_segment(reinterpret_cast<uintptr_t>(buf.data()), buf.size())};
                  e.batch_get(keys, sg, &got);
                }
                if (got >= 0) return py::bytes(reinterpret_cast<const char*>(buf.data()), static_cast<size_t>(got));
-               if (got != kBufferTooSmall) return py::int_(got);  // value replaced meanwhile: retry
+               if (got != status_code(Status::kBufferTooSmall)) return py::int_(got);  // value replaced meanwhile: retry
              }
-             return py::int_(static_cast<int>(kBufferTooSmall));
+             return py::int_(static_cast<int>(status_code(Status::kBufferTooSmall)));
            })
       .def("value_size", &NvmeEngine::value_size, release_gil())
       .def("remove", &NvmeEngine::remove, release_gil())
