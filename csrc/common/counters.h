@@ -16,6 +16,7 @@
 #pragma once
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +69,8 @@ class JsonWriter {
 };
 
 using LabeledCounts = std::vector<std::pair<std::string, uint64_t>>;
+// A run of integer fields of one kind: for (auto [k, x] : Fields{{"puts", puts}, ...}) v.counter(k, x);
+using Fields = std::initializer_list<std::pair<const char*, uint64_t>>;
 
 class JsonVisitor {
  public:

@@ -28,7 +28,7 @@ const char* kind_name(EngineError::Kind k) {
 }
 
 py::dict stats_dict(const NvmeStats& s) {
-  return py::module_::import("json").attr("loads")(s.to_json());
+  return py::module_::import("json").attr("loads")(to_json(s));
 }
 
 }  // namespace

@@ -693,7 +693,7 @@ std::string TieredStore::stats_json() {
     << ",\"written_through\":" << m.ctr.written_through.load() << ",\"prefetch_queued\":" << m.ctr.prefetch_queued.load()
     << ",\"prefetch_done\":" << m.ctr.prefetch_done.load() << "}";
   if (m.nvme) {
-    o << ",\"nvme\":" << m.nvme->stats().to_json();
+    o << ",\"nvme\":" << to_json(m.nvme->stats());
   }
   o << "}";
   return o.str();
