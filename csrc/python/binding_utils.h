@@ -9,10 +9,16 @@
 //   released; they return the per-key results as a list.
 // * release_gil: the call guard for methods that only forward to C++ and may block.
 //
-// Only the binding files include this header; nothing here is Python-visible by itself.
+// * def_batch_api: the batch methods every backend class shares (batch_put[_sg],
+//   batch_get[_sg], batch_exists), defined once for NvmeEngine, TieredStore and NodeClient.
+// * json_dict: a JSON object string (a stats_json()) as a Python dict.
+//
+// Only the binding files (csrc/python/) include this header; nothing here is Python-visible by
+// itself.
 #pragma once
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
@@ -78,6 +84,56 @@ std::vector<int32_t> batch_exists(Target& target, const std::vector<std::string>
   pybind11::gil_scoped_release nogil;
   target.batch_exists(keys, res.data());
   return res;
+}
+
+// TieredStore and NodeClient take one depth per key (missing depths are 0); NvmeEngine none.
+struct WithDepths {};
+struct NoDepths {};
+
+template <class Target>
+std::vector<int32_t> put_with_depths(Target& t, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
+                                     std::vector<uint32_t> depths) {
+  depths.resize(keys.size(), 0);
+  return batch_put(t, keys, sg, depths);
+}
+
+// Defines batch_put, batch_put_sg, batch_get, batch_get_sg and batch_exists on `cls`. sg_ptrs and
+// sg_sizes name the list-of-lists arguments of the _sg forms.
+template <class Target, class Depths, class Cls>
+void def_batch_api(Cls& cls, const char* sg_ptrs, const char* sg_sizes) {
+  namespace py = pybind11;
+  using Ptrs = std::vector<uintptr_t>;
+  using Sizes = std::vector<uint64_t>;
+  using PtrLists = std::vector<std::vector<uintptr_t>>;
+  using SizeLists = std::vector<std::vector<uint64_t>>;
+  using Keys = std::vector<std::string>;
+  if constexpr (std::is_same_v<Depths, WithDepths>) {
+    using D = std::vector<uint32_t>;
+    cls.def("batch_put", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s, D d) {
+         return put_with_depths(t, k, flat_sg(p, s), d);
+       }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = D{});
+    cls.def("batch_put_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s, D d) {
+         return put_with_depths(t, k, multi_sg(p, s), d);
+       }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes), py::arg("depths") = D{});
+  } else {
+    cls.def("batch_put", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s) {
+         return batch_put(t, k, flat_sg(p, s));
+       }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"));
+    cls.def("batch_put_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s) {
+         return batch_put(t, k, multi_sg(p, s));
+       }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes));
+  }
+  cls.def("batch_get", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s) {
+       return batch_get(t, k, flat_sg(p, s));
+     }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"));
+  cls.def("batch_get_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s) {
+       return batch_get(t, k, multi_sg(p, s));
+     }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes));
+  cls.def("batch_exists", &batch_exists<Target>);
+}
+
+inline pybind11::object json_dict(const std::string& json) {
+  return pybind11::module_::import("json").attr("loads")(json);
 }
 
 }  // namespace mch::binding

@@ -6,10 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "python/binding_utils.h"
 #include "node/node_client.h"
 #include "node/node_server.h"
 #include "node/protocol.h"
+#include "python/binding_utils.h"
 #include "tiering/tiered_store.h"
 
 namespace py = pybind11;
@@ -18,33 +18,71 @@ using namespace mch::binding;
 
 namespace {
 
-py::dict server_stats(const NodeServerStats& s) {
+// A call that returns a JSON string, run without the GIL, as a dict.
+template <class T, class F>
+py::object json_call(T& target, F fn) {
+  std::string s;
+  {
+    py::gil_scoped_release nogil;
+    s = (target.*fn)();
+  }
+  return json_dict(s);
+}
+
+std::string client_stats_json(NodeClient& c) {
+  std::string s;
+  bool ok;
+  {
+    py::gil_scoped_release nogil;
+    ok = c.stats_json(&s);
+  }
+  if (!ok) throw EngineError(EngineError::kIo, c.last_error());
+  return s;
+}
+
+// The value as bytes (allocated by Python while the copy runs without the GIL), or the code.
+py::object client_get_bytes(NodeClient& c, const std::string& key) {
+  py::object out;
+  int64_t r;
+  {
+    py::gil_scoped_release nogil;
+    r = c.get_value(key, [&out](size_t n) -> uint8_t* {
+      py::gil_scoped_acquire gil;
+      PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
+      if (!b) {
+        PyErr_Clear();
+        return nullptr;
+      }
+      out = py::reinterpret_steal<py::object>(b);
+      return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
+    });
+  }
+  if (r >= 0) return out;
+  return py::int_(r);
+}
+
+py::dict node_info(NodeClient& c) {
+  NodeInfo i = c.info();
   py::dict d;
-  d["connections"] = s.connections;
-  d["connections_total"] = s.connections_total;
-  d["requests"] = s.requests;
-  py::dict by_op;
-  for (int i = 1; i < proto::kOpCount; i++) by_op[proto::op_name(static_cast<uint16_t>(i))] = s.requests_by_op[i];
-  d["requests_by_op"] = by_op;
-  d["bad_frames"] = s.bad_frames;
-  d["version_mismatches"] = s.version_mismatches;
-  d["refused_connections"] = s.refused_connections;
-  d["pins_held"] = s.pins_held;
-  d["reservations_held"] = s.reservations_held;
-  d["released_pins"] = s.released_pins;
-  d["released_reservations"] = s.released_reservations;
-  d["unknown_tokens"] = s.unknown_tokens;
-  d["client_pids"] = s.client_pids;
+  d["protocol_version"] = i.version;
+  d["pid"] = i.node_pid;
+  d["instance"] = i.instance;
+  d["arena_size"] = i.arena_size;
+  d["info"] = i.info;
   return d;
+}
+
+std::unique_ptr<NodeClient> make_client(const std::string& socket_path, int timeout_ms, uint16_t protocol_version) {
+  py::gil_scoped_release nogil;
+  return std::make_unique<NodeClient>(socket_path, timeout_ms, protocol_version);
 }
 
 }  // namespace
 
-void bind_node(py::module_& m) {
+void bind_node_server(py::module_& m) {
   m.attr("PROTOCOL_VERSION") = proto::kVersion;
   m.attr("PROTOCOL_MIN_VERSION") = proto::kMinVersion;
   m.attr("PROTOCOL_MAGIC") = proto::kMagic;
-
   py::class_<NodeServer>(m, "NodeServer",
                          "Serves a TieredStore to other processes on a Unix socket (shared-memory arena).")
       .def(py::init([](TieredStore& store, const std::string& socket_path, int timeout_ms) {
@@ -56,85 +94,30 @@ void bind_node(py::module_& m) {
            "Bind and listen. Raises EngineError ('in_use' when a live node already serves the path).")
       .def("stop", &NodeServer::stop, release_gil(),
            "Close the listener and all connections (their pins and reservations are released).")
-      .def("stats",
-           [](NodeServer& s) {
-             NodeServerStats st;
-             {
-               py::gil_scoped_release nogil;
-               st = s.stats();
-             }
-             return server_stats(st);
-           })
+      .def("stats", [](NodeServer& s) { return json_call(s, &NodeServer::stats_json); },
+           "The node section of the figures (connections, requests by op, tokens held, ...).")
+      .def("stats_json", &NodeServer::full_stats_json, release_gil(),
+           "Everything a STATS request returns: the store's sections plus 'node', as a JSON string.")
       .def_property_readonly("running", &NodeServer::running)
       .def_readonly_static("MAX_CONNECTIONS", &NodeServer::kMaxConnections)
       .def_property_readonly("socket_path", &NodeServer::socket_path)
       .def_property_readonly("instance", &NodeServer::instance);
+}
 
-  py::class_<NodeClient>(m, "NodeClient",
-                         "A process's handle on the host's node: batch calls over a Unix socket, bytes through "
-                         "the shared arena. Never raises for node failures: reads miss, writes return "
-                         "NODE_UNAVAILABLE.")
-      .def(py::init([](const std::string& socket_path, int timeout_ms, uint16_t protocol_version) {
-             py::gil_scoped_release nogil;
-             return std::make_unique<NodeClient>(socket_path, timeout_ms, protocol_version);
-           }),
-           py::arg("socket_path"), py::arg("timeout_ms") = 5000, py::arg("protocol_version") = proto::kVersion)
-      .def("batch_put",
-           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
-              const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths) {
-             return batch_put(c, keys, flat_sg(ptrs, sizes), depths);
-           },
-           py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = std::vector<uint32_t>{})
-      .def("batch_put_sg",
-           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
-              const std::vector<std::vector<uint64_t>>& sizes, const std::vector<uint32_t>& depths) {
-             return batch_put(c, keys, multi_sg(ptrs, sizes), depths);
-           },
-           py::arg("keys"), py::arg("all_ptrs"), py::arg("all_sizes"), py::arg("depths") = std::vector<uint32_t>{})
-      .def("batch_get",
-           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
-              const std::vector<uint64_t>& sizes) { return batch_get(c, keys, flat_sg(ptrs, sizes)); },
-           py::arg("keys"), py::arg("ptrs"), py::arg("sizes"))
-      .def("batch_get_sg",
-           [](NodeClient& c, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
-              const std::vector<std::vector<uint64_t>>& sizes) { return batch_get(c, keys, multi_sg(ptrs, sizes)); },
-           py::arg("keys"), py::arg("all_ptrs"), py::arg("all_sizes"))
-      .def("batch_exists", &batch_exists<NodeClient>)
-      .def("prefetch", &NodeClient::prefetch, release_gil())
+void bind_node_client(py::module_& m) {
+  py::class_<NodeClient> cls(m, "NodeClient",
+                             "A process's handle on the host's node: batch calls over a Unix socket, bytes through "
+                             "the shared arena. Never raises for node failures: reads miss, writes return "
+                             "NODE_UNAVAILABLE.");
+  cls.def(py::init(&make_client), py::arg("socket_path"), py::arg("timeout_ms") = 5000,
+          py::arg("protocol_version") = proto::kVersion);
+  def_batch_api<NodeClient, WithDepths>(cls, "all_ptrs", "all_sizes");
+  cls.def("prefetch", &NodeClient::prefetch, release_gil())
       .def("remove", &NodeClient::remove, release_gil())
       .def("remove_all", &NodeClient::remove_all, release_gil())
-      .def("stats_json",
-           [](NodeClient& c) {
-             std::string s;
-             bool ok;
-             {
-               py::gil_scoped_release nogil;
-               ok = c.stats_json(&s);
-             }
-             if (!ok) throw EngineError(EngineError::kIo, c.last_error());
-             return s;
-           },
+      .def("stats_json", &client_stats_json,
            "The node's figures as a JSON string; raises EngineError('io', ...) when the node is unavailable.")
-      .def("get_bytes",
-           [](NodeClient& c, const std::string& key) -> py::object {
-             py::object out;
-             int64_t r;
-             {
-               py::gil_scoped_release nogil;
-               r = c.get_value(key, [&out](size_t n) -> uint8_t* {
-                 py::gil_scoped_acquire gil;
-                 PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
-                 if (!b) {
-                   PyErr_Clear();
-                   return nullptr;
-                 }
-                 out = py::reinterpret_steal<py::object>(b);
-                 return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
-               });
-             }
-             if (r >= 0) return out;
-             return py::int_(r);
-           },
+      .def("get_bytes", &client_get_bytes,
            "The value as bytes, or a negative error code (NOT_FOUND for a miss or an unavailable node).")
       .def("value_size", &NodeClient::value_size, release_gil())
       .def("ping", &NodeClient::ping, release_gil())
@@ -145,14 +128,5 @@ void bind_node(py::module_& m) {
       .def_property_readonly("last_error", &NodeClient::last_error)
       .def_property_readonly("socket_path", &NodeClient::socket_path)
       .def_property_readonly("timeout_ms", &NodeClient::timeout_ms)
-      .def_property_readonly("node_info", [](NodeClient& c) {
-        NodeInfo i = c.info();
-        py::dict d;
-        d["protocol_version"] = i.version;
-        d["pid"] = i.node_pid;
-        d["instance"] = i.instance;
-        d["arena_size"] = i.arena_size;
-        d["info"] = i.info;
-        return d;
-      });
+      .def_property_readonly("node_info", &node_info);
 }

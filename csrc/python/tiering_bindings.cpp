@@ -5,7 +5,6 @@
 #include <pybind11/stl.h>
 
 #include "python/binding_utils.h"
-#include "nvme/record_format.h"
 #include "tiering/tiered_store.h"
 
 namespace py = pybind11;
@@ -14,80 +13,66 @@ using namespace mch::binding;
 
 namespace {
 
-// TieredStore::batch_put takes one depth per key: missing depths are 0.
-std::vector<int32_t> put(TieredStore& s, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
-                         std::vector<uint32_t> depths) {
-  depths.resize(keys.size(), 0);
-  return batch_put(s, keys, sg, depths);
+std::unique_ptr<TieredStore> make_store(uint64_t dram_capacity, uint64_t slab_size, const std::string& eviction,
+                                        bool hugepages, const std::string& admission, bool write_through,
+                                        const std::string& nvme_path, uint64_t nvme_capacity,
+                                        uint64_t nvme_region_size, int nvme_queue_depth, bool nvme_direct_io,
+                                        const std::string& nvme_io_backend, bool nvme_sync_on_seal,
+                                        bool nvme_reinsertion) {
+  TieredOptions o;
+  o.dram_capacity = dram_capacity;
+  o.slab_size = slab_size;
+  o.eviction = eviction;
+  o.hugepages = hugepages;
+  o.admission = admission;
+  o.write_through = write_through;
+  o.has_nvme = !nvme_path.empty();
+  o.nvme.path = nvme_path;
+  o.nvme.capacity = nvme_capacity;
+  o.nvme.region_size = nvme_region_size;
+  o.nvme.queue_depth = nvme_queue_depth;
+  o.nvme.direct_io = nvme_direct_io;
+  o.nvme.io_backend = nvme_io_backend;
+  o.nvme.sync_on_seal = nvme_sync_on_seal;
+  o.nvme.reinsertion = nvme_reinsertion;
+  py::gil_scoped_release nogil;
+  return std::make_unique<TieredStore>(o);
+}
+
+py::object get_bytes(TieredStore& s, const std::string& key) {
+  std::vector<GetTicket> t;
+  {
+    py::gil_scoped_release nogil;
+    s.get_pin({key}, &t);
+  }
+  if (t[0].status < 0) return py::int_(t[0].status);
+  py::bytes out(reinterpret_cast<const char*>(s.arena_base() + t[0].offset), static_cast<size_t>(t[0].status));
+  s.get_unpin({t[0].token});
+  return out;
+}
+
+int64_t value_size(TieredStore& s, const std::string& key) {
+  std::vector<GetTicket> t;
+  py::gil_scoped_release nogil;
+  s.get_pin({key}, &t);
+  if (t[0].status >= 0) s.get_unpin({t[0].token});
+  return t[0].status;
 }
 
 }  // namespace
 
 void bind_tiering(py::module_& m) {
-  py::class_<TieredStore>(m, "TieredStore")
-      .def(py::init([](uint64_t dram_capacity, uint64_t slab_size, const std::string& eviction, bool hugepages,
-                       const std::string& admission, bool write_through, const std::string& nvme_path,
-                       uint64_t nvme_capacity, uint64_t nvme_region_size, int nvme_queue_depth, bool nvme_direct_io,
-                       const std::string& nvme_io_backend, bool nvme_sync_on_seal, bool nvme_reinsertion) {
-             TieredOptions o;
-             o.dram_capacity = dram_capacity;
-             o.slab_size = slab_size;
-             o.eviction = eviction;
-             o.hugepages = hugepages;
-             o.admission = admission;
-             o.write_through = write_through;
-             o.has_nvme = !nvme_path.empty();
-             o.nvme.path = nvme_path;
-             o.nvme.capacity = nvme_capacity;
-             o.nvme.region_size = nvme_region_size;
-             o.nvme.queue_depth = nvme_queue_depth;
-             o.nvme.direct_io = nvme_direct_io;
-             o.nvme.io_backend = nvme_io_backend;
-             o.nvme.sync_on_seal = nvme_sync_on_seal;
-             o.nvme.reinsertion = nvme_reinsertion;
-             py::gil_scoped_release nogil;
-             return std::make_unique<TieredStore>(o);
-           }),
-           py::arg("dram_capacity") = 1ull << 30, py::arg("slab_size") = 32ull << 20, py::arg("eviction") = "lru",
-           py::arg("hugepages") = true, py::arg("admission") = "always", py::arg("write_through") = false,
-           py::arg("nvme_path") = "", py::arg("nvme_capacity") = 4ull << 30, py::arg("nvme_region_size") = 64ull << 20,
-           py::arg("nvme_queue_depth") = 64, py::arg("nvme_direct_io") = true, py::arg("nvme_io_backend") = "auto",
-           py::arg("nvme_sync_on_seal") = true, py::arg("nvme_reinsertion") = true)
-      .def("batch_put",
-           [](TieredStore& s, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
-              const std::vector<uint64_t>& sizes, std::vector<uint32_t> depths) { return put(s, keys, flat_sg(ptrs, sizes), depths); },
-           py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = std::vector<uint32_t>{})
-      .def("batch_put_sg",
-           [](TieredStore& s, const std::vector<std::string>& keys, const std::vector<std::vector<uintptr_t>>& ptrs,
-              const std::vector<std::vector<uint64_t>>& sizes, std::vector<uint32_t> depths) { return put(s, keys, multi_sg(ptrs, sizes), depths); },
-           py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = std::vector<uint32_t>{})
-      .def("batch_get", [](TieredStore& s, const std::vector<std::string>& keys, const std::vector<uintptr_t>& ptrs,
-                           const std::vector<uint64_t>& sizes) { return batch_get(s, keys, flat_sg(ptrs, sizes)); })
-      .def("batch_get_sg", [](TieredStore& s, const std::vector<std::string>& keys,
-                              const std::vector<std::vector<uintptr_t>>& ptrs,
-                              const std::vector<std::vector<uint64_t>>& sizes) { return batch_get(s, keys, multi_sg(ptrs, sizes)); })
-      .def("batch_exists", &batch_exists<TieredStore>)
-      .def("prefetch", &TieredStore::prefetch, release_gil())
-      .def("get_bytes",
-           [](TieredStore& s, const std::string& key) -> py::object {
-             std::vector<GetTicket> t;
-             {
-               py::gil_scoped_release nogil;
-               s.get_pin({key}, &t);
-             }
-             if (t[0].status < 0) return py::int_(t[0].status);
-             py::bytes out(reinterpret_cast<const char*>(s.arena_base() + t[0].offset), static_cast<size_t>(t[0].status));
-             s.get_unpin({t[0].token});
-             return out;
-           })
-      .def("value_size",
-           [](TieredStore& s, const std::string& key) {
-             std::vector<GetTicket> t;
-             py::gil_scoped_release nogil;
-             s.get_pin({key}, &t);
-             if (t[0].status >= 0) s.get_unpin({t[0].token});
-             return t[0].status;
-           })
+  py::class_<TieredStore> cls(m, "TieredStore");
+  cls.def(py::init(&make_store), py::arg("dram_capacity") = 1ull << 30, py::arg("slab_size") = 32ull << 20,
+          py::arg("eviction") = "lru", py::arg("hugepages") = true, py::arg("admission") = "always",
+          py::arg("write_through") = false, py::arg("nvme_path") = "", py::arg("nvme_capacity") = 4ull << 30,
+          py::arg("nvme_region_size") = 64ull << 20, py::arg("nvme_queue_depth") = 64,
+          py::arg("nvme_direct_io") = true, py::arg("nvme_io_backend") = "auto", py::arg("nvme_sync_on_seal") = true,
+          py::arg("nvme_reinsertion") = true);
+  def_batch_api<TieredStore, WithDepths>(cls, "ptrs", "sizes");
+  cls.def("prefetch", &TieredStore::prefetch, release_gil())
+      .def("get_bytes", &get_bytes)
+      .def("value_size", &value_size)
       .def("remove", &TieredStore::remove, release_gil())
       .def("remove_all", &TieredStore::remove_all, release_gil())
       .def("close", &TieredStore::close, release_gil())

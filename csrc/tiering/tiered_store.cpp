@@ -10,10 +10,10 @@
 #include <deque>
 #include <unordered_map>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "dram/dram_tier.h"
+#include "nvme/nvme_engine.h"
 #include "common/keys.h"
 #include "common/sg_list.h"
 
@@ -288,7 +288,7 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
       if (t.status != status_code(Status::kOk)) continue;
       int64_t have = m.dram->find(digests[i]);
       if (have >= 0 && m.dram->slot(static_cast<uint32_t>(have)).len == sizes[i]) {
-        t.status = 1;  // the same page is stored already: nothing to copy
+        t.status = kAlreadyStored;  // the same page is stored already: nothing to copy
         m.ctr.skipped_existing++;
         continue;
       }
@@ -451,59 +451,56 @@ void TieredStore::get_unpin(const std::vector<uint64_t>& tokens) {
   }
 }
 
-void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                            const std::vector<uint32_t>& depths, int32_t* results) {
-  std::vector<size_t> todo;
-  std::vector<uint64_t> sizes(keys.size());
-  for (size_t i = 0; i < keys.size(); i++) {
-    bool null_ptr = false;
-    for (const Segment& s : values[i]) {
-      null_ptr |= s.len > 0 && s.ptr == nullptr;
-      sizes[i] += s.len;
-    }
-    if (null_ptr)
-      results[i] = status_code(Status::kInvalidParams);
-    else
-      todo.push_back(i);
-  }
-  // Reserve, copy, commit. Keys refused for lack of room (every slot of their class is being
-  // written by this very batch) are retried once the committed ones have become evictable.
-  while (!todo.empty()) {
-    std::vector<std::string> k;
-    std::vector<uint64_t> sz;
-    std::vector<uint32_t> dp;
-    for (size_t i : todo) {
+// The in-process side of run_put_waves (common/put_waves.h): the caller's own reserve and
+// commit, and a copy into the arena.
+struct TieredPutOps {
+  TieredStore& store;
+  const std::vector<std::string>& keys;
+  const std::vector<SgList>& values;
+  const std::vector<uint32_t>& depths;
+  const std::vector<uint64_t>& sizes;
+  uint8_t* arena;
+  std::vector<std::string> k;
+  std::vector<uint64_t> sz;
+  std::vector<uint32_t> dp;
+
+  bool reserve(const std::vector<uint32_t>& todo, std::vector<Reservation>* out) {
+    k.clear(), sz.clear(), dp.clear();
+    for (uint32_t i : todo) {
       k.push_back(keys[i]);
       sz.push_back(sizes[i]);
       dp.push_back(i < depths.size() ? depths[i] : 0);
     }
-    std::vector<PutTicket> t;
-    put_reserve(k, sz, dp, &t);
-    std::vector<uint64_t> tokens;
-    std::vector<size_t> committed, retry;
-    for (size_t j = 0; j < todo.size(); j++) {
-      size_t i = todo[j];
-      if (t[j].status == status_code(Status::kNoSpace) && j > 0) {
-        retry.push_back(i);
-        continue;
-      }
-      results[i] = t[j].status == 1 ? status_code(Status::kOk) : t[j].status;
-      if (t[j].status != status_code(Status::kOk)) continue;
-      gather(values[i], impl_->dram->arena().base() + t[j].offset, sizes[i]);
-      tokens.push_back(t[j].token);
-      committed.push_back(i);
-    }
-    if (!tokens.empty()) {
-      std::vector<int32_t> res(tokens.size());
-      put_commit(tokens, std::vector<uint8_t>(tokens.size(), 1), res.data());
-      for (size_t j = 0; j < committed.size(); j++) results[committed[j]] = res[j];
-    }
-    if (committed.empty()) {  // no progress possible: report the refusals
-      for (size_t i : retry) results[i] = status_code(Status::kNoSpace);
-      break;
-    }
-    todo.swap(retry);
+    store.put_reserve(k, sz, dp, out);
+    return true;
   }
+  int32_t copy(uint32_t i, const Reservation& r) {
+    gather(values[i], arena + r.offset, sizes[i]);
+    return status_code(Status::kOk);
+  }
+  bool commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& oks, const std::vector<uint32_t>&,
+              const std::vector<uint32_t>&, std::vector<int32_t>* res) {
+    res->assign(tokens.size(), status_code(Status::kOk));
+    store.put_commit(tokens, oks, res->data());
+    return true;
+  }
+};
+
+void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                            const std::vector<uint32_t>& depths, int32_t* results) {
+  std::vector<uint32_t> todo;
+  std::vector<uint64_t> sizes(keys.size());
+  for (size_t i = 0; i < keys.size(); i++) {
+    bool null_ptr = false;
+    sizes[i] = sg_bytes(values[i], &null_ptr);
+    if (null_ptr)
+      results[i] = status_code(Status::kInvalidParams);
+    else
+      todo.push_back(static_cast<uint32_t>(i));
+  }
+  TieredPutOps ops{*this, keys, values, depths, sizes, impl_->dram->arena().base(), {}, {}, {}};
+  PutWaveScratch scratch;
+  run_put_waves(todo, results, ops, scratch);
 }
 
 void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results) {
@@ -669,34 +666,32 @@ std::vector<std::string> TieredStore::take_notes() {
   return out;
 }
 
-std::string TieredStore::stats_json() {
+TieredStats TieredStore::stats() {
   Impl& m = *impl_;
-  std::ostringstream o;
+  TieredStats st;
   DramTier::Stats d;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     d = m.dram->stats();
   }
-  o << "{\"dram\":{\"capacity\":" << m.dram->arena().size() << ",\"page_kind\":\"" << m.dram->arena().page_kind()
-    << "\",\"slab_size\":" << m.opt.slab_size << ",\"eviction\":\"" << m.opt.eviction << "\",\"entries\":" << d.entries
-    << ",\"value_bytes\":" << d.value_bytes << ",\"slab_pages\":" << d.slab_pages
-    << ",\"slab_pages_free\":" << d.slab_pages_free << ",\"size_classes\":" << d.size_classes
-    << ",\"evictions\":" << d.evictions << ",\"dropped_for_rebalance\":" << d.dropped_for_rebalance
-    << ",\"hits\":" << m.ctr.dram_hits.load() << "}";
-  o << ",\"tiering\":{\"admission\":\"" << m.opt.admission << "\",\"write_through\":" << (m.opt.write_through ? "true" : "false")
-    << ",\"puts\":" << m.ctr.puts.load() << ",\"put_bytes\":" << m.ctr.put_bytes.load()
-    << ",\"skipped_existing\":" << m.ctr.skipped_existing.load() << ",\"gets\":" << m.ctr.gets.load()
-    << ",\"dram_hits\":" << m.ctr.dram_hits.load() << ",\"nvme_hits\":" << m.ctr.nvme_hits.load()
-    << ",\"misses\":" << m.ctr.misses.load() << ",\"get_bytes\":" << m.ctr.get_bytes.load()
-    << ",\"demoted\":" << m.ctr.demoted.load() << ",\"demote_failures\":" << m.ctr.demote_failures.load()
-    << ",\"not_admitted\":" << m.ctr.not_admitted.load() << ",\"promoted\":" << m.ctr.promoted.load()
-    << ",\"written_through\":" << m.ctr.written_through.load() << ",\"prefetch_queued\":" << m.ctr.prefetch_queued.load()
-    << ",\"prefetch_done\":" << m.ctr.prefetch_done.load() << "}";
-  if (m.nvme) {
-    o << ",\"nvme\":" << to_json(m.nvme->stats());
-  }
-  o << "}";
-  return o.str();
+  DramSection& ds = st.dram;
+  ds.capacity = m.dram->arena().size(), ds.page_kind = m.dram->arena().page_kind(), ds.slab_size = m.opt.slab_size;
+  ds.eviction = m.opt.eviction, ds.entries = d.entries, ds.value_bytes = d.value_bytes, ds.slab_pages = d.slab_pages;
+  ds.slab_pages_free = d.slab_pages_free, ds.size_classes = d.size_classes, ds.evictions = d.evictions;
+  ds.dropped_for_rebalance = d.dropped_for_rebalance, ds.hits = m.ctr.dram_hits;
+  const Impl::Counters& c = m.ctr;
+  TieringSection& t = st.tiering;
+  t.admission = m.opt.admission, t.write_through = m.opt.write_through;
+  t.puts = c.puts, t.put_bytes = c.put_bytes, t.skipped_existing = c.skipped_existing, t.gets = c.gets;
+  t.dram_hits = c.dram_hits, t.nvme_hits = c.nvme_hits, t.misses = c.misses, t.get_bytes = c.get_bytes;
+  t.demoted = c.demoted, t.demote_failures = c.demote_failures, t.not_admitted = c.not_admitted;
+  t.promoted = c.promoted, t.written_through = c.written_through, t.prefetch_queued = c.prefetch_queued;
+  t.prefetch_done = c.prefetch_done;
+  st.has_nvme = m.nvme != nullptr;
+  if (m.nvme) st.nvme = m.nvme->stats();
+  return st;
 }
+
+std::string TieredStore::stats_json() { return to_json(stats()); }
 
 }  // namespace mch

@@ -20,9 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
-#include "nvme/nvme_engine.h"
+#include "nvme/options.h"
+#include "tiering/tiered_stats.h"
 
 namespace mch {
 
@@ -42,11 +44,9 @@ struct TieredOptions {
   NvmeOptions nvme;
 };
 
-struct PutTicket {
-  int32_t status = status_code(Status::kOk);   // status_code(Status::kOk): copy then commit; 1: already stored, skip; < 0: error
-  uint64_t offset = 0;    // arena offset of the slot to fill
-  uint64_t token = 0;     // pass back to put_commit / abort_puts
-};
+// put_reserve's answer per key: status kOk (copy to arena + offset, then commit the token),
+// kAlreadyStored (same key and size stored already: skip) or a negative Status.
+using PutTicket = Reservation;
 
 struct GetTicket {
   int64_t status = status_code(Status::kNotFound);  // value length when found, else a negative Status (status_code(Status::kNoSpace): on
@@ -89,7 +89,8 @@ class TieredStore {
   uint64_t arena_size() const;
   uint8_t* arena_base() const;
 
-  // Figures as a JSON object string: {"dram": {...}, "nvme": {...}, "tiering": {...}}.
+  TieredStats stats();
+  // stats() as a JSON object string: {"dram": {...}, "tiering": {...}, "nvme": {...}}.
   std::string stats_json();
   std::vector<std::string> take_notes();
 
