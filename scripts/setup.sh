@@ -24,7 +24,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml pytest numpy matplotlib
+.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml "prometheus-client>=0.17" pytest numpy matplotlib
 # SGLang integration and its tests: CPU torch, the sglang wheel without its (GPU) dependencies,
 # and the few pure-Python packages its mem_cache modules import.
 if [ -f requirements-sglang.txt ] && [ "${MOONCAKE_HICACHE_SKIP_SGLANG:-0}" != "1" ]; then
