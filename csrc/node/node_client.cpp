@@ -94,6 +94,7 @@ void NodeClient::connect_first() {
   if (err == EPROTONOSUPPORT) throw EngineError(EngineError::kFormat, msg);
   std::lock_guard<std::mutex> lk(pool_mu_);
   last_error_ = msg;
+  last_errno_ = err;
   if (err == ETIMEDOUT) cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
 }
 
@@ -116,13 +117,19 @@ std::string NodeClient::last_error() const {
   return last_error_;
 }
 
-std::vector<std::string> NodeClient::take_notes() { return notes_.take(); }
+int NodeClient::last_error_code() const {
+  std::lock_guard<std::mutex> lk(pool_mu_);
+  return healthy_.load() ? 0 : last_errno_;
+}
 
-void NodeClient::mark_down(const std::string& msg) {
+std::vector<Note> NodeClient::take_notes() { return notes_.take(); }
+
+void NodeClient::mark_down(int err, const std::string& msg) {
   std::lock_guard<std::mutex> lk(pool_mu_);
   last_error_ = msg;
+  last_errno_ = err;
   if (healthy_.exchange(false))
-    notes_.add("node unavailable (" + msg + "); reads miss and writes fail until a node answers again");
+    notes_.warn("node unavailable (" + msg + "); reads miss and writes fail until a node answers again");
 }
 
 NodeInfo NodeClient::info() const {
@@ -300,7 +307,7 @@ std::unique_ptr<NodeClient::Conn> NodeClient::acquire(Fail* why) {
     std::lock_guard<std::mutex> lk(pool_mu_);
     cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   }
-  mark_down(msg);
+  mark_down(err, msg);
   *why = Fail::kUnavailable;
   return nullptr;
 }
@@ -320,7 +327,7 @@ void NodeClient::fail(std::unique_ptr<Conn> c, int err, const std::string& what)
     drop.swap(idle_);  // the same node answers them: do not hand them out again
     if (err == ETIMEDOUT) cooldown_until_ = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   }
-  mark_down(msg);
+  mark_down(err, msg);
   c.reset();  // closing the socket makes the node release this connection's tokens
 }
 

@@ -87,9 +87,12 @@ class NodeClient {
 
   bool healthy() const { return healthy_.load(); }
   std::string last_error() const;
+  // Why the last call did not reach the node, as an errno value (0: it did): ETIMEDOUT for a
+  // node that holds the socket but does not answer, ECONNREFUSED/ENOENT for no node, EPROTO ...
+  int last_error_code() const;
   // Lines worth logging once (connected, node lost, reconnected to a new node). Cleared when
   // taken; at most 64 are kept.
-  std::vector<std::string> take_notes();
+  std::vector<Note> take_notes();
   NodeInfo info() const;  // of the node last greeted
   const std::string& socket_path() const { return path_; }  // the endpoint's address
   int timeout_ms() const { return timeout_ms_; }
@@ -117,7 +120,7 @@ class NodeClient {
   // Valid keys into *idx with their results set; others' results are their Status.
   void check_keys(const std::vector<std::string>& keys, size_t n_values, int32_t* results, std::vector<uint32_t>* idx);
   std::string describe(int err, const Conn* c) const;
-  void mark_down(const std::string& msg);  // healthy -> unhealthy, with a note on the transition
+  void mark_down(int err, const std::string& msg);  // healthy -> unhealthy, with a note on the transition
 
   const std::unique_ptr<Endpoint> endpoint_;
   const std::string path_;
@@ -132,6 +135,7 @@ class NodeClient {
   Clock::time_point cooldown_until_{};
   bool closed_ = false;
   std::string last_error_;
+  int last_errno_ = 0;
   NoteLog notes_{64};
 };
 

@@ -62,7 +62,7 @@ IoContextPool::IoContextPool(int fd, int queue_depth, int max_contexts, const st
         throw EngineError(EngineError::kInvalid,
                           std::string("tiers.nvme.io_backend is io_uring but io_uring cannot be set up (") + e.what() +
                               "); set io_backend: auto or threads");
-      notes_.add(std::string("io_uring unavailable (") + e.what() + "); using the pread/pwrite thread-pool backend");
+      notes_.warn(std::string("io_uring unavailable (") + e.what() + "); using the pread/pwrite thread-pool backend");
     }
   }
   if (backend_ == "threads") pool_.reset(new ThreadPool(std::min(std::max(depth_, 1), 32)));
@@ -94,7 +94,7 @@ std::unique_ptr<IoContext> IoContextPool::make_context() {
     c->q = make_uring_queue(fd_, depth, c->staging.data(), c->staging.size(), &remark);
     if (all_.empty()) {
       fixed_buffers_ = remark.empty();
-      if (!remark.empty()) notes_.add(remark);
+      if (!remark.empty()) notes_.warn(remark);
     }
   } else {
     c->q = make_thread_pool_queue(fd_, depth, pool_.get());

@@ -131,7 +131,7 @@ void NvmeEngine::put_done(IoContext& ctx, const IoCompletion& c, std::vector<Put
     *it.result = status_code(Status::kIoError);
     ctr_.put_errors++;
     if (++ctr_.io_errors <= 3)
-      notes_.add("write of a " + format_bytes(it.len) + " page failed: " + (res < 0 ? errstr(res) : "short write") +
+      notes_.warn("write of a " + format_bytes(it.len) + " page failed: " + (res < 0 ? errstr(res) : "short write") +
                  " (the put returns IO_ERROR; the engine goes on)");
   }
   ctx.give_slot(static_cast<int>(c.tag));
@@ -375,7 +375,7 @@ void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vect
   try {
     ctx = ctxs_->acquire();
   } catch (const std::exception& e) {
-    notes_.add(std::string("cannot set up an I/O queue: ") + e.what());
+    notes_.warn(std::string("cannot set up an I/O queue: ") + e.what());
     for (auto& it : items) *it.result = status_code(Status::kIoError);
     return;
   }
@@ -480,7 +480,7 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
   try {
     ctxp = ctxs_->acquire();
   } catch (const std::exception& e) {
-    notes_.add(std::string("cannot set up an I/O queue: ") + e.what());
+    notes_.warn(std::string("cannot set up an I/O queue: ") + e.what());
     return std::fill(results, results + keys.size(), int64_t{status_code(Status::kIoError)});
   }
   IoContext& ctx = *ctxp;
@@ -538,7 +538,7 @@ int32_t NvmeEngine::remove(const std::string& key) {
   IoContextPool::Lease ctx(*ctxs_);
   // The tombstone keeps a restart from bringing the page back.
   if (write_tombstone(*ctx, key, d)) return status_code(Status::kOk);
-  notes_.add("could not persist the removal of a key; it may reappear after a restart");
+  notes_.warn("could not persist the removal of a key; it may reappear after a restart");
   return status_code(Status::kIoError);
 }
 

@@ -108,7 +108,7 @@ class NvmeEngine {
   NvmeStats stats();
   uint64_t max_value_size() const { return max_value_; }
   // Lines worth logging once (backend fallbacks, recovery summary). Cleared when taken.
-  std::vector<std::string> take_notes() { return notes_.take(); }
+  std::vector<Note> take_notes() { return notes_.take(); }
   // Test hook: the next n write completions are treated as device errors (-EIO).
   void inject_write_errors(int n) { inject_write_errors_.store(n); }
 

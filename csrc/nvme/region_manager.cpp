@@ -84,7 +84,7 @@ void RegionManager::seal(IoContext& ctx, uint32_t r) {
   int64_t rc = ctx.sync_io(IoOp::kWrite, base(r) + t.summary_offset, buf.data(), buf.size());
   if (rc != static_cast<int64_t>(buf.size())) {
     io_errors_++;
-    notes_.add("sealing region " + std::to_string(r) + " failed (" + errstr(rc) +
+    notes_.warn("sealing region " + std::to_string(r) + " failed (" + errstr(rc) +
                "); its pages stay readable, a restart will scan it");
   }
   if (sync_on_seal_) dev_.sync();
@@ -110,7 +110,7 @@ bool RegionManager::open(IoContext& ctx, uint32_t r) {
   int64_t rc = ctx.sync_io(IoOp::kWrite, base(r) + dev_.region_size() - kBlock, ctx.scratch, kBlock);
   if (rc != static_cast<int64_t>(kBlock)) {
     io_errors_++;
-    notes_.add("cannot open region " + std::to_string(r) + " (" + errstr(rc) + ")");
+    notes_.warn("cannot open region " + std::to_string(r) + " (" + errstr(rc) + ")");
     release(r);
     return false;
   }

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/note_log.h"
 #include "common/sg_list.h"
 
 namespace mch::binding {
@@ -130,6 +131,25 @@ void def_batch_api(Cls& cls, const char* sg_ptrs, const char* sg_sizes) {
        return batch_get(t, k, multi_sg(p, s));
      }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes));
   cls.def("batch_exists", &batch_exists<Target>);
+}
+
+// take_notes(with_levels=False): lines, or (logging level, line) pairs.
+inline pybind11::list notes_to_py(const std::vector<Note>& notes, bool with_levels) {
+  pybind11::list out;
+  for (const Note& n : notes) {
+    if (with_levels)
+      out.append(pybind11::make_tuple(static_cast<int>(n.level), n.line));
+    else
+      out.append(n.line);
+  }
+  return out;
+}
+
+template <class Target>
+void def_take_notes(pybind11::class_<Target>& cls) {
+  cls.def("take_notes", [](Target& t, bool with_levels) { return notes_to_py(t.take_notes(), with_levels); },
+          pybind11::arg("with_levels") = false,
+          "Lines worth logging once (cleared when taken); with_levels: (logging level, line) pairs.");
 }
 
 inline pybind11::object json_dict(const std::string& json) {

@@ -112,6 +112,7 @@ void bind_node_client(py::module_& m) {
   cls.def(py::init(&make_client), py::arg("socket_path"), py::arg("timeout_ms") = 5000,
           py::arg("protocol_version") = proto::kVersion);
   def_batch_api<NodeClient, WithDepths>(cls, "all_ptrs", "all_sizes");
+  def_take_notes(cls);
   cls.def("prefetch", &NodeClient::prefetch, release_gil())
       .def("remove", &NodeClient::remove, release_gil())
       .def("remove_all", &NodeClient::remove_all, release_gil())
@@ -122,10 +123,11 @@ void bind_node_client(py::module_& m) {
       .def("value_size", &NodeClient::value_size, release_gil())
       .def("ping", &NodeClient::ping, release_gil())
       .def("close", &NodeClient::close, release_gil())
-      .def("take_notes", &NodeClient::take_notes, release_gil(),
-           "Lines worth logging once (connected, node lost, reconnected); cleared when taken.")
       .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
       .def_property_readonly("last_error", &NodeClient::last_error)
+      .def_property_readonly("last_error_code", &NodeClient::last_error_code,
+                             "errno value of the last failure to reach the node (0 when healthy): ETIMEDOUT "
+                             "for a node that does not answer, ECONNREFUSED/ENOENT when none runs.")
       .def_property_readonly("socket_path", &NodeClient::socket_path)
       .def_property_readonly("timeout_ms", &NodeClient::timeout_ms)
       .def_property_readonly("node_info", &node_info);

@@ -68,6 +68,7 @@ void bind_nvme(py::module_& m) {
           py::arg("queue_depth") = 64, py::arg("direct_io") = true, py::arg("io_backend") = "auto",
           py::arg("sync_on_seal") = true, py::arg("reinsertion") = true, py::arg("max_parallel_calls") = 8);
   def_batch_api<NvmeEngine, NoDepths>(cls, "all_ptrs", "all_sizes");
+  def_take_notes(cls);
   cls.def("get_bytes", &get_bytes)
       .def("value_size", &NvmeEngine::value_size, release_gil())
       .def("remove", &NvmeEngine::remove, release_gil())
@@ -75,7 +76,6 @@ void bind_nvme(py::module_& m) {
       .def("close", &NvmeEngine::close, release_gil())
       .def("stats", &stats)
       .def_property_readonly("max_value_size", &NvmeEngine::max_value_size)
-      .def("take_notes", &NvmeEngine::take_notes)
       .def("_inject_write_errors", &NvmeEngine::inject_write_errors,
            "Test hook: the next n write completions count as device errors (-EIO).");
 }

@@ -70,6 +70,7 @@ void bind_tiering(py::module_& m) {
           py::arg("nvme_direct_io") = true, py::arg("nvme_io_backend") = "auto", py::arg("nvme_sync_on_seal") = true,
           py::arg("nvme_reinsertion") = true);
   def_batch_api<TieredStore, WithDepths>(cls, "ptrs", "sizes");
+  def_take_notes(cls);
   cls.def("prefetch", &TieredStore::prefetch, release_gil())
       .def("get_bytes", &get_bytes)
       .def("value_size", &value_size)
@@ -77,7 +78,6 @@ void bind_tiering(py::module_& m) {
       .def("remove_all", &TieredStore::remove_all, release_gil())
       .def("close", &TieredStore::close, release_gil())
       .def("stats_json", &TieredStore::stats_json, release_gil())
-      .def("take_notes", &TieredStore::take_notes)
       .def_property_readonly("arena_fd", &TieredStore::arena_fd)
       .def_property_readonly("arena_size", &TieredStore::arena_size);
 }

@@ -46,8 +46,6 @@ struct TieredStore::Impl {
   bool pf_stop = false;
   std::thread prefetcher;
 
-  std::mutex notes_mu;  // guards notes
-  std::vector<std::string> notes;
 
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
@@ -84,10 +82,6 @@ struct TieredStore::Impl {
     if (prefetcher.joinable()) prefetcher.join();
   }
 
-  void note(const std::string& s) {
-    std::lock_guard<std::mutex> lk(notes_mu);
-    notes.push_back(s);
-  }
 
   bool admit(const DramTier::Victim& v) const {
     if (opt.admission == "never") return false;
@@ -655,14 +649,10 @@ int TieredStore::arena_fd() const { return impl_->dram->arena().fd(); }
 uint64_t TieredStore::arena_size() const { return impl_->dram->arena().size(); }
 uint8_t* TieredStore::arena_base() const { return impl_->dram->arena().base(); }
 
-std::vector<std::string> TieredStore::take_notes() {
-  std::vector<std::string> out;
-  {
-    std::lock_guard<std::mutex> lk(impl_->notes_mu);
-    out.swap(impl_->notes);
-  }
+std::vector<Note> TieredStore::take_notes() {
+  std::vector<Note> out;
   if (impl_->nvme)
-    for (auto& s : impl_->nvme->take_notes()) out.push_back("nvme: " + s);
+    for (Note& n : impl_->nvme->take_notes()) out.push_back(Note{n.level, "nvme: " + n.line});
   return out;
 }
 

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/note_log.h"
 #include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
@@ -92,7 +93,7 @@ class TieredStore {
   TieredStats stats();
   // stats() as a JSON object string: {"dram": {...}, "tiering": {...}, "nvme": {...}}.
   std::string stats_json();
-  std::vector<std::string> take_notes();
+  std::vector<Note> take_notes();  // the NVMe tier's, prefixed "nvme: "
 
  struct Impl;  // public so the file-local helpers in tiered_store.cpp can take it
 
