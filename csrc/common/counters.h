@@ -72,9 +72,25 @@ using LabeledCounts = std::vector<std::pair<std::string, uint64_t>>;
 // A run of integer fields of one kind: for (auto [k, x] : Fields{{"puts", puts}, ...}) v.counter(k, x);
 using Fields = std::initializer_list<std::pair<const char*, uint64_t>>;
 
-class JsonVisitor {
+// Nested sections are JSON objects for every visitor.
+template <class Derived>
+class SectionVisitor {
  public:
-  explicit JsonVisitor(JsonWriter& w) : w_(w) {}
+  explicit SectionVisitor(JsonWriter& w) : w_(w) {}
+  template <class Section>
+  void section(const char* k, const Section& s) {
+    w_.open(k);
+    s.visit(static_cast<Derived&>(*this));
+    w_.close();
+  }
+
+ protected:
+  JsonWriter& w_;
+};
+
+class JsonVisitor : public SectionVisitor<JsonVisitor> {
+ public:
+  using SectionVisitor::SectionVisitor;
   void counter(const char* k, uint64_t v) { w_.u64(k, v); }
   void gauge(const char* k, uint64_t v) { w_.u64(k, v); }
   void gauge(const char* k, double v) { w_.dbl(k, v); }
@@ -90,21 +106,12 @@ class JsonVisitor {
     for (size_t i = 0; i < v.size(); i++) s += (i ? "," : "") + std::to_string(v[i]);
     w_.raw(k, s + "]");
   }
-  template <class Section>
-  void section(const char* k, const Section& s) {
-    w_.open(k);
-    s.visit(*this);
-    w_.close();
-  }
-
- private:
-  JsonWriter& w_;
 };
 
 // Writes {"field": "counter" | "gauge" | "flag" | "info" | "counter:<label>" | "list", ...}.
-class KindVisitor {
+class KindVisitor : public SectionVisitor<KindVisitor> {
  public:
-  explicit KindVisitor(JsonWriter& w) : w_(w) {}
+  using SectionVisitor::SectionVisitor;
   void counter(const char* k, uint64_t) { w_.str(k, "counter"); }
   template <class T>
   void gauge(const char* k, T) { w_.str(k, "gauge"); }
@@ -114,33 +121,27 @@ class KindVisitor {
     w_.str(k, std::string("counter:") + label);
   }
   void pids(const char* k, const std::vector<int32_t>&) { w_.str(k, "list"); }
-  template <class Section>
-  void section(const char* k, const Section& s) {
-    w_.open(k);
-    s.visit(*this);
-    w_.close();
-  }
-
- private:
-  JsonWriter& w_;
 };
+
+// Walks `stats` with a Visitor (JsonVisitor or KindVisitor) into one JSON object.
+template <class Visitor, class Stats>
+std::string render(const Stats& stats) {
+  JsonWriter w;
+  Visitor v(w);
+  stats.visit(v);
+  return w.done();
+}
 
 // The figures of `stats` as one JSON object.
 template <class Stats>
 std::string to_json(const Stats& stats) {
-  JsonWriter w;
-  JsonVisitor v(w);
-  stats.visit(v);
-  return w.done();
+  return render<JsonVisitor>(stats);
 }
 
 // The kind of every field of `stats`, as one JSON object of the same shape.
 template <class Stats>
 std::string kinds_json(const Stats& stats) {
-  JsonWriter w;
-  KindVisitor v(w);
-  stats.visit(v);
-  return w.done();
+  return render<KindVisitor>(stats);
 }
 
 }  // namespace mch

@@ -10,6 +10,42 @@ namespace mch {
 using namespace proto;
 using Outcome = Dispatcher::Outcome;
 
+namespace {
+
+void encode_ticket(Writer& w, const PutTicket& t) {
+  w.i32(t.status);
+  w.u64(t.offset);
+  w.u64(t.token);
+}
+bool holds_slot(const PutTicket& t) { return t.status == status_code(Status::kOk); }
+void encode_ticket(Writer& w, const GetTicket& t) {
+  w.i64(t.status);
+  w.u64(t.offset);
+  w.u64(t.token);
+  w.u8(t.tier);
+}
+bool holds_slot(const GetTicket& t) { return t.status >= 0; }
+
+// Writes a PUT_RESERVE / GET_PIN reply: u32 n, n tickets. The session keeps the token of every
+// ticket that holds a slot (a reservation or a pin); `held` counts them.
+template <class Ticket>
+void reply_tickets(Session& s, const Header& h, const std::vector<Ticket>& tickets, size_t wire, TokenTable& table,
+                   std::atomic<uint64_t>& held) {
+  s.w.begin(h.op, h.request_id, kFlagReply, s.version);
+  s.w.reserve(4 + tickets.size() * wire);
+  s.w.u32(static_cast<uint32_t>(tickets.size()));
+  uint64_t n = 0;
+  for (const Ticket& t : tickets) {
+    encode_ticket(s.w, t);
+    if (!holds_slot(t)) continue;
+    table.add(t.token);
+    n++;
+  }
+  held += n;
+}
+
+}  // namespace
+
 Outcome Dispatcher::fail(Session& s, uint32_t request_id, int32_t code, const std::string& message) {
   encode_error(s.w, request_id, code, message);
   return Outcome::kFailed;
@@ -99,20 +135,7 @@ Outcome Dispatcher::put_reserve(Session& s, const Header& h, Reader& r) {
   int64_t n = decode_put_reserve(r, &s.keys, &s.sizes, &s.depths);
   if (n < 0 || !r.done()) return bad_body(s, h);
   store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t);
-  s.w.begin(kPutReserve, h.request_id, kFlagReply, s.version);
-  s.w.reserve(4 + static_cast<size_t>(n) * kReserveResultWire);
-  s.w.u32(static_cast<uint32_t>(n));
-  uint64_t held = 0;
-  for (const PutTicket& t : s.put_t) {
-    s.w.i32(t.status);
-    s.w.u64(t.offset);
-    s.w.u64(t.token);
-    if (t.status == status_code(Status::kOk)) {
-      s.reservations.add(t.token);
-      held++;
-    }
-  }
-  ctr_.reservations_held += held;
+  reply_tickets(s, h, s.put_t, kReserveResultWire, s.reservations, ctr_.reservations_held);
   return Outcome::kReply;
 }
 
@@ -159,21 +182,7 @@ Outcome Dispatcher::get_pin(Session& s, const Header& h, Reader& r) {
   int64_t n = decode_keys(r, &s.keys);
   if (n < 0 || !r.done()) return bad_body(s, h);
   store_.get_pin(s.keys.vec(), &s.get_t);
-  s.w.begin(kGetPin, h.request_id, kFlagReply, s.version);
-  s.w.reserve(4 + static_cast<size_t>(n) * kPinResultWire);
-  s.w.u32(static_cast<uint32_t>(n));
-  uint64_t held = 0;
-  for (const GetTicket& t : s.get_t) {
-    s.w.i64(t.status);
-    s.w.u64(t.offset);
-    s.w.u64(t.token);
-    s.w.u8(t.tier);
-    if (t.status >= 0) {
-      s.pins.add(t.token);
-      held++;
-    }
-  }
-  ctr_.pins_held += held;
+  reply_tickets(s, h, s.get_t, kPinResultWire, s.pins, ctr_.pins_held);
   return Outcome::kReply;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/keys.h"
+#include "common/put_waves.h"
 #include "transport/frame.h"
 
 namespace mch {
@@ -188,11 +189,7 @@ inline int64_t decode_put_reserve(Reader& r, KeyList* keys, std::vector<uint64_t
 // PUT_RESERVE reply: u32 n, n x {i32 status, u64 offset, u64 token}.
 //   status 0: copy the value to arena+offset, then commit the token; 1: the same key with the
 //   same size is stored already (nothing to copy, no token); < 0: a Status (common/status.h).
-struct ReserveResult {
-  int32_t status = 0;
-  uint64_t offset = 0;
-  uint64_t token = 0;
-};
+using ReserveResult = Reservation;  // common/put_waves.h
 constexpr size_t kReserveResultWire = 20;
 
 // PUT_COMMIT request: u32 n, n x {u64 token, u8 ok}. ok = 0 gives the slot back (the client

@@ -26,6 +26,7 @@
 
 #include "common/note_log.h"
 #include "common/sg_list.h"
+#include "nvme/options.h"
 
 namespace mch::binding {
 
@@ -85,6 +86,21 @@ std::vector<int32_t> batch_exists(Target& target, const std::vector<std::string>
   pybind11::gil_scoped_release nogil;
   target.batch_exists(keys, res.data());
   return res;
+}
+
+// The NVMe settings both NvmeEngine(...) and TieredStore(nvme_...) take.
+inline NvmeOptions nvme_options(const std::string& path, uint64_t capacity, uint64_t region_size, int queue_depth,
+                                bool direct_io, const std::string& io_backend, bool sync_on_seal, bool reinsertion) {
+  NvmeOptions o;
+  o.path = path;
+  o.capacity = capacity;
+  o.region_size = region_size;
+  o.queue_depth = queue_depth;
+  o.direct_io = direct_io;
+  o.io_backend = io_backend;
+  o.sync_on_seal = sync_on_seal;
+  o.reinsertion = reinsertion;
+  return o;
 }
 
 // TieredStore and NodeClient take one depth per key (missing depths are 0); NvmeEngine none.

@@ -15,15 +15,7 @@ namespace {
 std::unique_ptr<NvmeEngine> make_engine(const std::string& path, uint64_t capacity, uint64_t region_size,
                                         int queue_depth, bool direct_io, const std::string& io_backend,
                                         bool sync_on_seal, bool reinsertion, int max_parallel_calls) {
-  NvmeOptions o;
-  o.path = path;
-  o.capacity = capacity;
-  o.region_size = region_size;
-  o.queue_depth = queue_depth;
-  o.direct_io = direct_io;
-  o.io_backend = io_backend;
-  o.sync_on_seal = sync_on_seal;
-  o.reinsertion = reinsertion;
+  NvmeOptions o = nvme_options(path, capacity, region_size, queue_depth, direct_io, io_backend, sync_on_seal, reinsertion);
   o.max_parallel_calls = max_parallel_calls;
   py::gil_scoped_release nogil;
   return std::make_unique<NvmeEngine>(o);

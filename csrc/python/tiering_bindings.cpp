@@ -27,14 +27,8 @@ std::unique_ptr<TieredStore> make_store(uint64_t dram_capacity, uint64_t slab_si
   o.admission = admission;
   o.write_through = write_through;
   o.has_nvme = !nvme_path.empty();
-  o.nvme.path = nvme_path;
-  o.nvme.capacity = nvme_capacity;
-  o.nvme.region_size = nvme_region_size;
-  o.nvme.queue_depth = nvme_queue_depth;
-  o.nvme.direct_io = nvme_direct_io;
-  o.nvme.io_backend = nvme_io_backend;
-  o.nvme.sync_on_seal = nvme_sync_on_seal;
-  o.nvme.reinsertion = nvme_reinsertion;
+  o.nvme = nvme_options(nvme_path, nvme_capacity, nvme_region_size, nvme_queue_depth, nvme_direct_io, nvme_io_backend,
+                        nvme_sync_on_seal, nvme_reinsertion);
   py::gil_scoped_release nogil;
   return std::make_unique<TieredStore>(o);
 }
