@@ -1,7 +1,7 @@
 // DramTier: the DRAM tier's bookkeeping over a DramArena: a slab allocator (the arena is cut
 // into slab pages; each page serves one size class of fixed-size slots, values rounded up to
-// 4 KiB), the index (key digest -> slot, full key kept for verification) and one
-// EvictionPolicy per size class.
+// 4 KiB), the index (key digest -> slot; lookups compare digests only, the full key is kept
+// because a demoted page is written to NVMe under it) and one EvictionPolicy per size class.
 //
 // Slot life: kFree -> reserve() -> kWriting -> publish() -> kReady -> (evicted | erased) -> kFree.
 // A pinned slot (pins > 0) is never evicted or reused; erasing a pinned slot makes it an

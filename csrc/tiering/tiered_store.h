@@ -12,8 +12,10 @@
 // rewritten until unpinned. Tickets identify reservations and pins; the node releases the
 // tickets of a client that disconnects (abort_puts / get_unpin).
 //
-// Threading: every method may be called from any thread. DRAM state is guarded by one mutex
-// held only for bookkeeping (never across I/O or copies); NVMe I/O runs outside it.
+// Threading: every method may be called from any thread. DRAM state is guarded by one mutex,
+// held for bookkeeping and for one copy: when a slab page moves to another size class its
+// entries are copied out under it (DramTier::steal_page). NVMe I/O and the callers' copies into
+// and out of the arena run outside it.
 #pragma once
 #include <cstdint>
 #include <memory>
