@@ -213,12 +213,6 @@ NodeStats NodeServer::stats() const {
 
 std::string NodeServer::stats_json() const { return to_json(stats()); }
 
-std::string NodeServer::full_stats_json() const {
-  std::string s = store_.stats_json();
-  std::string node = stats_json();
-  if (s.size() < 2 || s.back() != '}') return "{\"node\":" + node + "}";
-  s.pop_back();
-  return s + (s.size() > 1 ? ",\"node\":" : "\"node\":") + node + "}";
-}
+std::string NodeServer::full_stats_json() const { return to_json(NodeReport{store_.stats(), stats()}); }
 
 }  // namespace mch

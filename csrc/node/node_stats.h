@@ -9,6 +9,7 @@
 
 #include "common/counters.h"
 #include "node/protocol.h"
+#include "tiering/tiered_stats.h"
 
 namespace mch {
 
@@ -75,6 +76,18 @@ struct NodeStats {
                               {"unknown_tokens", unknown_tokens}})
       v.counter(k, x);
     v.pids("client_pids", client_pids);
+  }
+};
+
+// What a STATS request returns: the store's sections ("dram", "tiering", "nvme") plus "node".
+struct NodeReport {
+  TieredStats store;
+  NodeStats node;
+
+  template <class V>
+  void visit(V& v) const {
+    store.visit(v);
+    v.section("node", node);
   }
 };
 

@@ -11,7 +11,6 @@
 #include "node/node_stats.h"
 #include "nvme/record_format.h"
 #include "python/binding_utils.h"
-#include "tiering/tiered_stats.h"
 
 namespace py = pybind11;
 using namespace mch;
@@ -33,19 +32,9 @@ const char* kind_name(EngineError::Kind k) {
 }
 
 // The kind of every stats field, by section, from the same visit() that writes the figures.
-struct AllSections {
-  TieredStats tiered;
-  NodeStats node;
-  template <class V>
-  void visit(V& v) const {
-    tiered.visit(v);
-    v.section("node", node);
-  }
-};
-
 py::object metric_kinds() {
-  AllSections all;
-  all.tiered.has_nvme = true;
+  NodeReport all;
+  all.store.has_nvme = true;
   return binding::json_dict(kinds_json(all));
 }
 

@@ -24,7 +24,11 @@ int FrameReader::fill(Stream& s, Clock::time_point deadline, int wake_fd, int* f
 
 int FrameReader::read_header(Stream& s, Header* h, bool idle_wait, Clock::time_point deadline, int timeout_ms,
                              int wake_fd, int* fd_out) {
-  if (start_ == end_) start_ = end_ = 0;
+  if (start_ == end_) {  // nothing buffered: the next frame cannot be here yet, wait for it first
+    start_ = end_ = 0;
+    int e = s.wait_readable(idle_wait ? Clock::time_point::max() : deadline, wake_fd);
+    if (e) return e;
+  }
   if (start_ + kHeaderSize > rx_.size()) compact();
   while (end_ - start_ < kHeaderSize) {
     bool started = end_ > start_;

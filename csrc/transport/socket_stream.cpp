@@ -36,9 +36,7 @@ bool SocketStream::quiet() {
 int SocketStream::wait(short events, Clock::time_point deadline, int wake_fd) {
   for (;;) {
     pollfd p[2] = {{fd_, events, 0}, {wake_fd, POLLIN, 0}};
-    int left = ms_left(deadline);
-    if (left == 0) return ETIMEDOUT;
-    int pr = ::poll(p, wake_fd >= 0 ? 2 : 1, left);
+    int pr = ::poll(p, wake_fd >= 0 ? 2 : 1, ms_left(deadline));  // a passed deadline: just look
     if (pr < 0 && errno == EINTR) continue;
     if (pr < 0) return errno;
     if (pr == 0) return ETIMEDOUT;
@@ -121,7 +119,8 @@ ssize_t SocketStream::recv_with_fd(void* buf, size_t n, int* fd_out) {
 
 ssize_t SocketStream::recv_some(void* buf, size_t n, Clock::time_point deadline, int wake_fd, int* fd_out) {
   for (;;) {
-    ssize_t r = unix_ ? recv_with_fd(buf, n, fd_out) : ::recv(fd_, buf, n, MSG_DONTWAIT);
+    // A descriptor nobody asked for is closed by the kernel when read with plain recv().
+    ssize_t r = unix_ && fd_out ? recv_with_fd(buf, n, fd_out) : ::recv(fd_, buf, n, MSG_DONTWAIT);
     if (r > 0) return r;
     if (r == 0) return -ECONNRESET;
     if (errno == EINTR) continue;

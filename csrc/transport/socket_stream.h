@@ -3,6 +3,8 @@
 // and the peer's pid is known (SO_PEERCRED). Owns the socket; used by one thread at a time
 // (shutdown() may come from another, to wake it).
 #pragma once
+#include <poll.h>
+
 #include "transport/stream.h"
 
 namespace mch {
@@ -18,6 +20,7 @@ class SocketStream final : public Stream {
   int send_all(const void* buf, size_t n, Clock::time_point deadline) override;
   int send_with_fd(const void* buf, size_t n, int fd, Clock::time_point deadline) override;
   ssize_t recv_some(void* buf, size_t n, Clock::time_point deadline, int wake_fd, int* fd_out) override;
+  int wait_readable(Clock::time_point deadline, int wake_fd) override { return wait(POLLIN, deadline, wake_fd); }
   bool quiet() override;
   void shutdown() override;
   int32_t peer_pid() const override { return pid_; }

@@ -37,6 +37,10 @@ class Stream {
   // a negative errno. wake_fd >= 0 is polled too (readable: -ESHUTDOWN). A descriptor that came
   // with the bytes is stored in *fd_out (when given and still -1) or closed.
   virtual ssize_t recv_some(void* buf, size_t n, Clock::time_point deadline, int wake_fd, int* fd_out) = 0;
+  // Waits until bytes (or the peer's close) can be read, by `deadline`. 0, ETIMEDOUT, ESHUTDOWN
+  // (wake_fd readable) or an errno value. Saves a futile read when the caller knows nothing has
+  // arrived yet (a reply just asked for, a server between requests).
+  virtual int wait_readable(Clock::time_point deadline, int wake_fd) = 0;
   // Nothing is waiting to be read and the peer has not closed (a pooled idle stream is usable).
   virtual bool quiet() = 0;
   virtual void shutdown() = 0;  // wakes a thread blocked on this stream; further I/O fails
