@@ -2,6 +2,7 @@
 // the known answers below pin XXH3 so that a library or code change cannot silently make
 // existing files unreadable.
 #include "common/checksum.h"
+#include "common/keys.h"
 
 #include <gtest/gtest.h>
 

@@ -10,11 +10,13 @@
 #include <vector>
 
 #include "common/status.h"
-#include "nvme/nvme_engine.h"  // EngineError
+#include "common/error.h"
 #include "test_util.h"
 
 namespace mch {
 namespace {
+
+using namespace testing::codes;
 
 constexpr uint64_t kMiB = 1ull << 20;
 

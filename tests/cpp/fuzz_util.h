@@ -2,6 +2,8 @@
 // every op, and mutations of them (bit flips, interesting integers in length and count fields,
 // truncation, extension, spliced chunks).
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <random>
 #include <string>
@@ -146,6 +148,42 @@ inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, 
   }
   const uint8_t* f = w.finish();
   return std::vector<uint8_t>(f, f + w.size());
+}
+
+// Checks one frame a node sent (header h, body r): a reply header, a body of the op's shape, a
+// known code in an ERROR frame. Appends the tokens of PUT_RESERVE and GET_PIN replies to
+// *tokens (the most recent 64), so later requests can use them.
+inline void check_node_reply(const proto::Header& h, proto::Reader r, std::vector<uint64_t>* tokens) {
+  using namespace proto;
+  ASSERT_EQ(h.magic, kMagic);
+  ASSERT_TRUE(h.flags & kFlagReply);
+  ASSERT_GE(h.version, kMinVersion);
+  ASSERT_LE(h.version, kVersion);
+  if (h.op == kError) {
+    int32_t code = r.i32();
+    ASSERT_GE(code, kErrVersion);
+    ASSERT_LE(code, kErrTooManyConnections);
+    r.u16();
+    r.u16();
+    ASSERT_FALSE(r.str().empty()) << "an ERROR frame says what went wrong";
+    ASSERT_TRUE(r.done()) << "ERROR body";
+    return;
+  }
+  ASSERT_LT(h.op, kOpCount);
+  if (h.op != kPutReserve && h.op != kGetPin) return;
+  uint32_t n = r.u32();
+  ASSERT_EQ(r.remaining(), n * (h.op == kPutReserve ? kReserveResultWire : kPinResultWire));
+  for (uint32_t i = 0; i < n; i++) {
+    if (h.op == kPutReserve) {
+      r.i32();
+    } else {
+      r.i64();
+    }
+    r.u64();
+    tokens->push_back(r.u64());
+    if (h.op == kGetPin) r.u8();
+  }
+  if (tokens->size() > 64) tokens->erase(tokens->begin(), tokens->end() - 32);
 }
 
 }  // namespace mch::testing

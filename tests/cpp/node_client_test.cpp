@@ -3,12 +3,8 @@
 #include "node/node_client.h"
 
 #include <gtest/gtest.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/status.h"
@@ -16,6 +12,8 @@
 
 namespace mch {
 namespace {
+
+using namespace testing::codes;
 
 struct Values {
   std::vector<std::vector<uint8_t>> bytes;
@@ -107,7 +105,7 @@ TEST(NodeClient, BadKeysAreRefusedBeforeTheyReachTheNode) {
   std::vector<int32_t> ex(2, 99);
   client.batch_exists({"", std::string(proto::kMaxKeyLen + 1, 'k')}, ex.data());
   EXPECT_EQ(ex, (std::vector<int32_t>{kInvalidParams, kKeyTooLong}));
-  EXPECT_EQ(node.server().stats().requests_by_op[proto::kExists], 0u);
+  EXPECT_EQ(node.by_op(proto::kExists), 0u);
 }
 
 // A node whose HELLO announces a larger arena than the memfd it passes. Mapping that size and
@@ -115,55 +113,22 @@ TEST(NodeClient, BadKeysAreRefusedBeforeTheyReachTheNode) {
 // node fuzz test); the client must refuse the node instead.
 TEST(NodeClient, RefusesANodeWhoseArenaIsSmallerThanAnnounced) {
   testing::TempDir dir;
-  std::string path = dir.file("liar.sock");
-  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
-  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(listen(lfd, 4), 0);
-  int memfd = memfd_create("small-arena", MFD_CLOEXEC);
-  ASSERT_EQ(ftruncate(memfd, 1 << 20), 0);
-  std::thread liar([&] {
-    int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-    uint8_t hdr[proto::kHeaderSize];
-    if (proto::recv_all(fd, hdr, sizeof hdr, proto::Clock::now() + std::chrono::seconds(5)) == 0) {
-      proto::Header h = proto::decode_header(hdr);
-      std::vector<uint8_t> body(h.body_len);
-      proto::recv_all(fd, body.data(), body.size(), proto::Clock::now() + std::chrono::seconds(5));
-      proto::Writer w;
-      w.begin(proto::kHello, h.request_id, proto::kFlagReply);
-      proto::HelloReply hr;
-      hr.version = proto::kVersion;
-      hr.instance = 1;
-      hr.arena_size = 64ull << 20;  // the memfd has 1 MiB
-      encode_hello_reply(w, hr);
-      const uint8_t* f = w.finish();
-      iovec iov{const_cast<uint8_t*>(f), w.size()};
-      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = cbuf;
-      msg.msg_controllen = sizeof cbuf;
-      cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int));
-      memcpy(CMSG_DATA(cm), &memfd, sizeof memfd);
-      sendmsg(fd, &msg, MSG_NOSIGNAL);
-      uint8_t ignored[64];
-      recv(fd, ignored, sizeof ignored, 0);  // until the client hangs up
-    }
-    ::close(fd);
+  testing::FakeNode liar(dir.file("liar.sock"), /*arena_bytes=*/1 << 20, [](const testing::Frame& req, auto* out) {
+    proto::Writer w;
+    w.begin(proto::kHello, req.h.request_id, proto::kFlagReply);
+    proto::HelloReply hr;
+    hr.version = proto::kVersion;
+    hr.instance = 1;
+    hr.arena_size = 64ull << 20;  // the memfd has 1 MiB
+    proto::encode_hello_reply(w, hr);
+    *out = testing::frame_bytes(w);
+    return testing::FakeNode::Action::kSendWithArena;
   });
-  NodeClient client(path, 2000);
+  NodeClient client(dir.file("liar.sock"), 2000);
   EXPECT_FALSE(client.healthy());
-  EXPECT_NE(client.last_error().find("malformed"), std::string::npos) << client.last_error();
-  client.close();  // hangs up any connection, so the liar thread ends
-  liar.join();
-  ::close(lfd);
-  ::close(memfd);
+  EXPECT_EQ(client.last_error_code(), EPROTO) << client.last_error();
+  EXPECT_EQ(liar.requests(), 1u);
+  client.close();
 }
 
 }  // namespace

@@ -1,15 +1,14 @@
 // Helpers for the node tests: a real node (TieredStore in DRAM + NodeServer on a Unix socket in
-// a temporary directory) and a raw protocol connection that sends hand-built frames and reads
-// whole frames back, so tests see exactly what goes over the wire.
+// a temporary directory), a raw protocol connection that sends hand-built frames and reads whole
+// frames back (so tests see exactly what goes over the wire), and a scripted fake node. Both ends
+// use the product's transport (UnixEndpoint/UnixListener streams, FrameReader).
 #pragma once
-#include <poll.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
-#include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,6 +18,8 @@
 #include "node/protocol.h"
 #include "test_util.h"
 #include "tiering/tiered_store.h"
+#include "transport/frame_reader.h"
+#include "transport/uds.h"
 
 namespace mch::testing {
 
@@ -41,6 +42,11 @@ class TestNode {
   NodeServer& server() { return *server_; }
   TieredStore& store() { return *store_; }
   const std::string& path() const { return server_->socket_path(); }
+  uint64_t by_op(uint16_t op) const {
+    for (const auto& [name, n] : server_->stats().requests_by_op)
+      if (name == proto::op_name(op)) return n;
+    return 0;
+  }
 
   // Waits (bounded) until the server has noticed every connection closing.
   bool wait_idle(int ms = 5000) {
@@ -60,57 +66,70 @@ class TestNode {
 
 struct Frame {
   proto::Header h;
-  std::vector<uint8_t> body;
+  std::vector<uint8_t> body;  // exactly body_len bytes
+  int fd = -1;                // a descriptor that rode on the frame (owned: closed by the Frame)
+  Frame() = default;
+  Frame(Frame&& o) noexcept : h(o.h), body(std::move(o.body)), fd(o.fd) { o.fd = -1; }
+  Frame& operator=(Frame&& o) noexcept {
+    std::swap(h, o.h);
+    body.swap(o.body);
+    std::swap(fd, o.fd);
+    return *this;
+  }
+  ~Frame() {
+    if (fd >= 0) ::close(fd);
+  }
   proto::Reader reader() const { return proto::Reader(body.data(), body.size()); }
 };
+
+// Reads one whole frame from `s` by `deadline`: 0 or an errno value (EPROTO: over kMaxBody).
+inline int read_frame(Stream& s, FrameReader& rx, Frame* f, Clock::time_point deadline) {
+  int fd = -1;
+  int e = rx.read_header(s, &f->h, false, deadline, 0, -1, &fd);
+  if (f->fd >= 0) ::close(f->fd);
+  f->fd = fd;
+  if (e) return e;
+  if (f->h.body_len > proto::kMaxBody) return EPROTO;
+  if ((e = rx.read_body(s, f->h, deadline, -1))) return e;
+  proto::Reader r = rx.body(f->h);
+  f->body.assign(r.pos(), r.pos() + r.remaining());
+  rx.consume(f->h);
+  return 0;
+}
 
 // One client connection speaking raw frames.
 class RawConn {
  public:
   explicit RawConn(const std::string& path) {
-    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
-    if (connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
+    int err = 0;
+    std::string msg;
+    stream_ = UnixEndpoint(path).connect(2000, &err, &msg);
+    if (!stream_) ADD_FAILURE() << msg;
   }
   ~RawConn() {
-    if (fd_ >= 0) ::close(fd_);
     if (arena_) munmap(arena_, arena_size_);
   }
   RawConn(const RawConn&) = delete;
   RawConn& operator=(const RawConn&) = delete;
 
-  bool ok() const { return fd_ >= 0; }
-  int fd() const { return fd_; }
+  bool ok() const { return stream_ != nullptr; }
   uint8_t* arena() const { return arena_; }
   uint64_t arena_size() const { return arena_size_; }
+  uint32_t next_id() { return next_id_++; }
 
   bool send(const uint8_t* p, size_t n) {
-    return proto::send_all(fd_, p, n, proto::Clock::now() + std::chrono::seconds(5)) == 0;
+    return stream_ && stream_->send_all(p, n, Clock::now() + std::chrono::seconds(5)) == 0;
   }
   bool send(proto::Writer& w) {
     const uint8_t* f = w.finish();
     return send(f, w.size());
   }
-  void shutdown_write() { ::shutdown(fd_, SHUT_WR); }
-
-  // Reads one whole frame. A file descriptor riding on it is kept in received_fd() (the
-  // previous one is closed). False on close, timeout or an impossible header.
+  // Reads one whole frame; false on close, timeout or an impossible header.
   bool recv(Frame* f, int timeout_ms = 5000) {
-    auto deadline = proto::Clock::now() + std::chrono::milliseconds(timeout_ms);
-    uint8_t hdr[proto::kHeaderSize];
-    if (!recv_first(hdr, deadline)) return false;
-    f->h = proto::decode_header(hdr);
-    if (f->h.body_len > proto::kMaxBody) return false;
-    f->body.resize(static_cast<size_t>(f->h.body_len));
-    return f->body.empty() || proto::recv_all(fd_, f->body.data(), f->body.size(), deadline) == 0;
+    return stream_ && read_frame(*stream_, rx_, f, Clock::now() + std::chrono::milliseconds(timeout_ms)) == 0;
   }
 
-  // HELLO with versions [min, max]; maps the arena on success. Returns the reply frame.
+  // HELLO with versions [min, max]; maps the arena that rides on a HELLO reply when `map`.
   Frame hello(uint16_t min_v = proto::kVersion, uint16_t max_v = proto::kVersion, bool map = true) {
     proto::Writer w;
     w.begin(proto::kHello, next_id_++, 0, min_v);
@@ -119,82 +138,98 @@ class RawConn {
     w.u32(static_cast<uint32_t>(getpid()));
     w.str("raw test client");
     Frame f;
-    if (!send(w) || !recv(&f)) {
-      f.h.op = 0;
-      return f;
-    }
-    if (f.h.op == proto::kHello && map && received_fd_ >= 0) {
-      proto::Reader r = f.reader();
-      proto::HelloReply hr;
-      if (proto::decode_hello_reply(r, &hr)) {
-        void* p = mmap(nullptr, hr.arena_size, PROT_READ | PROT_WRITE, MAP_SHARED, received_fd_, 0);
-        if (p != MAP_FAILED) {
-          arena_ = static_cast<uint8_t*>(p);
-          arena_size_ = hr.arena_size;
-        }
+    if (!send(w) || !recv(&f)) return Frame();
+    proto::Reader r = f.reader();
+    proto::HelloReply hr;
+    if (f.h.op == proto::kHello && map && f.fd >= 0 && proto::decode_hello_reply(r, &hr)) {
+      void* p = mmap(nullptr, hr.arena_size, PROT_READ | PROT_WRITE, MAP_SHARED, f.fd, 0);
+      if (p != MAP_FAILED) {
+        arena_ = static_cast<uint8_t*>(p);
+        arena_size_ = hr.arena_size;
       }
     }
-    close_received_fd();
     return f;
   }
 
-  // Sends a request built by `body` and reads its reply.
+  // Sends a request whose body `body` writes, and reads its reply (op 0 when none came).
   template <typename F>
   Frame call(uint16_t op, F&& body) {
     proto::Writer w;
     w.begin(op, next_id_++);
     body(w);
     Frame f;
-    if (!send(w) || !recv(&f)) f.h.op = 0;
+    if (!send(w) || !recv(&f)) return Frame();
     return f;
   }
-  uint32_t next_id() { return next_id_++; }
 
  private:
-  void close_received_fd() {
-    if (received_fd_ >= 0) ::close(received_fd_);
-    received_fd_ = -1;
-  }
-  bool recv_first(uint8_t* hdr, proto::Clock::time_point deadline) {
-    // The first bytes may carry SCM_RIGHTS (HELLO): read them with recvmsg.
-    size_t have = 0;
-    while (have < proto::kHeaderSize) {
-      pollfd p{fd_, POLLIN, 0};
-      int left = proto::ms_left(deadline);
-      if (left == 0 || poll(&p, 1, left) <= 0) return false;
-      iovec iov{hdr + have, proto::kHeaderSize - have};
-      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = cbuf;
-      msg.msg_controllen = sizeof cbuf;
-      ssize_t n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-      if (n == 0) return false;
-      if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR) continue;
-        return false;
-      }
-      for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-        size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t k = 0; k < nfd; k++) {
-          int got;
-          memcpy(&got, CMSG_DATA(cm) + k * sizeof(int), sizeof got);
-          close_received_fd();
-          received_fd_ = got;
-        }
-      }
-      have += static_cast<size_t>(n);
-    }
-    return true;
-  }
-
-  int fd_ = -1;
-  int received_fd_ = -1;
+  std::unique_ptr<Stream> stream_;
+  FrameReader rx_{4096};
   uint32_t next_id_ = 1;
   uint8_t* arena_ = nullptr;
   uint64_t arena_size_ = 0;
+};
+
+// The bytes of the frame in `w`.
+inline std::vector<uint8_t> frame_bytes(proto::Writer& w) {
+  const uint8_t* f = w.finish();
+  return std::vector<uint8_t>(f, f + w.size());
+}
+
+// A fake node on a Unix socket: a thread accepts connections one at a time and hands every
+// request frame to `answer`, which fills in the reply's bytes and returns what to do with them.
+class FakeNode {
+ public:
+  enum class Action { kSend, kSendWithArena, kSilent, kHangUp };
+  using Answer = std::function<Action(const Frame& request, std::vector<uint8_t>* reply)>;
+
+  FakeNode(const std::string& path, uint64_t arena_bytes, Answer answer)
+      : listener_(path), answer_(std::move(answer)) {
+    arena_fd_ = memfd_create("fake-node-arena", MFD_CLOEXEC);
+    if (arena_fd_ < 0 || ftruncate(arena_fd_, static_cast<off_t>(arena_bytes)) != 0) ADD_FAILURE() << "memfd";
+    thread_ = std::thread([this] { run(); });
+  }
+  ~FakeNode() {
+    stop_ = true;
+    thread_.join();
+    listener_.close();
+    ::close(arena_fd_);
+  }
+  uint64_t requests() const { return requests_.load(); }
+
+ private:
+  void run() {
+    while (!stop_) {
+      std::unique_ptr<Stream> s = listener_.accept(-1, 20);
+      if (s) serve(*s);
+    }
+  }
+  void serve(Stream& s) {
+    FrameReader rx(4096);
+    Frame req;
+    std::vector<uint8_t> out;
+    while (!stop_) {
+      int e = read_frame(s, rx, &req, Clock::now() + std::chrono::milliseconds(50));
+      if (e == ETIMEDOUT) continue;
+      if (e) return;
+      requests_++;
+      out.clear();
+      Action a = answer_(req, &out);
+      if (a == Action::kHangUp) return;
+      if (a == Action::kSilent || out.empty()) continue;
+      auto deadline = Clock::now() + std::chrono::seconds(1);
+      e = a == Action::kSendWithArena ? s.send_with_fd(out.data(), out.size(), arena_fd_, deadline)
+                                      : s.send_all(out.data(), out.size(), deadline);
+      if (e) return;
+    }
+  }
+
+  UnixListener listener_;
+  Answer answer_;
+  int arena_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> requests_{0};
+  std::thread thread_;
 };
 
 }  // namespace mch::testing

@@ -20,6 +20,8 @@
 namespace mch {
 namespace {
 
+using namespace testing::codes;
+
 constexpr uint64_t kMiB = 1ull << 20;
 
 class NvmeEngineTest : public ::testing::TestWithParam<std::string> {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace mch::fmt {
+namespace mch::disk {
 namespace {
 
 RecordHeader header_for(const std::string& key, uint64_t value_len = 12345) {
@@ -201,4 +201,4 @@ TEST(RecordFormat, SizesAreBlockAligned) {
 }
 
 }  // namespace
-}  // namespace mch::fmt
+}  // namespace mch::disk

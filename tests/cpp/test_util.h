@@ -15,7 +15,17 @@
 
 #include <gtest/gtest.h>
 
+#include "common/status.h"
+
 namespace mch::testing {
+
+// The per-key result codes as the integers batch calls store, under their C++ names, so a test
+// compares results with kNotFound rather than status_code(Status::kNotFound).
+namespace codes {
+#define MCH_TEST_CODE(id, name, value, doc) constexpr int32_t id = value;
+MCH_STATUS_CODES(MCH_TEST_CODE)
+#undef MCH_TEST_CODE
+}  // namespace codes
 
 // A fresh directory under $TMPDIR (or /tmp), removed with its files at the end of the test.
 // /tmp must be a disk file system for the O_DIRECT tests (it is on the CI machine).
