@@ -70,24 +70,13 @@ TEST(DramArena, HugepageRequestFallsBackToAnyPageKind) {
 }
 
 TEST(DramArena, ZeroCapacityIsAnInvalidConfig) {
-  try {
-    DramArena a(0, false);
-    FAIL() << "no exception";
-  } catch (const EngineError& e) {
-    EXPECT_EQ(e.kind, EngineError::kInvalid);
-    EXPECT_NE(std::string(e.what()).find("tiers.dram.capacity"), std::string::npos);
-  }
+  testing::expect_engine_error([] { DramArena a(0, false); }, EngineError::kInvalid, "tiers.dram.capacity");
 }
 
 TEST(DramTier, BadOptionsNameTheFieldToChange) {
   DramTier::Options o = small_tier();
   o.slab_size = 5000;
-  try {
-    DramTier t(o);
-    FAIL() << "no exception";
-  } catch (const EngineError& e) {
-    EXPECT_NE(std::string(e.what()).find("tiers.dram.slab_size"), std::string::npos);
-  }
+  testing::expect_engine_error([&] { DramTier t(o); }, EngineError::kInvalid, "tiers.dram.slab_size");
   o = small_tier();
   o.slab_size = 8 * kMiB;
   EXPECT_THROW(DramTier t(o), EngineError);

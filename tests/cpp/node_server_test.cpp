@@ -46,6 +46,24 @@ std::vector<Reserved> put_reserve(RawConn& c, const std::vector<std::string>& ke
   return out;
 }
 
+// PUT_COMMIT of (token, ok) pairs.
+Frame put_commit(RawConn& c, const std::vector<std::pair<uint64_t, uint8_t>>& items) {
+  return c.call(kPutCommit, [&](Writer& w) {
+    w.u32(static_cast<uint32_t>(items.size()));
+    for (const auto& [token, ok] : items) {
+      w.u64(token);
+      w.u8(ok);
+    }
+  });
+}
+
+// Commits the first n reservations (all when n < 0), each with ok = 1.
+Frame commit_all(RawConn& c, const std::vector<Reserved>& rs, int n = -1) {
+  std::vector<std::pair<uint64_t, uint8_t>> items;
+  for (size_t i = 0; i < rs.size() && (n < 0 || static_cast<int>(i) < n); i++) items.emplace_back(rs[i].token, 1);
+  return put_commit(c, items);
+}
+
 std::vector<int32_t> i32_list(const Frame& f) {
   Reader r = f.reader();
   uint32_t n = r.u32();
@@ -141,13 +159,7 @@ TEST(NodeServer, PutReserveCopyCommitThenGetPinCopyUnpin) {
     memcpy(c.arena() + rs[i].offset, v.data(), len);
   }
   EXPECT_EQ(node.server().stats().reservations_held, 2u);
-  Frame commit = c.call(kPutCommit, [&](Writer& w) {
-    w.u32(2);
-    for (const Reserved& x : rs) {
-      w.u64(x.token);
-      w.u8(1);
-    }
-  });
+  Frame commit = commit_all(c, rs);
   ASSERT_EQ(commit.h.op, kPutCommit);
   EXPECT_EQ(i32_list(commit), (std::vector<int32_t>{kOk, kOk}));
   EXPECT_EQ(node.server().stats().reservations_held, 0u);
@@ -192,11 +204,7 @@ TEST(NodeServer, CommitWithOkZeroGivesTheSlotBack) {
   RawConn c(node.path());
   c.hello();
   std::vector<Reserved> rs = put_reserve(c, {"abandoned"}, 4096);
-  Frame commit = c.call(kPutCommit, [&](Writer& w) {
-    w.u32(1);
-    w.u64(rs[0].token);
-    w.u8(0);
-  });
+  Frame commit = put_commit(c, {{rs[0].token, 0}});
   ASSERT_EQ(commit.h.op, kPutCommit);
   EXPECT_EQ(i32_list(keys_call(c, kExists, {"abandoned"})), (std::vector<int32_t>{0}));
 }
@@ -207,13 +215,7 @@ TEST(NodeServer, TokensTheConnectionDoesNotOwnAreIgnored) {
   owner.hello();
   thief.hello();
   std::vector<Reserved> rs = put_reserve(owner, {"mine"}, 4096);
-  Frame commit = thief.call(kPutCommit, [&](Writer& w) {
-    w.u32(2);
-    w.u64(rs[0].token);
-    w.u8(1);
-    w.u64(0xdeadbeef);
-    w.u8(1);
-  });
+  Frame commit = put_commit(thief, {{rs[0].token, 1}, {0xdeadbeef, 1}});
   EXPECT_EQ(i32_list(commit), (std::vector<int32_t>{kInvalidParams, kInvalidParams}));
   EXPECT_EQ(node.server().stats().unknown_tokens, 2u);
   EXPECT_EQ(node.server().stats().reservations_held, 1u) << "still the owner's";
@@ -224,13 +226,7 @@ TEST(NodeServer, PrefetchRemoveAndRemoveAllReplies) {
   RawConn c(node.path());
   c.hello();
   std::vector<Reserved> rs = put_reserve(c, {"a", "b"}, 4096);
-  c.call(kPutCommit, [&](Writer& w) {
-    w.u32(2);
-    for (const Reserved& x : rs) {
-      w.u64(x.token);
-      w.u8(1);
-    }
-  });
+  commit_all(c, rs);
   Frame pf = keys_call(c, kPrefetch, {"a", "b"});
   ASSERT_EQ(pf.h.op, kPrefetch);
   Reader pr = pf.reader();
@@ -309,11 +305,7 @@ TEST(NodeServer, AClosingConnectionGivesBackItsPinsAndReservations) {
     RawConn c(node.path());
     c.hello();
     std::vector<Reserved> rs = put_reserve(c, {"kept", "left-open"}, 4096);
-    c.call(kPutCommit, [&](Writer& w) {
-      w.u32(1);
-      w.u64(rs[0].token);
-      w.u8(1);
-    });
+    commit_all(c, rs, 1);
     Frame pin = keys_call(c, kGetPin, {"kept"});
     ASSERT_EQ(pin.h.op, kGetPin);
     NodeStats s = node.server().stats();

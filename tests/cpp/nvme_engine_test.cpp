@@ -298,23 +298,12 @@ TEST_P(NvmeEngineTest, CallsAfterCloseReturnClosed) {
 
 TEST_P(NvmeEngineTest, ASecondEngineOnTheSameFileIsRefused) {
   auto e = open();
-  try {
-    auto second = open();
-    FAIL() << "opened twice";
-  } catch (const EngineError& err) {
-    EXPECT_EQ(err.kind, EngineError::kInUse);
-  }
+  testing::expect_engine_error([&] { open(); }, EngineError::kInUse, "in use");
 }
 
 TEST_P(NvmeEngineTest, ReopeningWithAnotherRegionSizeNamesTheSetting) {
   { auto e = open(); }
-  try {
-    auto e = open(options(16 * kMiB, 2 * kMiB));
-    FAIL() << "opened with another region size";
-  } catch (const EngineError& err) {
-    EXPECT_EQ(err.kind, EngineError::kInvalid);
-    EXPECT_NE(std::string(err.what()).find("region_size"), std::string::npos) << err.what();
-  }
+  testing::expect_engine_error([&] { open(options(16 * kMiB, 2 * kMiB)); }, EngineError::kInvalid, "region_size");
 }
 
 TEST_P(NvmeEngineTest, AFileOfAnotherProgramIsNotOverwritten) {
@@ -323,12 +312,7 @@ TEST_P(NvmeEngineTest, AFileOfAnotherProgramIsNotOverwritten) {
     ASSERT_EQ(write(fd, "not ours", 8), 8);
     ::close(fd);
   }
-  try {
-    auto e = open();
-    FAIL() << "opened a foreign file";
-  } catch (const EngineError& err) {
-    EXPECT_EQ(err.kind, EngineError::kFormat);
-  }
+  testing::expect_engine_error([&] { open(); }, EngineError::kFormat, "not a mooncake-hicache data file");
 }
 
 TEST_P(NvmeEngineTest, InjectedWriteErrorsFailThePutAndKeepTheOldValue) {

@@ -15,9 +15,22 @@
 
 #include <gtest/gtest.h>
 
+#include "common/error.h"
 #include "common/status.h"
 
 namespace mch::testing {
+
+// Runs f(), which must throw an EngineError of `kind` whose message contains `text`.
+template <class F>
+void expect_engine_error(F&& f, EngineError::Kind kind, const std::string& text = "") {
+  try {
+    f();
+    ADD_FAILURE() << "no EngineError thrown";
+  } catch (const EngineError& e) {
+    EXPECT_EQ(e.kind, kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+  }
+}
 
 // The per-key result codes as the integers batch calls store, under their C++ names, so a test
 // compares results with kNotFound rather than status_code(Status::kNotFound).
