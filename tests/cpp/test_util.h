@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -78,17 +79,19 @@ inline uint64_t test_seed() {
 }
 
 // Bound of a fuzz loop: at most `iterations` rounds and MCH_FUZZ_SECONDS (default `seconds`)
-// of wall time, whichever ends first. Sanitizer builds are slower; the time cap keeps them short.
+// of wall time, whichever ends first, but never fewer than `at_least` rounds (so a slow
+// sanitizer build on a busy machine still covers a known minimum).
 class FuzzBudget {
  public:
-  FuzzBudget(uint64_t iterations, double seconds) : left_(iterations) {
+  FuzzBudget(uint64_t iterations, double seconds, uint64_t at_least = 200)
+      : left_(iterations), at_least_(std::min(at_least, iterations)) {
     const char* s = getenv("MCH_FUZZ_SECONDS");
     if (s && *s) seconds = atof(s);
     end_ = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                   std::chrono::duration<double>(seconds));
   }
   bool next() {
-    if (left_ == 0 || std::chrono::steady_clock::now() >= end_) return false;
+    if (left_ == 0 || (done_ >= at_least_ && std::chrono::steady_clock::now() >= end_)) return false;
     left_--;
     done_++;
     return true;
@@ -97,6 +100,7 @@ class FuzzBudget {
 
  private:
   uint64_t left_;
+  uint64_t at_least_;
   uint64_t done_ = 0;
   std::chrono::steady_clock::time_point end_;
 };
