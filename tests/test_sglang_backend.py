@@ -12,9 +12,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -534,14 +531,21 @@ def test_get_stats_returns_sglang_storage_metrics_once(nvme, backends):
     assert again.backup_pgs == [] and again.prefetch_pgs == []
 
 
-def test_clear_drops_the_stored_pages(nvme, backends):
+def test_clear_never_removes_other_tenants_pages_and_says_it_removed_nothing(node, backends, caplog):
+    # Two servers (tenants a and b) on one node. The store has no removal by key prefix yet, so
+    # clearing tenant a must neither wipe the node (b's pages) nor report success.
     pool = h.mha_host_pool("page_first", 16)
-    backend = backends(h.storage_config(extra=nvme()), pool)
+    extra, _ = node
+    a = backends(h.storage_config(extra=dict(extra, extra_backend_tag="a")), pool)
+    b = backends(h.storage_config(extra=dict(extra, extra_backend_tag="b")), pool)
     keys = h.hash_keys(5)
-    _set_all(backend, pool, keys)
-    assert backend.batch_exists(keys) == 5
-    assert backend.clear() is True
-    assert backend.batch_exists(keys) == 0
+    _set_all(a, pool, keys)
+    _set_all(b, pool, keys)
+    with caplog.at_level(logging.WARNING, logger="mooncake_hicache.sglang"):
+        assert a.clear() is False
+    assert b.batch_exists(keys) == 5 and a.batch_exists(keys) == 5
+    assert a.key_prefixes() == [a._kv_view.names[0].prefix + "_"] and a.key_prefixes()[0].startswith("a/")
+    assert "removed nothing" in caplog.text and a.key_prefixes()[0] in caplog.text
 
 
 # ---- v2: hybrid pools ----------------------------------------------------------------------------
@@ -595,43 +599,15 @@ def test_v2_side_pools_store_pages_and_apply_sglangs_hit_policies_like_its_file_
 
 @pytest.fixture
 def node():
-    """A mooncake-hicache node (small DRAM + NVMe) in a child process; yields (extra_config, proc).
-    The socket lives in a short /tmp directory (a Unix socket path holds at most 107 bytes)."""
-    import yaml
-
-    from mooncake_hicache import _native
-
+    """A mooncake-hicache node (small DRAM + NVMe) in a child process; yields (extra_config, proc)."""
     d = tempfile.mkdtemp(prefix="mchsg", dir="/tmp")
-    cfg = {"mode": "node",
-           "tiers": {"dram": {"capacity": "64MiB", "slab_size": "4MiB", "hugepages": False},
-                     "nvme": {"path": os.path.join(d, "nvme.data"), "capacity": "256MiB", "region_size": "4MiB"}},
-           "node": {"socket": os.path.join(d, "n.sock"), "autostart": False, "timeout_ms": 2000},
-           "metrics": {"port": 0}}
-    with open(os.path.join(d, "node.yaml"), "w") as f:
-        yaml.safe_dump(cfg, f)
-    with open(os.path.join(d, "node.log"), "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", os.path.join(d, "node.yaml")],
-                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _native.NodeClient(cfg["node"]["socket"], 1000).healthy:
-                    break
-            except Exception:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the node did not start: " + open(os.path.join(d, "node.log")).read()[-2000:])
-            time.sleep(0.05)
-        yield cfg, proc
+        cfg, proc = h.start_node(d)
+        try:
+            yield cfg, proc
+        finally:
+            h.stop_node(proc)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
         shutil.rmtree(d, ignore_errors=True)
 
 
