@@ -112,9 +112,10 @@ class HybridPools:
             try:
                 results[transfer.name] = self._transfer_io(transfer, is_set, extra_info)
             except Exception:
-                self._warn(f"v2-{transfer.name}", "mooncake-hicache: batch_%s_v2 on pool %s failed",
-                           "set" if is_set else "get", transfer.name, exc_info=True)
-                results[transfer.name] = [False] * len(transfer.keys or [])
+                name = getattr(transfer, "name", None)
+                self._warn(f"v2-{name}", "mooncake-hicache: batch_%s_v2 on pool %s failed",
+                           "set" if is_set else "get", name, exc_info=True)
+                results.update(_all_false([transfer]))
         return results
 
     def batch_get_v2(self, transfers: List[PoolTransfer],
