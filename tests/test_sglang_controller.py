@@ -44,6 +44,7 @@ CONFIGS = {
     ("mooncake", "layer_first", "kernel"): "page_first",         # SGLang rewrites layer_first for 'mooncake'
     ("mooncake", "layer_first", "direct"): "page_first_direct",
     ("dynamic", "layer_first", "direct"): "layer_first",
+    ("dynamic", "layer_first", "kernel"): "layer_first",
     ("dynamic", "page_first", "kernel"): "page_first",
     ("dynamic", "page_first_direct", "direct"): "page_first_direct",
 }

@@ -5,7 +5,9 @@ the JSON string (or ``@file`` in JSON/YAML/TOML) given on its command line. Thre
 share it:
 
 * keys SGLang reads itself (``prefetch_threshold``, ``interface_v1``, ``backend_name``, ...):
-  :data:`SGLANG_KEYS`, ignored here;
+  :data:`SGLANG_KEYS`, ignored here. One of them matters to us: ``hicache_storage_pass_prefix_keys``
+  (SGLang's default false) makes SGLang pass each page's prefix chain, from which the backend
+  computes the depths the ``prefix_lru`` eviction policy needs;
 * keys of this backend: ``config`` (path of a mooncake-hicache YAML file), ``extra_backend_tag``
   (a namespace put in front of every key, to isolate tenants sharing one store) and
   ``prefetch_on_exists`` (start promoting NVMe pages to DRAM when ``batch_exists`` finds them;
