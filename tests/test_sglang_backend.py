@@ -116,7 +116,7 @@ def test_load_plugins_makes_the_factory_build_our_backend_for_mooncake(nvme):
         backend.close()
 
 
-def test_plugin_opt_out_env_leaves_mooncake_to_sglangs_builtin_store(monkeypatch):
+def test_plugin_opt_out_env_leaves_mooncake_to_sglangs_builtin_store(monkeypatch, caplog):
     saved = dict(StorageBackendFactory._registry["mooncake"])
     builtin = ("sglang.srt.mem_cache.storage.mooncake_store.mooncake_store", "MooncakeStore")
     try:
@@ -128,9 +128,11 @@ def test_plugin_opt_out_env_leaves_mooncake_to_sglangs_builtin_store(monkeypatch
         assert (entry["module_path"], entry["class_name"]) == builtin
         assert os.environ[hooks.REUSE_TE_ENV] == "1"  # untouched for SGLang's own store
         monkeypatch.setenv(plugin.DISABLE_ENV, "0")
-        assert plugin.register() is True
+        with caplog.at_level(logging.WARNING, logger="mooncake_hicache.sglang"):
+            assert plugin.register() is True
         assert StorageBackendFactory._registry["mooncake"]["module_path"] == "mooncake_hicache.sglang"
         assert os.environ[hooks.REUSE_TE_ENV] == "false"  # ours needs no TransferEngine
+        assert f"{hooks.REUSE_TE_ENV}=1 ignored" in caplog.text  # the user's own value: said, not silent
     finally:
         StorageBackendFactory._registry["mooncake"] = saved
 

@@ -118,18 +118,17 @@ class HybridPools:
                 results.update(_all_false([transfer]))
         return results
 
+    def _safe_io_v2(self, transfers, is_set: bool, extra_info) -> Dict[str, List[bool]]:
+        try:
+            return self._batch_io_v2(list(transfers or []), is_set, extra_info)
+        except Exception:
+            self._warn(f"io_v2-{is_set}", "mooncake-hicache: batch_%s_v2 failed", "set" if is_set else "get", exc_info=True)
+            return _all_false(transfers)
+
     def batch_get_v2(self, transfers: List[PoolTransfer],
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> Dict[str, List[bool]]:
-        try:
-            return self._batch_io_v2(list(transfers or []), False, extra_info)
-        except Exception:
-            self._warn("get_v2", "mooncake-hicache: batch_get_v2 failed", exc_info=True)
-            return _all_false(transfers)
+        return self._safe_io_v2(transfers, False, extra_info)
 
     def batch_set_v2(self, transfers: List[PoolTransfer],
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> Dict[str, List[bool]]:
-        try:
-            return self._batch_io_v2(list(transfers or []), True, extra_info)
-        except Exception:
-            self._warn("set_v2", "mooncake-hicache: batch_set_v2 failed", exc_info=True)
-            return _all_false(transfers)
+        return self._safe_io_v2(transfers, True, extra_info)
