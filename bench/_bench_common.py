@@ -1,12 +1,17 @@
-"""Shared helpers for the benchmarks in ``bench/`` (not a public API; no third-party imports).
+"""Shared helpers for the benchmarks in ``bench/`` (not a public API; tqdm is the only
+third-party import, and optional).
 
 What is here:
 
 * sizes: :func:`parse_size` ("256K", "1MiB", "4M" -> bytes), :func:`fmt_size`, :func:`gbps`;
 * :func:`apply_preset`: fill the options left unset with ``--quick``'s or the default values;
-* :func:`progress`: one timestamped line to stderr per step;
+* :func:`progress`: one timestamped line to stderr per step; :class:`Bar`: a tqdm progress bar on
+  a terminal, a line per 10 % elsewhere;
+* :func:`run_paired`: measure ours and its limit alternately (ABBA) until a time budget is spent,
+  and summarize the paired ratios (median, min-max); :func:`fmt_ratio`;
 * :class:`AlignedBuffer`: page-aligned anonymous memory (``mmap``) with its raw address, for
-  zero-copy store calls and ``O_DIRECT``;
+  zero-copy store calls and ``O_DIRECT``; :class:`ArenaBuffer`: shared memory of the kind our DRAM
+  arena uses (hugetlb or THP memfd), for memcpy limits;
 * :func:`drop_caches`: ``sync`` + ``echo 3 > /proc/sys/vm/drop_caches`` when permitted;
 * :func:`fio_path`, :func:`fio_version`, :func:`run_fio`: run one fio job, return its figures
   parsed from ``--output-format=json``;
@@ -24,10 +29,11 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -103,6 +109,147 @@ def progress(msg: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
+class Bar:
+    """Progress of one step on stderr: a ``tqdm`` bar redrawn in place on a terminal; elsewhere (a
+    log, a pipe) one :func:`progress` line per 10 % and one at the end. ``update_to(done, note)``
+    moves it to ``done`` of ``total``; ``close(note)`` ends it."""
+
+    def __init__(self, total: float, desc: str, unit: str = "it", line_mode: bool = False):
+        self.total, self.desc, self.unit = max(total, 1e-9), desc, unit
+        self.done, self._decile = 0.0, -1
+        self._t0 = time.monotonic()
+        self._bar = None
+        if sys.stderr.isatty() and not line_mode:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                                 leave=True, bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} " + unit
+                                 + " [{elapsed}<{remaining}{postfix}]")
+            except ImportError:  # pip install tqdm for a bar; lines meanwhile
+                pass
+
+    def update_to(self, done: float, note: str = "") -> None:
+        done = min(done, self.total)
+        if self._bar is not None:
+            self._bar.update(done - self.done)
+            if note:
+                self._bar.set_postfix_str(note, refresh=False)
+        else:
+            decile = int(done / self.total * 10)
+            if decile != self._decile and done < self.total:
+                self._decile = decile
+                progress(f"{self.desc} {done:.4g}/{self.total:.4g} {self.unit} "
+                         f"{done / self.total * 100:3.0f}% {note}".rstrip())
+        self.done = done
+
+    def close(self, note: str = "") -> None:
+        if self._bar is not None:
+            if note:
+                self._bar.set_postfix_str(note, refresh=False)
+            self._bar.close()
+        else:
+            progress(f"{self.desc} done in {time.monotonic() - self._t0:.1f}s {note}".rstrip())
+
+
+# ---- paired measurements (ABBA) --------------------------------------------------------------
+
+def run_paired(ours: Callable[[], dict], limit: Optional[Callable[[], dict]], metrics: Sequence[str],
+               seconds: float, desc: str, min_pairs: int = 2) -> dict:
+    """Measure ``ours`` against ``limit`` alternately, in ABBA order (pair k runs ours first when
+    k is even, the limit first when k is odd), until the timed seconds of both sides together
+    reach ``seconds`` and the number of pairs is even and at least ``min_pairs``. Each call
+    returns ``{metric: GB/s, ..., "seconds": timed seconds}`` for every name in ``metrics``;
+    each pair gives one ratio per metric (ours / limit, taken minutes apart at most).
+
+    ``limit`` None repeats ``ours`` alone (a figure with no limit): same budget, no ratios.
+    Returns :func:`summarize_pairs` of the samples."""
+    samples: list[tuple[dict, Optional[dict]]] = []
+    timed = 0.0
+    bar = Bar(float(seconds), desc, unit="s")
+    try:
+        while True:
+            k = len(samples)
+            if limit is None:
+                o, lim = ours(), None
+            elif k % 2 == 0:
+                o = ours()
+                lim = limit()
+            else:
+                lim = limit()
+                o = ours()
+            samples.append((o, lim))
+            timed += o["seconds"] + (lim["seconds"] if lim else 0.0)
+            summary = summarize_pairs(samples, metrics)
+            bar.update_to(timed, _bar_note(summary, metrics))
+            if timed >= seconds and len(samples) >= min_pairs and (limit is None or len(samples) % 2 == 0):
+                break
+    finally:
+        bar.close()
+    return summary
+
+
+def summarize_pairs(samples: Sequence[tuple[dict, Optional[dict]]], metrics: Sequence[str]) -> dict:
+    """``{"pairs", "seconds", metric: {"ours_gbps", "limit_gbps", "ratio", "ratio_min",
+    "ratio_max", "ours", "limit", "ratios"}}``: medians over the pairs, and every sample."""
+    out: dict = {"pairs": len(samples),
+                 "seconds": round(sum(o["seconds"] + (lim["seconds"] if lim else 0.0) for o, lim in samples), 3)}
+    for m in metrics:
+        ours = [o[m] for o, _ in samples if o.get(m) is not None]
+        lims = [lim[m] for _, lim in samples if lim and lim.get(m) is not None]
+        ratios = [o[m] / lim[m] for o, lim in samples
+                  if lim and o.get(m) is not None and lim.get(m)]
+        out[m] = {"ours_gbps": _median(ours), "limit_gbps": _median(lims),
+                  "ours_min": min(ours) if ours else None, "ours_max": max(ours) if ours else None,
+                  "ratio": _median(ratios), "ratio_min": min(ratios) if ratios else None,
+                  "ratio_max": max(ratios) if ratios else None,
+                  "ours": [round(x, 4) for x in ours], "limit": [round(x, 4) for x in lims],
+                  "ratios": [round(x, 4) for x in ratios]}
+    return out
+
+
+def _median(xs: Sequence[float]) -> Optional[float]:
+    return statistics.median(xs) if xs else None
+
+
+def _bar_note(summary: dict, metrics: Sequence[str]) -> str:
+    parts = [f"pairs {summary['pairs']}"]
+    for m in metrics:
+        r = summary[m]
+        if r["ratio"] is not None:
+            parts.append(f"{m} {r['ours_gbps']:.2f} GB/s x{r['ratio']:.2f}")
+        elif r["ours_gbps"] is not None:
+            parts.append(f"{m} {r['ours_gbps']:.2f} GB/s")
+    return ", ".join(parts)
+
+
+def fmt_ratio(r: Optional[dict]) -> str:
+    """``0.82 [0.78-0.86]``: the median paired ratio and its range; ``N/A`` without pairs."""
+    if not r or r.get("ratio") is None:
+        return "N/A"
+    return f"{r['ratio']:.2f} [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+
+
+def fmt_spread(r: Optional[dict]) -> str:
+    """``1.23 [1.10-1.31]``: the median of ours and its range (for figures without a limit)."""
+    if not r or r.get("ours_gbps") is None:
+        return "N/A"
+    if r["ours_min"] == r["ours_max"]:
+        return f"{r['ours_gbps']:.2f}"
+    return f"{r['ours_gbps']:.2f} [{r['ours_min']:.2f}-{r['ours_max']:.2f}]"
+
+
+def ratio_notes(label: str, r: Optional[dict], limit: str) -> list[str]:
+    """Notes for a paired ratio above 1.0 against a physical limit (see bench/README.md, "When
+    a ratio exceeds 1")."""
+    if not r or r.get("ratio") is None or r["ratio"] <= 1.0:
+        return []
+    if r["ratio_min"] <= 1.0:
+        return [f"{label}: median ratio {r['ratio']:.2f} > 1 but its pairs span {r['ratio_min']:.2f}-"
+                f"{r['ratio_max']:.2f}: within this run's noise around the {limit} limit"]
+    return [f"{label}: every pair above 1 ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) against {limit}: "
+            f"the limit is not what ours does; see bench/README.md 'When a ratio exceeds 1'"]
+
+
 # ---- memory --------------------------------------------------------------------------------
 
 class AlignedBuffer:
@@ -112,16 +259,21 @@ class AlignedBuffer:
     ``memoryview`` of it. With numpy, ``numpy.frombuffer(buf.mm, dtype=...)`` gives an array over the
     same memory. Call :meth:`close` (or use ``with``) once every view of it is gone."""
 
+    page_kind = "4k"
+
     def __init__(self, size: int):
         if size <= 0:
             raise ValueError(f"buffer size must be positive, got {size}")
         self.size = size
-        self.mm = mmap.mmap(-1, size)
+        self.mm = self._map(size)
         self._anchor = ctypes.c_char.from_buffer(self.mm)
         self.addr = ctypes.addressof(self._anchor)
         if self.addr % mmap.PAGESIZE:
             raise RuntimeError("mmap returned memory that is not page-aligned")
         self.view = memoryview(self.mm)
+
+    def _map(self, size: int) -> mmap.mmap:
+        return mmap.mmap(-1, size)
 
     def close(self) -> None:
         """Unmap. Views made elsewhere (numpy arrays, slices) must be dropped first."""
@@ -140,6 +292,73 @@ class AlignedBuffer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+HUGE_2M = 2 * MiB
+MADV_POPULATE_WRITE = 23  # Linux 5.14; not in Python's mmap module before 3.13
+
+
+def shmem_thp_advisable() -> bool:
+    """Whether an madvise(MADV_HUGEPAGE) on shared memory gets huge pages here (the test
+    csrc/dram/dram_arena.cpp makes: shmem_enabled is advise, always or within_size)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return any(f"[{m}]" in text for m in ("advise", "always", "within_size"))
+
+
+class ArenaBuffer(AlignedBuffer):
+    """Memory of the kind our DRAM arena is made of (csrc/dram/dram_arena.cpp), so a memcpy limit
+    copies into and out of the same kind of pages as the store: ``size`` rounded up to 2 MiB of a
+    shared memfd, hugetlb 2 MiB pages when ``hugepages`` and the pool has them, else shmem with
+    ``MADV_HUGEPAGE`` when THP applies to shmem, else 4 KiB pages; faulted in up front.
+    ``page_kind`` says which (``hugetlb``, ``thp``, ``4k``), as the store's ``stats()`` does."""
+
+    def __init__(self, size: int, hugepages: bool = True):
+        self._hugepages = hugepages
+        super().__init__((size + HUGE_2M - 1) // HUGE_2M * HUGE_2M)
+
+    def _map(self, size: int) -> mmap.mmap:
+        if self._hugepages:
+            try:
+                fd = os.memfd_create("bench-arena", os.MFD_CLOEXEC | os.MFD_HUGETLB | os.MFD_HUGE_2MB)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    os.ftruncate(fd, size)
+                    mm = mmap.mmap(fd, size, mmap.MAP_SHARED)  # reserves the hugepages, or fails
+                    self.page_kind = "hugetlb"
+                    return self._populate(mm)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        fd = os.memfd_create("bench-arena", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        if self._hugepages and shmem_thp_advisable():
+            try:
+                mm.madvise(mmap.MADV_HUGEPAGE)
+                self.page_kind = "thp"
+            except OSError:
+                pass
+        return self._populate(mm)
+
+    @staticmethod
+    def _populate(mm: mmap.mmap) -> mmap.mmap:
+        """Fault every page in now, so no timed copy pays a first touch."""
+        try:
+            mm.madvise(MADV_POPULATE_WRITE)
+        except OSError:  # an older kernel: touch one byte per 4 KiB page
+            for off in range(0, len(mm), mmap.PAGESIZE):
+                mm[off] = 0
+        return mm
 
 
 # ---- page cache ----------------------------------------------------------------------------
@@ -163,6 +382,11 @@ def drop_caches() -> bool:
                      "(run as root for cold-cache reads)")
             _drop_note_shown = True
         return False
+
+
+def can_drop_caches() -> bool:
+    """Whether :func:`drop_caches` can work here (root, and /proc/sys/vm/drop_caches writable)."""
+    return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
 
 
 # ---- fio -----------------------------------------------------------------------------------
@@ -228,6 +452,32 @@ def run_fio(filename: str, rw: str, bs: int, iodepth: int, size: int,
         "clat_mean_us": clat / 1000.0 if clat is not None else None,
         "command": " ".join(cmd),
     }
+
+
+# fio's io_uring options that match our engine's (registered buffers and files): with them fio is
+# the best this kernel path does; a fio or kernel that refuses them runs without (noted once).
+FIO_URING_EXTRA = ("--fixedbufs=1", "--registerfiles=1")
+_fio_extra_ok: Optional[bool] = None
+
+
+def run_fio_limit(filename: str, rw: str, bs: int, iodepth: int, size: int) -> dict:
+    """:func:`run_fio` with io_uring, ``direct=1`` and :data:`FIO_URING_EXTRA` when accepted;
+    adds ``"seconds"``: the bytes over the bandwidth (fio's own runtime is whole milliseconds)."""
+    global _fio_extra_ok
+    r = None
+    if _fio_extra_ok is not False:
+        try:
+            r = run_fio(filename, rw, bs, iodepth, size, extra=FIO_URING_EXTRA)
+            _fio_extra_ok = True
+        except FioError as e:
+            if _fio_extra_ok is None:
+                progress(f"note: fio refused {' '.join(FIO_URING_EXTRA)} ({str(e).splitlines()[0][:120]}); "
+                         "running it without registered buffers")
+            _fio_extra_ok = False
+    if r is None:
+        r = run_fio(filename, rw, bs, iodepth, size)
+    r["seconds"] = (r["io_bytes"] or size) / r["bw_bytes"] if r["bw_bytes"] else 0.0
+    return r
 
 
 # ---- machine -------------------------------------------------------------------------------

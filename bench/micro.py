@@ -9,9 +9,11 @@ Runs, one after the other, each as a subprocess (its progress goes to stderr as 
   put with demotion, get from NVMe (promotion), ``batch_is_exist`` latency, vs memcpy and fio;
 
 with ``--quick`` unless ``--full`` is given, collects the one JSON line each prints
-(``{"bench": ...}``), measures two limits itself (single-thread memcpy of 128-page batches and
-loopback TCP, the ceiling of a same-host socket transport), and prints one table: operation,
-page size, GB/s, batch latency, the limit it is compared with and the ratio.
+(``{"bench": ...}``) and prints one table: operation, page size, GB/s (median [min-max] over
+the samples), batch latency, the limit it is compared with (measured by that bench in the same
+run: memcpy into arena-kind memory, fio), and the ratio: the median of the ratios of ABBA pairs
+(ours and the limit measured back to back) with their min-max. It also measures loopback TCP
+(one stream), the ceiling of a future same-host socket transport; nothing is compared with it yet.
 
 Output: the table on stdout, ``micro.json`` (every bench's full JSON plus the limits) in
 ``--output``. Exit status: the worst of the benches' (0 ok, 1 wrong bytes or failed calls,
@@ -19,15 +21,14 @@ Output: the table on stdout, ``micro.json`` (every bench's full JSON plus the li
 
 Examples::
 
-    .venv/bin/python bench/micro.py                 # quick: about a minute
-    .venv/bin/python bench/micro.py --full          # the benches' default runs (several minutes)
+    .venv/bin/python bench/micro.py                 # quick (--seconds 1 per point): about 2 minutes
+    .venv/bin/python bench/micro.py --full          # the benches' default runs (>= 10 s per point; ~15 minutes)
     .venv/bin/python bench/micro.py --only nvme --dir /mnt/nvme
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import socket
@@ -45,20 +46,7 @@ import _bench_common as bc  # noqa: E402
 BENCHES = {"nvme": "nvme_bench.py", "store": "store_bench.py"}
 
 
-# ---- limits measured here -----------------------------------------------------------------------
-
-def memcpy_gbps(page: int = 1 << 20, pages: int = 128, seconds: float = 1.0) -> float:
-    """Single-thread ``memmove`` of ``pages`` pages of ``page`` bytes, repeated for ~``seconds``."""
-    with bc.AlignedBuffer(page * pages) as a, bc.AlignedBuffer(page * pages) as b:
-        ctypes.memset(a.addr, 1, page * pages)
-        ctypes.memset(b.addr, 2, page * pages)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for i in range(pages):
-                ctypes.memmove(b.addr + i * page, a.addr + i * page, page)
-            n += 1
-        return n * pages * page / (time.perf_counter() - t0) / 1e9
-
+# ---- a limit measured here ------------------------------------------------------------------
 
 def tcp_loopback_gbps(total: int = 2 << 30, chunk: int = 1 << 20) -> float:
     """One TCP stream over 127.0.0.1, ``total`` bytes sent in ``chunk``-byte writes."""
@@ -97,7 +85,7 @@ def tcp_loopback_gbps(total: int = 2 << 30, chunk: int = 1 << 20) -> float:
 
 # ---- running the benches ------------------------------------------------------------------------
 
-def run_bench(name: str, full: bool, extra: list, timeout: float) -> tuple:
+def run_bench(name: str, full: bool, extra: list, timeout: float) -> tuple:  # noqa: D401
     """(exit status, its JSON doc or None)."""
     path = os.path.join(HERE, BENCHES[name])
     if not os.path.exists(path):
@@ -122,51 +110,54 @@ def _g(x) -> str:
 def rows_from_nvme(doc: dict) -> list:
     rows = []
     for r in doc.get("rows", []):
-        o, f = r.get("ours") or {}, r.get("fio") or {}
+        p = r.get("paired") or {}
         for op in ("write", "read"):
-            ours, lim = o.get(f"{op}_gbps"), f.get(f"{op}_gbps")
-            rows.append([f"nvme {op} (NVMe tier)", r["size"], r["qd"], _g(ours), "-", "-",
-                         f"fio {op} qd{r['qd']}", _g(lim), _g(ours / lim if ours and lim else None)])
+            m = p.get(op) or {}
+            if r.get("measured") == "fio":
+                rows.append([f"fio {op} (limit alone)", r["size"], r["qd"], _g(m.get("ours_gbps")), "-", "-", "", "-",
+                             "-", p.get("pairs", 0)])
+                continue
+            rows.append([f"nvme {op} (NVMe tier)", r["size"], r["qd"], _g(m.get("ours_gbps")), "-", "-",
+                         f"fio {op} qd{r['qd']}" if r.get("limit") else "", _g(m.get("limit_gbps")),
+                         bc.fmt_ratio(m), p.get("pairs", 0)])
     for nv in doc.get("naive") or []:
+        runs = nv.get("runs") or {}
         for op in ("write", "read"):
-            rows.append([f"naive file-per-page {op}", nv.get("size"), 1, _g(nv.get(f"{op}_gbps")), "-", "-",
-                         "", "-", "-"])
+            rows.append([f"naive file-per-page {op}", nv.get("size"), 1, bc.fmt_spread(runs.get(op)), "-", "-",
+                         "", "-", "-", runs.get("pairs", 0)])
     rs = doc.get("restart")
     if rs and "error" not in rs:
         rows.append(["nvme restart (index rebuild)", "1M", "-", "-", f"{rs['reopen_s'] * 1e3:.0f} ms", "-",
-                     f"{rs['entries_found']}/{rs['pages_written']} found", "-", "-"])
+                     f"{rs['entries_found']}/{rs['pages_written']} found", "-", "-", 1])
     return rows
 
 
-STORE_PHASES = [("put_dram", "put dram", "memcpy"), ("get_dram", "get dram", "memcpy"),
-                ("put_demote", "put + demote to nvme", "fio write"),
-                ("get_nvme_dram_full", "get nvme (dram full)", "fio read"),
-                ("get_nvme", "get nvme", "fio read"), ("get_nvme_restart", "get nvme after restart", "fio read")]
+STORE_POINTS = [("put_dram", "put dram"), ("get_dram", "get dram"), ("put_demote", "put + demote to nvme"),
+                ("get_nvme_dram_full", "get nvme (dram full)"), ("get_nvme", "get nvme"),
+                ("get_nvme_restart", "get nvme after restart")]
 
 
 def rows_from_store(doc: dict) -> list:
     rows = []
+    mode = doc.get("mode", "node")
     for r in doc.get("results", []):
         size = bc.fmt_size(r["page_size"])
-        mc = (r.get("memcpy") or {}).get("gbps")
-        fio = r.get("fio") or {}
-        reads = [v for k, v in fio.items() if k.startswith("read_qd") and isinstance(v, (int, float))]
-        writes = [v for k, v in fio.items() if k.startswith("write_qd") and isinstance(v, (int, float))]
-        limits = {"memcpy": mc, "fio read": max(reads) if reads else None, "fio write": max(writes) if writes else None}
-        ph = r.get("phases") or {}
-        for key, label, lim_name in STORE_PHASES:
-            p = ph.get(key)
+        pts, ph = r.get("points") or {}, r.get("phases") or {}
+        for key, label in STORE_POINTS:
+            p = pts.get(key)
             if not p:
                 continue
-            lim = limits[lim_name]
-            rows.append([f"{label} ({doc.get('mode', 'node')})", size, 128, _g(p.get("gbps")),
-                         _g(p.get("batch_ms_p50")), _g(p.get("batch_ms_p99")), lim_name, _g(lim),
-                         _g(p["gbps"] / lim if p.get("gbps") and lim else None)])
-        ex = r.get("exists") or {}
-        if ex:
-            rows.append([f"exists x128 ({doc.get('mode', 'node')})", size, 128, "-",
-                         f"{ex.get('us_p50', 0) / 1e3:.3f}" if ex.get("us_p50") is not None else "-",
-                         f"{ex.get('us_p99', 0) / 1e3:.3f}" if ex.get("us_p99") is not None else "-", "", "-", "-"])
+            b = ph.get(key) or {}
+            rows.append([f"{label} ({mode})", size, 128, bc.fmt_spread(p), _g(b.get("batch_ms_p50")),
+                         _g(b.get("batch_ms_p99")), p.get("limit") or "", _g(p.get("limit_gbps")),
+                         bc.fmt_ratio(p) if p.get("limit") else "-", p.get("pairs", 0)])
+        for key, label in (("exists", "exists x128"), ("exists_raw_client", "exists x128, raw client")):
+            ex = r.get(key) or {}
+            if ex:
+                rows.append([f"{label} ({mode})", size, 128, "-",
+                             f"{ex['us_p50'] / 1e3:.3f}" if ex.get("us_p50") is not None else "-",
+                             f"{ex['us_p99'] / 1e3:.3f}" if ex.get("us_p99") is not None else "-", "", "-", "-",
+                             ex.get("calls", 0)])
     return rows
 
 
@@ -187,6 +178,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--only", default="nvme,store", help="comma-separated subset of: nvme, store (default both)")
     p.add_argument("--dir", default=None, help="directory for data files, passed to each bench as --dir")
     p.add_argument("--output", default=os.path.join(HERE, "out", "micro"), help="where micro.json goes")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="timed seconds per point, passed to each bench (default: theirs: 10, or 1 with --quick)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per bench")
     args = p.parse_args(argv)
     which = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -196,11 +189,11 @@ def main(argv: Optional[list] = None) -> int:
         return 2
 
     t0 = time.perf_counter()
-    bc.progress("limits: memcpy (1 MiB pages, 128 per batch, one thread) and loopback TCP (one stream)")
-    limits = {"memcpy_gbps": round(memcpy_gbps(), 3), "tcp_loopback_gbps": round(tcp_loopback_gbps(), 3)}
+    bc.progress("limit: loopback TCP (one stream), for a socket transport (nothing below is compared with it)")
+    limits = {"tcp_loopback_gbps": round(tcp_loopback_gbps(), 3)}
     docs, status = {}, 0
     for name in which:
-        extra = ["--dir", args.dir] if args.dir else []
+        extra = (["--dir", args.dir] if args.dir else []) + (["--seconds", str(args.seconds)] if args.seconds is not None else [])
         try:
             rc, doc = run_bench(name, args.full, extra, args.timeout)
         except subprocess.TimeoutExpired:
@@ -212,19 +205,19 @@ def main(argv: Optional[list] = None) -> int:
         status = max(status, rc if rc in (0, 1, 2) else 2)
         docs[name] = {"exit": rc, "json": doc}
 
-    headers = ["operation", "page", "qd", "GB/s", "batch p50 ms", "batch p99 ms", "limit", "limit GB/s", "ratio"]
-    rows = [["memcpy, one thread (limit)", "1M", "-", _g(limits["memcpy_gbps"]), "-", "-", "", "-", "-"],
-            ["loopback TCP, one stream (limit)", "1M", "-", _g(limits["tcp_loopback_gbps"]), "-", "-", "", "-", "-"]]
+    headers = ["operation", "page", "qd", "GB/s", "batch p50 ms", "batch p99 ms", "limit", "limit GB/s",
+               "ratio [min-max]", "n"]
+    rows = [["loopback TCP, one stream (limit)", "1M", "-", _g(limits["tcp_loopback_gbps"]), "-", "-", "", "-", "-", 1]]
     for name, d in docs.items():
         doc = d["json"]
         if doc is None:
-            rows.append([f"{name}: no JSON (exit {d['exit']})", "-", "-", "-", "-", "-", "", "-", "-"])
+            rows.append([f"{name}: no JSON (exit {d['exit']})", "-", "-", "-", "-", "-", "", "-", "-", "-"])
         elif doc.get("bench") == "nvme":
             rows += rows_from_nvme(doc)
         else:
             rows += rows_from_store(doc)
-    print(f"\nMicro benchmarks ({'full' if args.full else 'quick'}), GB/s = 1e9 B/s; "
-          f"ratio = GB/s / limit measured in this run\n")
+    print(f"\nMicro benchmarks ({'full' if args.full else 'quick'}), GB/s = 1e9 B/s, median [min-max] over samples; "
+          f"ratio = median of ours / limit over ABBA pairs taken in this run [min-max]; n = pairs or samples\n")
     print_table(headers, rows)
     os.makedirs(args.output, exist_ok=True)
     out = os.path.join(args.output, "micro.json")

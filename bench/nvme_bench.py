@@ -1,35 +1,45 @@
 #!/usr/bin/env python3
-"""NVMe tier benchmark: mooncake-hicache ``Store`` vs fio vs a naive file-per-page baseline.
+"""NVMe tier benchmark: mooncake-hicache ``Store`` vs fio (the limit) vs a naive file-per-page baseline.
 
 For each page size (default 256K, 1M, 4M) and queue depth (default 1, 4, 16, 64) it writes then
-reads ``--total-mib`` MiB of pages, on the same file system (``--dir``), with three systems:
+reads ``--total-mib`` MiB of pages per sample, on the same file system (``--dir``), with:
 
 * **ours**  -- ``mooncake_hicache.Store`` with ``tiers.nvme.queue_depth = qd``, O_DIRECT, a fresh
-  data file per point. Pages are put with ``batch_put_from`` and read back with
+  data file per sample. Pages are put with ``batch_put_from`` and read back with
   ``batch_get_into`` in batches of 128 keys (what SGLang's HiCache sends), zero-copy from/into
   registered page-aligned buffers. Only the time inside those calls is counted. Every page read
   back is checked against what was written (page index stamped in every 4 KiB block, first and
   last 64 bytes of each page, and one whole page per batch); a mismatch makes the run fail.
-* **fio**   -- ``ioengine=io_uring, direct=1``, same block size, iodepth and byte count,
-  ``rw=write`` then ``rw=read`` on one file: what the device can do through the same kernel path.
+* **fio**   -- the limit: ``ioengine=io_uring, direct=1`` with registered buffers and files (as our
+  engine uses, when fio accepts them), same block size, iodepth and byte count, ``rw=write`` then
+  ``rw=read`` on a fresh file: what the device does through the same kernel path.
 * **naive** -- what SGLang's ``file`` HiCache backend does: one file per page, buffered I/O, one
   page at a time (open/write/close; open/readinto). No fsync (that backend does none), so its
   write figure is mostly page-cache speed. Once per page size (queue depth does not apply).
 
+**Paired ratios.** Per (size, qd) point, ours and fio run alternately in ABBA order (ours, fio,
+fio, ours, ...), equal volumes each, until the timed seconds of both reach ``--seconds``
+(default 10) over an even number of pairs; each pair gives a write ratio and a read ratio (ours
+/ fio, measured back to back), and the table shows the median of the paired ratios with their
+min-max. A ratio above 1 against fio is a flaw in the method until explained: see the notes
+printed under the table and bench/README.md ("When a ratio exceeds 1").
+
 The page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``, needs root) before every
-read phase, so reads come from the device; without root a note says reads may be cached.
+write and every read phase of every system, so reads come from the device; without root a note
+says reads may be cached.
 
 Then a **restart** test: fill a ``--restart-gib`` GiB engine with 1 MiB pages, ``close()``, and time
 ``Store.from_config`` on the same file (the index rebuild), reporting entries found vs written.
 
-Output: progress lines on stderr; on stdout a table, a restart line, then exactly one line of JSON
-starting with ``{"bench": "nvme"`` holding every figure plus machine info. Exit status: 0 when
-all is well, 1 when any page came back wrong or an operation failed, 2 for a setup problem.
+Output: progress on stderr (a bar per point on a terminal); on stdout a table, notes, a restart
+line, then exactly one line of JSON starting with ``{"bench": "nvme"`` holding every sample and
+machine info. Exit status: 0 when all is well, 1 when any page came back wrong or an operation
+failed, 2 for a setup problem.
 
 Examples::
 
-    .venv/bin/python bench/nvme_bench.py                      # default run: ~2 min at 1-2 GB/s, < 4 GB of disk
-    .venv/bin/python bench/nvme_bench.py --quick              # smoke test, about 10 seconds
+    .venv/bin/python bench/nvme_bench.py                      # default: 12 points of >= 10 s, ~5 min
+    .venv/bin/python bench/nvme_bench.py --quick              # smoke test, about a minute
     .venv/bin/python bench/nvme_bench.py --dir /mnt/nvme/bench --total-mib 8192 --restart-gib 16
     .venv/bin/python bench/nvme_bench.py --sizes 1M --qds 1,2,4,8,16,32,64 --skip-naive
 """
@@ -37,9 +47,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -61,8 +71,8 @@ RECORD_HEADER = 4 * KiB   # on-disk header block per record (docs/architecture.m
 REGION_RESERVE = 64 * KiB # room left per region for its summary and trailer when sizing
 SGLANG_BATCH = 128        # keys per batch call, as SGLang's HiCache issues them
 
-QUICK = {"sizes": "256K,1M", "qds": "1,16", "total_mib": 64, "restart_gib": 0.25}
-DEFAULTS = {"sizes": "256K,1M,4M", "qds": "1,4,16,64", "total_mib": 1024, "restart_gib": 2.0}
+QUICK = {"sizes": "256K,1M", "qds": "1,16", "total_mib": 64, "restart_gib": 0.25, "seconds": 1.0}
+DEFAULTS = {"sizes": "256K,1M,4M", "qds": "1,4,16,64", "total_mib": 1024, "restart_gib": 2.0, "seconds": 10.0}
 
 
 class Failure(Exception):
@@ -198,26 +208,6 @@ def check_results(results: list[int], expect: Optional[int], what: str, keys: li
                           f"{' bytes' if expect else ''}")
 
 
-def summarize(samples: list[dict]) -> dict:
-    """One system's figures at one point from ``--repeat`` runs: the first run's record with
-    ``write_gbps``/``read_gbps`` replaced by their medians, plus every run's figures under
-    ``samples`` (when there was more than one). A run that failed makes the point failed."""
-    for smp in samples:
-        if "error" in smp:
-            return smp
-    out = dict(samples[0])
-    if len(samples) > 1:
-        for k in ("write_gbps", "read_gbps", "write_incl_sync_gbps"):
-            vals = [smp[k] for smp in samples if smp.get(k) is not None]
-            if vals:
-                out[k] = statistics.median(vals)
-        timing = ("write_s", "read_s", "sync_s", "write_gbps", "read_gbps", "write_incl_sync_gbps")
-        out["samples"] = [{k: smp[k] for k in timing if k in smp} for smp in samples]
-        for k in ("write_s", "read_s", "sync_s"):
-            out.pop(k, None)  # per run only; the medians above are what the table shows
-    return out
-
-
 def remove_path(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -289,16 +279,18 @@ def run_ours(Store: Any, args: argparse.Namespace, pages: Pages, size: int, qd: 
 
 
 def run_fio_point(args: argparse.Namespace, size: int, qd: int, total: int, workdir: str) -> dict:
+    """fio write then read of ``total`` bytes on a fresh file, caches dropped before each."""
     path = os.path.join(workdir, f"fio-{bc.fmt_size(size)}-qd{qd}.data")
     remove_path(path)
     try:
         bc.drop_caches()
-        w = bc.run_fio(path, "write", size, qd, total, ioengine="io_uring", direct=True)
+        w = bc.run_fio_limit(path, "write", size, qd, total)
         bc.drop_caches()
-        r = bc.run_fio(path, "read", size, qd, total, ioengine="io_uring", direct=True)
+        r = bc.run_fio_limit(path, "read", size, qd, total)
     finally:
         remove_path(path)
     return {"write_gbps": w["bw_bytes"] / 1e9, "read_gbps": r["bw_bytes"] / 1e9,
+            "write_s": w["seconds"], "read_s": r["seconds"],
             "write_clat_mean_us": w["clat_mean_us"], "read_clat_mean_us": r["clat_mean_us"],
             "write_command": w["command"], "read_command": r["command"]}
 
@@ -414,6 +406,152 @@ def run_restart(Store: Any, args: argparse.Namespace, workdir: str, state: dict)
     return out
 
 
+# ---- points: ours and fio in ABBA pairs ------------------------------------------------------
+
+def nvme_point(Store: Any, args: argparse.Namespace, pages: Pages, size: int, qd: int, n: int, workdir: str,
+               state: dict, tags: Any, have_fio: bool, fail: Any) -> dict:
+    """One (size, qd) point: ours and fio alternately (ABBA) for ``--seconds``, equal volumes."""
+    point = f"{bc.fmt_size(size)} qd{qd}"
+    total = n * size
+    row: dict = {"size": bc.fmt_size(size), "size_bytes": size, "qd": qd, "pages": n, "bytes": total}
+    last: dict = {}
+
+    def ours() -> dict:
+        o = last["ours"] = run_ours(Store, args, pages, size, qd, n, next(tags), workdir, state)
+        return {"write": o["write_gbps"], "read": o["read_gbps"], "seconds": o["write_s"] + o["read_s"]}
+
+    def fio() -> dict:
+        f = last["fio"] = run_fio_point(args, size, qd, total, workdir)
+        return {"write": f["write_gbps"], "read": f["read_gbps"], "seconds": f["write_s"] + f["read_s"]}
+
+    use_fio = not args.skip_fio and have_fio
+    first, limit = (ours, fio if use_fio else None) if Store is not None else (fio, None)
+    row["measured"] = "ours" if Store is not None else "fio"
+    row["limit"] = "fio" if Store is not None and use_fio else None
+    try:
+        try:
+            row["paired"] = bc.run_paired(first, limit, ("write", "read"), args.seconds,
+                                          f"{point} {row['measured']}" + (" vs fio" if limit else ""))
+        except bc.FioError as e:
+            bc.progress(f"{point}: fio failed, its columns are N/A: {e}")
+            row["fio_error"], row["limit"] = str(e), None
+            if Store is not None:
+                row["paired"] = bc.run_paired(ours, None, ("write", "read"), args.seconds, f"{point} ours")
+    except Failure as e:
+        fail(str(e))
+        row["error"] = str(e)
+    except Exception as e:  # StoreError, ConfigError, ...
+        fail(f"ours {point}: {type(e).__name__}: {e}")
+        row["error"] = f"{type(e).__name__}: {e}"
+    if "ours" in last:
+        row["ours_store"] = {k: last["ours"].get(k) for k in ("capacity", "checksum_failures", "io_errors")}
+    if "fio" in last:
+        row["fio_commands"] = [last["fio"]["write_command"], last["fio"]["read_command"]]
+    return row
+
+
+def naive_point(args: argparse.Namespace, pages: Pages, size: int, n: int, workdir: str, tags: Any,
+                fail: Any) -> dict:
+    """The file-per-page baseline at one page size, repeated for ``--seconds`` (no limit)."""
+    row: dict = {"size": bc.fmt_size(size), "size_bytes": size, "pages": n}
+
+    def naive() -> dict:
+        r = run_naive(args, pages, size, n, next(tags), workdir)
+        return {"write": r["write_gbps"], "read": r["read_gbps"], "write_incl_sync": r["write_incl_sync_gbps"],
+                "seconds": r["write_s"] + r["read_s"]}
+
+    try:
+        row["runs"] = bc.run_paired(naive, None, ("write", "read", "write_incl_sync"), args.seconds,
+                                    f"{bc.fmt_size(size)} naive file-per-page")
+    except Failure as e:
+        fail(str(e))
+        row["error"] = str(e)
+    except OSError as e:
+        fail(f"naive {bc.fmt_size(size)}: {e}")
+        row["error"] = str(e)
+    return row
+
+
+def report_table(rows: list, naive_rows: list) -> tuple[list, list]:
+    """The table's rows, and a note per paired ratio above 1."""
+    naive_by_size = {r["size"]: (r.get("runs") or {}) for r in naive_rows}
+    table, notes, seen = [], [], set()
+    for r in rows:
+        p = r.get("paired") or {}
+        w, rd = p.get("write") or {}, p.get("read") or {}
+        if r.get("measured") == "fio":  # --skip-ours: fio alone in the fio columns
+            cells = ["-", bc.fmt_num(w.get("ours_gbps")), "N/A", "-", bc.fmt_num(rd.get("ours_gbps")), "N/A"]
+        else:
+            mark = " !" if "error" in r else ""
+            cells = [bc.fmt_num(w.get("ours_gbps")) + mark, bc.fmt_num(w.get("limit_gbps")), bc.fmt_ratio(w),
+                     bc.fmt_num(rd.get("ours_gbps")) + mark, bc.fmt_num(rd.get("limit_gbps")), bc.fmt_ratio(rd)]
+        nv = naive_by_size.get(r["size"]) if r["size"] not in seen else None
+        seen.add(r["size"])
+        table.append([r["size"], r["qd"], *cells, p.get("pairs", 0),
+                      bc.fmt_spread(nv.get("write")) if nv else "", bc.fmt_spread(nv.get("read")) if nv else ""])
+        for side in ("write", "read"):
+            notes += bc.ratio_notes(f"{r['size']} qd{r['qd']} {side}", p.get(side), f"fio {side} qd{r['qd']}")
+    return table, notes
+
+
+def method_notes(args: argparse.Namespace, rows: list, naive_rows: list, cache_dropped: bool,
+                 fio_used: bool) -> list[str]:
+    notes = ["ours writes and reads a 4 KiB record header with every page (not counted in its GB/s); "
+             "fio moves only the page"]
+    if fio_used:
+        notes.append("fio: io_uring, direct=1" + (", " + " ".join(bc.FIO_URING_EXTRA) if bc._fio_extra_ok else
+                                                  ", without registered buffers (refused here)")
+                     + "; fresh file per sample, like ours")
+    else:
+        notes.append("fio: " + ("skipped (--skip-fio)" if args.skip_fio else "not installed (apt-get install fio)"))
+    if naive_rows:
+        notes.append("naive = one buffered file per page, serial, no fsync (as SGLang's file backend); "
+                     "median [min-max] over its runs; no limit applies")
+    if not cache_dropped:
+        notes.append("page cache could not be dropped (not root): reads may be cached, fio's and ours alike")
+    if any("error" in r for r in rows):
+        notes.append("! = ours failed at this point (see FAILURE above)")
+    return notes
+
+
+def restart_line(args: argparse.Namespace, restart: Optional[dict]) -> str:
+    if restart is None:
+        return "restart: skipped" + (" (--restart-gib 0)" if args.restart_gib == 0 else "")
+    if "error" in restart:
+        return f"restart: FAILED: {restart['error']}"
+    return (f"restart: {bc.fmt_size(restart['capacity'])} engine, {restart['pages_written']} pages of 1M "
+            f"written ({bc.fmt_num(restart['fill_gbps'])} GB/s); reopen {restart['reopen_s']:.3f} s "
+            f"(engine recovery {restart['recovery_seconds']:.3f} s); entries found "
+            f"{restart['entries_found']} / {restart['pages_written']} written; "
+            f"{restart['sample_verified']} sampled pages verified")
+
+
+def restart_point(Store: Any, args: argparse.Namespace, workdir: str, state: dict, fail: Any) -> dict:
+    try:
+        return run_restart(Store, args, workdir, state)
+    except Failure as e:
+        fail(str(e))
+        return {"error": str(e)}
+    except Exception as e:
+        fail(f"restart: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def print_report(args: argparse.Namespace, rows: list, naive_rows: list, restart: Optional[dict], state: dict,
+                 info: dict, workdir: str, cache_dropped: bool, fio_used: bool) -> None:
+    headers = ["size", "qd", "ours W", "fio W", "W ratio [min-max]", "ours R", "fio R", "R ratio [min-max]",
+               "pairs", "naive W", "naive R"]
+    table, notes = report_table(rows, naive_rows)
+    print(f"NVMe tier: GB/s (1e9 B/s), {args.total_mib} MiB per sample, >= {args.seconds:g} s per point in "
+          f"ABBA pairs; dir {workdir} ({info['fs_type']}), io_backend {state.get('io_backend', 'N/A')}, "
+          f"fixed buffers {state.get('fixed_buffers', 'N/A')}; ours/fio/naive: median over the samples; "
+          f"ratio: median of the paired ours / fio [min-max]")
+    bc.print_table(headers, table)
+    for note in notes + method_notes(args, rows, naive_rows, cache_dropped, fio_used):
+        print(f"  note: {note}")
+    print(restart_line(args, restart))
+
+
 # ---- driver --------------------------------------------------------------------------------
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -429,11 +567,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             "(else fio columns say N/A)."),
         epilog=(
             "examples:\n"
-            "  .venv/bin/python bench/nvme_bench.py                # default: ~2 min at 1-2 GB/s, < 4 GB of disk\n"
-            "  .venv/bin/python bench/nvme_bench.py --quick        # smoke test\n"
+            "  .venv/bin/python bench/nvme_bench.py                # default: 12 points of >= 10 s, < 4 GB of disk\n"
+            "  .venv/bin/python bench/nvme_bench.py --quick        # smoke test (--seconds 1, small sizes)\n"
             "  .venv/bin/python bench/nvme_bench.py --dir /mnt/nvme/x --total-mib 8192 --restart-gib 16\n"
             "\n"
-            "Throughput is in GB/s (10^9 bytes/s); ratio = ours / fio. Disk use at any moment is about\n"
+            "Throughput is in GB/s (10^9 bytes/s); ratio = median of ours / fio over ABBA pairs, [min-max].\n"
+            "Disk use at any moment is about\n"
             "1.25 x --total-mib plus --restart-gib. Exit status: 0 ok, 1 wrong bytes or a failed\n"
             "operation, 2 setup problem (package not importable, bad option, not enough disk)."))
     p.add_argument("--sizes", default=None,
@@ -441,8 +580,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--qds", default=None,
                    help=f"queue depths, comma-separated, 1..1024 (default {DEFAULTS['qds']})")
     p.add_argument("--total-mib", type=int, default=None,
-                   help=f"MiB written and read per (size, qd) point and per system "
-                        f"(default {DEFAULTS['total_mib']}; raise it on fast drives so a point lasts >= 1 s)")
+                   help=f"MiB written and read per sample and per system (default {DEFAULTS['total_mib']}; "
+                        f"raise it on fast drives so one sample lasts well over 0.1 s)")
     p.add_argument("--dir", default=None,
                    help="directory on the file system to test (default: a fresh temp dir under /var/tmp, "
                         "removed at the end). Files the benchmark creates there are removed unless --keep")
@@ -455,9 +594,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         f"(default {DEFAULTS['restart_gib']:g}; 16 matches the docs' target; 0 skips it)")
     p.add_argument("--region-size", default="64M",
                    help="tiers.nvme.region_size for ours (default 64M; must exceed the largest page + 12K)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="runs per point and system, median reported (default 1; shared or virtual disks "
-                        "vary a lot from run to run: use 3 or more for figures you publish)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help=f"timed seconds per point, ours and fio together, taken in ABBA pairs "
+                        f"(default {DEFAULTS['seconds']:g}; at least one ABBA, i.e. two pairs, whatever it says)")
     p.add_argument("--verify", default="sample", choices=["sample", "full", "none"],
                    help="check of pages read back: sample = page stamps in every 4K block, first/last 64 "
                         "bytes of every page, one whole page per batch (default); full = every byte")
@@ -467,7 +606,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="do not run the Store (fio and naive only; e.g. before the package is built)")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for smoke tests: --sizes 256K,1M --qds 1,16 --total-mib 64 --restart-gib 0.25 "
-                        "(options given explicitly still win)")
+                        "--seconds 1 (options given explicitly still win)")
     args = p.parse_args(argv)
     bc.apply_preset(args, QUICK if args.quick else DEFAULTS)
     try:
@@ -487,13 +626,34 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for q in args.qds:
         if not 1 <= q <= 1024:
             p.error(f"queue depth {q} is out of range 1..1024")
-    if args.repeat < 1:
-        p.error("--repeat must be >= 1")
+    if args.seconds < 0:
+        p.error("--seconds must be >= 0")
     if args.total_mib <= 0:
         p.error("--total-mib must be positive")
     if args.restart_gib < 0:
         p.error("--restart-gib must be >= 0")
     return args
+
+
+def make_workdir(args: argparse.Namespace) -> Optional[str]:
+    """``--dir`` (made if missing) or a fresh temp dir; None (after a message, and removing a temp
+    dir) when its file system lacks room for the largest point plus the restart file."""
+    if args.dir is None:
+        workdir = tempfile.mkdtemp(prefix="nvme-bench-", dir="/var/tmp")
+    else:
+        workdir = os.path.abspath(args.dir)
+        os.makedirs(workdir, exist_ok=True)
+    total_req = args.total_mib * MiB
+    need = max(engine_capacity(max(1, total_req // s), s, args.region_size) for s in args.sizes)
+    need += round_up(int(args.restart_gib * GiB), args.region_size) if args.restart_gib else 0
+    free = shutil.disk_usage(workdir).free
+    if free >= need * 1.05:
+        return workdir
+    print(f"nvme_bench: {workdir} has {bc.fmt_size(free)} free but this run needs about "
+          f"{bc.fmt_size(need)}; lower --total-mib / --restart-gib or pick another --dir", file=sys.stderr)
+    if args.dir is None:
+        remove_path(workdir)
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -514,24 +674,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         bc.progress("note: fio is not installed (apt-get install fio); fio columns are N/A")
 
     made_dir = args.dir is None
-    if made_dir:
-        workdir = tempfile.mkdtemp(prefix="nvme-bench-", dir="/var/tmp")
-    else:
-        workdir = os.path.abspath(args.dir)
-        os.makedirs(workdir, exist_ok=True)
-
-    total_req = args.total_mib * MiB
-    # disk check: the largest point (ours engine file) plus the restart file
-    need = max(engine_capacity(max(1, total_req // s), s, args.region_size) for s in args.sizes)
-    need += round_up(int(args.restart_gib * GiB), args.region_size) if args.restart_gib else 0
-    free = shutil.disk_usage(workdir).free
-    if free < need * 1.05:
-        print(f"nvme_bench: {workdir} has {bc.fmt_size(free)} free but this run needs about "
-              f"{bc.fmt_size(need)}; lower --total-mib / --restart-gib or pick another --dir",
-              file=sys.stderr)
-        if made_dir:
-            remove_path(workdir)
+    workdir = make_workdir(args)
+    if workdir is None:
         return 2
+    total_req = args.total_mib * MiB
 
     info = bc.machine_info(workdir)
     bc.progress(f"dir {workdir} ({info['fs_type']}), kernel {info['kernel']}, sizes "
@@ -544,6 +690,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     naive_rows: list[dict] = []
     errors: list[str] = []
     restart: Optional[dict] = None
+    tags = itertools.count(1)
 
     def fail(msg: str) -> None:
         errors.append(msg)
@@ -552,78 +699,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         for si, size in enumerate(args.sizes):
             n = max(1, total_req // size)
-            total = n * size
             pages = Pages(size, min(SGLANG_BATCH, n), seed=si + 1)
             try:
-                naive: Optional[dict] = None
                 if not args.skip_naive:
-                    bc.progress(f"{bc.fmt_size(size)}: naive file-per-page, {n} pages")
-                    try:
-                        naive = summarize([run_naive(args, pages, size, n, 0xA0000 + (si << 8) + rep, workdir)
-                                           for rep in range(args.repeat)])
-                        bc.progress(f"{bc.fmt_size(size)}: naive write {bc.fmt_num(naive['write_gbps'])} GB/s "
-                                    f"(buffered; {bc.fmt_num(naive['write_incl_sync_gbps'])} incl. sync), "
-                                    f"read {bc.fmt_num(naive['read_gbps'])} GB/s")
-                    except Failure as e:
-                        fail(str(e))
-                    except OSError as e:
-                        fail(f"naive {bc.fmt_size(size)}: {e}")
-                    naive_rows.append({"size": bc.fmt_size(size), "size_bytes": size, "pages": n,
-                                       **(naive or {"error": True})})
-                for qi, qd in enumerate(args.qds):
-                    row: dict = {"size": bc.fmt_size(size), "size_bytes": size, "qd": qd, "pages": n,
-                                 "bytes": total}
-                    ours_s: list = []
-                    fio_s: list = []
-                    for rep in range(args.repeat):
-                        tag = (si << 24) | (qi << 16) | (rep << 8) | 0xB0
-                        rtxt = f" (run {rep + 1}/{args.repeat})" if args.repeat > 1 else ""
-                        point = f"{bc.fmt_size(size)} qd{qd}"
-                        if Store is not None and not (ours_s and "error" in ours_s[-1]):
-                            bc.progress(f"{point}: ours, {n} pages{rtxt}")
-                            try:
-                                o = run_ours(Store, args, pages, size, qd, n, tag, workdir, state)
-                                bc.progress(f"{point}: ours write {bc.fmt_num(o['write_gbps'])} "
-                                            f"GB/s, read {bc.fmt_num(o['read_gbps'])} GB/s")
-                            except Failure as e:
-                                fail(str(e))
-                                o = {"error": str(e)}
-                            except Exception as e:  # StoreError, ConfigError, ...
-                                fail(f"ours {point}: {type(e).__name__}: {e}")
-                                o = {"error": f"{type(e).__name__}: {e}"}
-                            ours_s.append(o)
-                        if not args.skip_fio and have_fio and not (fio_s and "error" in fio_s[-1]):
-                            bc.progress(f"{point}: fio{rtxt}")
-                            try:
-                                f = run_fio_point(args, size, qd, total, workdir)
-                                bc.progress(f"{point}: fio write {bc.fmt_num(f['write_gbps'])} "
-                                            f"GB/s, read {bc.fmt_num(f['read_gbps'])} GB/s")
-                            except (bc.FioError, OSError) as e:
-                                bc.progress(f"{point}: fio failed, marked N/A: {e}")
-                                f = {"error": str(e)}
-                            fio_s.append(f)
-                    if ours_s:
-                        row["ours"] = summarize(ours_s)
-                    if fio_s:
-                        row["fio"] = summarize(fio_s)
-                    o, f = row.get("ours") or {}, row.get("fio") or {}
-                    for side in ("write", "read"):
-                        a, b = o.get(f"{side}_gbps"), f.get(f"{side}_gbps")
-                        row[f"{side}_ratio"] = a / b if a is not None and b else None
-                    row["naive"] = None if naive is None else {k: naive[k] for k in ("write_gbps", "read_gbps")}
-                    rows.append(row)
+                    naive_rows.append(naive_point(args, pages, size, n, workdir, tags, fail))
+                for qd in args.qds:
+                    rows.append(nvme_point(Store, args, pages, size, qd, n, workdir, state, tags, have_fio, fail))
             finally:
                 pages.close()
 
         if Store is not None and args.restart_gib > 0:
-            try:
-                restart = run_restart(Store, args, workdir, state)
-            except Failure as e:
-                fail(str(e))
-                restart = {"error": str(e)}
-            except Exception as e:
-                fail(f"restart: {type(e).__name__}: {e}")
-                restart = {"error": f"{type(e).__name__}: {e}"}
+            restart = restart_point(Store, args, workdir, state, fail)
     except KeyboardInterrupt:
         errors.append("interrupted")
         print("interrupted", file=sys.stderr)
@@ -633,47 +719,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             remove_path(workdir)
 
     # ---- report ----
-    headers = ["size", "qd", "ours W", "fio W", "W ratio", "ours R", "fio R", "R ratio", "naive W", "naive R"]
-    table = []
-    seen_naive = set()
-    for r in rows:
-        o, f, nv = r.get("ours") or {}, r.get("fio") or {}, r.get("naive")
-        show_naive = nv is not None and r["size"] not in seen_naive
-        seen_naive.add(r["size"])
-        mark = " !" if "error" in o else ""
-        table.append([r["size"], r["qd"],
-                      bc.fmt_num(o.get("write_gbps")) + mark, bc.fmt_num(f.get("write_gbps")),
-                      bc.fmt_num(r["write_ratio"]),
-                      bc.fmt_num(o.get("read_gbps")) + mark, bc.fmt_num(f.get("read_gbps")),
-                      bc.fmt_num(r["read_ratio"]),
-                      bc.fmt_num(nv["write_gbps"]) if show_naive else ("N/A" if nv is None else ""),
-                      bc.fmt_num(nv["read_gbps"]) if show_naive else ("N/A" if nv is None else "")])
-    print(f"NVMe tier: GB/s (1e9 B/s), {args.total_mib} MiB per point"
-          f"{f', median of {args.repeat} runs' if args.repeat > 1 else ''}, dir {workdir} ({info['fs_type']}), "
-          f"io_backend {state.get('io_backend', 'N/A')}; ratio = ours / fio")
-    bc.print_table(headers, table)
-    notes = []
-    if naive_rows:
-        notes.append("naive = one buffered file per page, serial, no fsync (as SGLang's file backend); "
-                     "run once per size")
-    if args.skip_fio or not have_fio:
-        notes.append("fio: " + ("skipped (--skip-fio)" if args.skip_fio else "not installed (apt-get install fio)"))
-    if not cache_dropped:
-        notes.append("page cache could not be dropped: reads may be cached (run as root)")
-    if any("error" in (r.get("ours") or {}) for r in rows):
-        notes.append("! = ours failed at this point (see FAILURE above)")
-    for note in notes:
-        print(f"  {note}")
-    if restart is None:
-        print("restart: skipped" + (" (--restart-gib 0)" if args.restart_gib == 0 else ""))
-    elif "error" in restart:
-        print(f"restart: FAILED: {restart['error']}")
-    else:
-        print(f"restart: {bc.fmt_size(restart['capacity'])} engine, {restart['pages_written']} pages of 1M "
-              f"written ({bc.fmt_num(restart['fill_gbps'])} GB/s); reopen {restart['reopen_s']:.3f} s "
-              f"(engine recovery {restart['recovery_seconds']:.3f} s); entries found "
-              f"{restart['entries_found']} / {restart['pages_written']} written; "
-              f"{restart['sample_verified']} sampled pages verified")
+    print_report(args, rows, naive_rows, restart, state, info, workdir, cache_dropped,
+                 fio_used=not args.skip_fio and have_fio)
 
     info["io_backend"] = state.get("io_backend")
     info["fixed_buffers"] = state.get("fixed_buffers")
@@ -684,10 +731,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "date": info["date"],
         "machine": info,
         "params": {"sizes": [bc.fmt_size(s) for s in args.sizes], "qds": args.qds,
-                   "total_mib": args.total_mib, "repeat": args.repeat, "batch": SGLANG_BATCH, "region_size": args.region_size,
+                   "total_mib": args.total_mib, "seconds": args.seconds, "batch": SGLANG_BATCH, "region_size": args.region_size,
                    "io_backend_requested": args.io_backend, "direct_io": True, "verify": args.verify,
                    "restart_gib": args.restart_gib, "skip_fio": args.skip_fio or not have_fio,
-                   "skip_naive": args.skip_naive, "skip_ours": args.skip_ours},
+                   "skip_naive": args.skip_naive, "skip_ours": args.skip_ours,
+                   "fio_extra": list(bc.FIO_URING_EXTRA) if bc._fio_extra_ok else []},
         "rows": rows,
         "naive": naive_rows,
         "restart": restart,

@@ -18,8 +18,10 @@ Configurations compared in one run (``--configs`` picks a subset; equal DRAM pag
 everywhere, NVMe ``nvme_ratio`` (4) times larger):
 
 * ``lru-dram``                 baseline: a plain LRU page cache in DRAM, no capacity tier;
-* ``hicache-file``             baseline: SGLang's ``HiCacheFile`` (one file per page), capped at
-                               the NVMe tier's page capacity (skipped with a note without sglang);
+* ``hicache-file``             baseline: SGLang's ``HiCacheFile`` (one file per page) behind a DRAM
+                               LRU of our DRAM tier's page count (SGLang's host tier), written
+                               through; HiCacheFile capped at our DRAM + NVMe page capacity
+                               (skipped with a note without sglang);
 * ``ours-dram/{lru,s3fifo,prefix_lru}``       our Store, DRAM tier only;
 * ``ours-dram+nvme/{lru,s3fifo,prefix_lru}``  our Store, DRAM in front of the NVMe tier;
 * ``ours-nvme``                our Store, NVMe tier only (not in the default set).
@@ -38,8 +40,9 @@ Examples::
     .venv/bin/python bench/replay.py TRACE --model 8b --configs lru-dram,ours-dram+nvme/prefix_lru
     .venv/bin/python bench/replay.py TRACE --max-requests 2000 --speed 20   # 20x faster than real time
 
-Exit status: 0 when the run completed and every page read back was right; 1 if a backend
-returned wrong bytes or failed calls; 2 for bad arguments or input.
+Exit status: 0 when the run completed, every page read back was right, every put stored its page
+and every get returned all the pages ``batch_is_exist`` promised; 1 otherwise (each failure is
+counted and printed per configuration); 2 for bad arguments or input.
 """
 
 from __future__ import annotations
@@ -62,10 +65,10 @@ import numpy as np  # noqa: E402
 
 import _bench_common as bc  # noqa: E402
 import replay_model as rm  # noqa: E402
-from replay_backends import (DRAM_SLAB, HiCacheFileBackend, HostPool, PyLruBackend,  # noqa: E402
-                             StoreBackend, calibrate, dram_slots, nvme_capacity_for,
-                             sglang_available, timed_get)
-from replay_report import (ProgressBar, check_targets, lat_summary, markdown_table,  # noqa: E402
+from replay_backends import (DRAM_SLAB, HiCacheFileBackend, HostPool, HostTierFront,  # noqa: E402
+                             PyLruBackend, StoreBackend, calibrate, dram_slots, nvme_capacity_for,
+                             nvme_pages_per_region, sglang_available, timed_get)
+from replay_report import (check_targets, failure_lines, lat_summary, markdown_table,  # noqa: E402
                            plot_all, print_table)
 from replay_trace import Trace  # noqa: E402
 
@@ -100,18 +103,27 @@ def plan(model: rm.ModelShape, scale: float, dram_real: int, nvme_real: int) -> 
     need = nvme_pages_real * (page + NVME_RECORD_HEADER)
     region = NVME_REGION if need >= 16 * NVME_REGION else max(rm.MiB, rm.round_up(need // 16, rm.MiB))
     nvme_cap = nvme_capacity_for(nvme_pages_real, page, region)
+    per_region = nvme_pages_per_region(page, region)
+    nvme_pages_max = nvme_cap // region * per_region
+    # HiCacheFile (behind a host-tier LRU of dram_pages) may hold as many pages as our two tiers
+    # together at their fullest, and evicts a region's worth of pages at a time, as our NVMe
+    # tier does (reclaiming its oldest region): both then hold between max - region and max.
+    file_pages = dram_pages + nvme_pages_max
     return {"page_bytes": page, "real_page_bytes": model.page_bytes, "scale": scale,
             "dram_real_bytes": dram_real, "nvme_real_bytes": nvme_real,
             "dram_capacity": dram_cap, "dram_slab": slab, "dram_pages": dram_pages,
             "nvme_capacity": nvme_cap, "nvme_region": region, "nvme_pages": nvme_pages_real,
-            "file_max_bytes": nvme_pages_real * page}
+            "nvme_pages_per_region": per_region, "nvme_pages_max": nvme_pages_max,
+            "file_max_pages": file_pages, "file_max_bytes": file_pages * page,
+            "file_eviction_ratio": round(1 - per_region / file_pages, 6)}
 
 
 def describe(name: str) -> str:
     if name == "lru-dram":
         return "plain LRU page cache in DRAM (baseline, no capacity tier)"
     if name == "hicache-file":
-        return "SGLang HiCacheFile, one file per page, LRU-capped at the NVMe tier's page capacity (baseline)"
+        return ("SGLang HiCacheFile, one file per page, behind a DRAM LRU of our DRAM page count (SGLang's host "
+                "tier), capped at our DRAM + NVMe page capacity (baseline)")
     if name == "ours-nvme":
         return "our Store, NVMe tier only"
     tiers, pol = name.split("/")
@@ -125,7 +137,9 @@ def make_backend(name: str, pool: HostPool, sizes: dict, workdir: str):
     if name == "lru-dram":
         return PyLruBackend(pool, sizes["dram_pages"])
     if name == "hicache-file":
-        return HiCacheFileBackend(pool, os.path.join(workdir, "hicache-file"), sizes["file_max_bytes"])
+        return HostTierFront(PyLruBackend(pool, sizes["dram_pages"]),
+                             HiCacheFileBackend(pool, os.path.join(workdir, "hicache-file"), sizes["file_max_bytes"],
+                                                sizes["file_eviction_ratio"]))
     if name == "ours-nvme":
         return StoreBackend(pool, None, nvme)
     tiers, pol = name.split("/")
@@ -133,7 +147,7 @@ def make_backend(name: str, pool: HostPool, sizes: dict, workdir: str):
     return StoreBackend(pool, dram, nvme if tiers == "ours-dram+nvme" else None)
 
 
-CALIB_TIERS = {"lru": ("dram",), "file": ("file",), "store-nvme": ("nvme",), "store-dram": ("dram",),
+CALIB_TIERS = {"lru": ("dram",), "file": ("dram", "file"), "store-nvme": ("nvme",), "store-dram": ("dram",),
                "store-tiered": ("dram", "nvme")}
 
 
@@ -164,9 +178,9 @@ def replay_one(name: str, trace: Trace, ceiling: list, sizes: dict, model: rm.Mo
     get_rec = []          # (seconds, pages per tier...) per get batch
     get_bytes = put_bytes = 0
     get_time = put_time = 0.0
-    verify_errors = get_short = put_failed = 0
+    verify_errors = get_short = get_short_pages = put_failed = 0
     late_s = 0.0
-    bar = ProgressBar(n_req, f"{name:<26}", line_mode=line_progress)
+    bar = bc.Bar(n_req, f"{name:<26}", unit="req", line_mode=line_progress)
     perf = time.perf_counter
     t_start = perf()
     ts0 = reqs[0].timestamp_ms
@@ -223,6 +237,7 @@ def replay_one(name: str, trace: Trace, ceiling: list, sizes: dict, model: rm.Mo
                 got += ok
                 if ok < m:
                     get_short += 1
+                    get_short_pages += m - ok
                     break
             # 3. store what was not served
             for b in range(got, n, rm.BATCH_PAGES):
@@ -239,7 +254,7 @@ def replay_one(name: str, trace: Trace, ceiling: list, sizes: dict, model: rm.Mo
                 put_failed += m - stored
             hits_so_far += got * rm.TOKENS_PER_PAGE
             tokens_so_far += req.input_length
-            bar.update(i + 1, f"hit {hits_so_far / max(1, tokens_so_far) * 100:4.1f}%")
+            bar.update_to(i + 1, f"hit {hits_so_far / max(1, tokens_so_far) * 100:4.1f}%")
         wall = perf() - t_start
         counters = backend.counters()
     finally:
@@ -264,7 +279,7 @@ def replay_one(name: str, trace: Trace, ceiling: list, sizes: dict, model: rm.Mo
         if len(tiers) == 1:
             tier_gbps[tiers[0]] = (rec[:, 1].sum() * page / rec[:, 0].sum() / 1e9) if rec[:, 0].sum() > 0 else None
         else:
-            d, nv_ = rec[:, 1], rec[:, 2]
+            d, nv_ = rec[:, 1], rec[:, 2]   # DRAM, then the capacity tier (nvme or file)
             pure = (nv_ == 0) & (d > 0)
             dram_bw = d[pure].sum() * page / rec[pure, 0].sum() if pure.any() else None
             tier_gbps["dram"] = dram_bw / 1e9 if dram_bw else None
@@ -272,9 +287,9 @@ def replay_one(name: str, trace: Trace, ceiling: list, sizes: dict, model: rm.Mo
             if mixed.any():
                 t_nv = rec[mixed, 0] - (d[mixed] * page / dram_bw if dram_bw else 0.0)
                 t_nv = np.maximum(t_nv, 1e-9)
-                tier_gbps["nvme"] = nv_[mixed].sum() * page / t_nv.sum() / 1e9
+                tier_gbps[tiers[1]] = nv_[mixed].sum() * page / t_nv.sum() / 1e9
             else:
-                tier_gbps["nvme"] = None
+                tier_gbps[tiers[1]] = None
 
     # timeline over trace time
     t_rel = np.array([(r.timestamp_ms - ts0) / 1000.0 for r in reqs])
@@ -296,7 +311,8 @@ def replay_one(name: str, trace: Trace, ceiling: list, sizes: dict, model: rm.Mo
             "bytes": {"read": counters["read"], "written": counters["written"]},
             "gbps": {"get": bc.gbps(get_bytes, get_time), "put": bc.gbps(put_bytes, put_time), "get_by_tier": tier_gbps},
             "latency": {k: lat_summary(v) for k, v in lat.items()},
-            "verify_errors": verify_errors, "short_gets": get_short, "put_failures": put_failed,
+            "verify_errors": verify_errors, "short_gets": get_short, "short_get_pages": get_short_pages,
+            "put_failures": put_failed,
             "max_lag_s": round(late_s, 3) if args.speed > 0 else None,
             "wall_s": wall, "backend_stats": counters.get("stats"),
             "timeline": timeline,
@@ -422,6 +438,8 @@ def write_report(doc: dict, output: str, plots: bool = True) -> list:
           f"infinite-cache ceiling {results[0]['ceiling_tokens'] / results[0]['input_tokens'] * 100:.1f}% of "
           f"{results[0]['input_tokens']:,} input tokens\n")
     print_table(results)
+    for line in failure_lines(results):
+        print(f"FAILED  {line}")
     targets = doc["targets"]
     if targets:
         print()
@@ -456,6 +474,8 @@ def write_report(doc: dict, output: str, plots: bool = True) -> list:
                 f"DRAM {sizes['dram_pages']:,} pages, NVMe {sizes['nvme_pages']:,} pages in every config; "
                 f"whole run {doc['wall_s'] / 60:.1f} min ({jobs} job{'s' if jobs != 1 else ''}).\n\n")
         f.write(markdown_table(results) + "\n\n")
+        for line in failure_lines(results):
+            f.write(f"- **FAILED** {line}\n")
         for t in targets:
             f.write(f"- target {'**holds**' if t['holds'] else '**missed**'}: {t['target']}: {t['detail']}\n")
         f.write(f"\n{ttft_note}; no cache: mean {nocache:.0f} ms.\n")
@@ -585,9 +605,9 @@ def main(argv=None) -> int:
            "machine": bc.machine_info(args.workdir), "targets": check_targets(results), "failed": failed,
            "wall_s": round(time.perf_counter() - t_all, 1), "results": results}
     write_report(doc, args.output, plots=not args.no_plots)
-    bad = sum(r["verify_errors"] for r in results)
-    if bad or failed:
-        print(f"replay: FAILED: {bad} pages read back wrong; configs that crashed: {failed or 'none'}", file=sys.stderr)
+    problems = failure_lines(results) + [f"{name}: crashed (traceback above)" for name in failed]
+    if problems:
+        print("replay: FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     return 0
 

@@ -17,7 +17,11 @@ Backends:
 * :class:`HiCacheFileBackend` -- SGLang's real ``HiCacheFile`` (``sglang.srt.mem_cache.
   hicache_storage``), one file per page, driven through its ``batch_exists`` / ``batch_get`` /
   ``batch_set`` with torch CPU tensors over the same host buffer, capped with its own LRU
-  evictor (``extra_config.max_size``) at the NVMe tier's page capacity.
+  evictor (``extra_config.max_size``, ``eviction_ratio``).
+* :class:`HostTierFront` -- SGLang's host memory tier in front of an L3 backend: a
+  :class:`PyLruBackend` of our DRAM tier's page count, written through (every page stored goes
+  to both), consulted first; pages served by the L3 backend enter it, as SGLang's prefetch
+  lands them in host memory. The ``hicache-file`` baseline is this front over HiCacheFile.
 
 Every page put carries a 16-byte stamp derived from its key at its start; every page read back
 is checked against it (``verify_errors``), so a backend that returns wrong bytes is caught.
@@ -231,11 +235,12 @@ def sglang_available() -> Optional[str]:
 
 class HiCacheFileBackend:
     """SGLang's HiCacheFile (the real class), one file per page under ``directory``, capped at
-    ``max_bytes`` by its own LRU file evictor."""
+    ``max_bytes`` by its own LRU file evictor, which evicts down to ``eviction_ratio`` of the cap
+    when a write would exceed it (SGLang's default ratio 0.9 when None)."""
 
     tiers = ("file",)
 
-    def __init__(self, pool: HostPool, directory: str, max_bytes: int):
+    def __init__(self, pool: HostPool, directory: str, max_bytes: int, eviction_ratio: Optional[float] = None):
         os.environ.pop("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", None)  # would override ours
         for name in ("sglang", "sglang.srt.mem_cache.hicache_storage",
                      "sglang.srt.mem_cache.storage.file.lru_file_evictor"):
@@ -244,7 +249,8 @@ class HiCacheFileBackend:
         cfg = HiCacheStorageConfig(
             tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
             is_mla_model=False, enable_storage_metrics=False, is_page_first_layout=True,
-            model_name="replay", extra_config={"file_storage_path": directory, "max_size": int(max_bytes)})
+            model_name="replay", extra_config={"file_storage_path": directory, "max_size": int(max_bytes),
+                                               **({"eviction_ratio": eviction_ratio} if eviction_ratio else {})})
         self.directory = directory
         self.h = HiCacheFile(cfg)
         self.pool, self.page_bytes = pool, pool.page_bytes
@@ -300,6 +306,51 @@ class HiCacheFileBackend:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class HostTierFront:
+    """SGLang's host memory tier (a DRAM LRU of ``front``'s page count) in front of an L3
+    backend ``back``, inclusive and written through: ``put`` stores every page in both; ``get``
+    serves the leading pages from the front, the rest from ``back``, and the pages ``back``
+    served enter the front (SGLang's prefetch lands them in host memory). ``last_call_s`` is the
+    time of the two data reads alone: the copy into the front stands for a prefetch SGLang would
+    land in host memory directly, so it is not charged to the get."""
+
+    def __init__(self, front: PyLruBackend, back):
+        self.front, self.back = front, back
+        self.tiers = ("dram",) + tuple(back.tiers)
+
+    def exists_prefix(self, keys: Sequence[str]) -> int:
+        k = self.front.exists_prefix(keys)
+        return k if k == len(keys) else k + self.back.exists_prefix(keys[k:])
+
+    def get(self, keys: Sequence[str], slots: Sequence[int]) -> tuple:
+        t0 = time.perf_counter()
+        ok, _ = self.front.get(keys, slots)
+        got = {self.tiers[1]: 0}
+        if ok < len(keys):
+            n, got = self.back.get(keys[ok:], slots[ok:])
+            self.last_call_s = time.perf_counter() - t0
+            self.front.put(keys[ok:ok + n], slots[ok:ok + n], [])
+            return ok + n, {"dram": ok, **got}
+        self.last_call_s = time.perf_counter() - t0
+        return ok, {"dram": ok, **got}
+
+    def put(self, keys: Sequence[str], slots: Sequence[int], depths: Sequence[int]) -> int:
+        self.front.put(keys, slots, depths)
+        return self.back.put(keys, slots, depths)
+
+    def counters(self) -> dict:
+        f, b = self.front.counters(), self.back.counters()
+        return {"read": {**f["read"], **b["read"]}, "written": {**f["written"], **b["written"]},
+                "stats": {"host_tier": f["stats"], self.tiers[1]: b["stats"]}}
+
+    def drop_page_cache(self) -> None:
+        self.back.drop_page_cache()
+
+    def close(self) -> None:
+        self.front.close()
+        self.back.close()
+
+
 # ---- tier sizing ---------------------------------------------------------------------------------
 
 DRAM_SLAB = 32 * MiB
@@ -316,12 +367,15 @@ def dram_capacity_for(pages: int, page_bytes: int, slab: int = DRAM_SLAB) -> int
     return max(1, -(-pages // per_slab)) * slab
 
 
+def nvme_pages_per_region(page_bytes: int, region: int) -> int:
+    """Records (4 KiB header + value) of ``page_bytes`` one NVMe region holds."""
+    return max(1, (region - 64 * 1024) // (NVME_RECORD_HEADER + round_up(page_bytes, GRANULE)))
+
+
 def nvme_capacity_for(pages: int, page_bytes: int, region: int) -> int:
     """NVMe capacity holding ``pages`` records (4 KiB header + value) in whole regions, at least
     four regions (one is kept free for reclaim)."""
-    rec = NVME_RECORD_HEADER + round_up(page_bytes, GRANULE)
-    per_region = max(1, (region - 64 * 1024) // rec)
-    return max(4, -(-pages // per_region)) * region
+    return max(4, -(-pages // nvme_pages_per_region(page_bytes, region))) * region
 
 
 # ---- calibration: tier bandwidth at the real page size ------------------------------------------
@@ -336,78 +390,93 @@ def timed_get(backend, keys, slots):
     return (backend.last_call_s if backend.last_call_s is not None else dt), r
 
 
+def _put_all(backend, pool: HostPool, keys: Sequence[str]) -> None:
+    for b in range(0, len(keys), pool.slots):
+        ks = keys[b:b + pool.slots]
+        backend.put(ks, range(len(ks)), list(range(b, b + len(ks))))
+
+
+def _read_all(backend, pool: HostPool, keys: Sequence[str], tier: str, passes: int = 1) -> Optional[float]:
+    """Best GB/s over ``passes`` reads of ``keys`` (pages counted from ``tier`` only)."""
+    best = None
+    for _ in range(passes):
+        t, pages = 0.0, 0
+        for b in range(0, len(keys), pool.slots):
+            ks = keys[b:b + pool.slots]
+            dt, (ok, by_tier) = timed_get(backend, ks, range(len(ks)))
+            t += dt
+            pages += by_tier.get(tier, ok)
+        if t > 0 and pages:
+            bw = pages * pool.page_bytes / t / 1e9
+            best = bw if best is None else max(best, bw)
+    return best
+
+
+def _calibrate_store(kind: str, pool: HostPool, keys: list, workdir: str) -> dict:
+    page_bytes, n = pool.page_bytes, len(keys)
+    region = max(64 * MiB, round_up(4 * (page_bytes + NVME_RECORD_HEADER), MiB))
+    slab = max(DRAM_SLAB, round_up(page_bytes, GRANULE) * 4)
+    dram_cap = dram_capacity_for(n, page_bytes, slab)
+    slots = dram_slots(dram_cap, page_bytes, slab)
+    nv = {"path": os.path.join(workdir, "calib-nvme.data"),
+          "capacity": nvme_capacity_for(3 * (n + slots), page_bytes, region), "region_size": region}
+    dr = {"capacity": dram_cap, "slab_size": slab}
+    b = StoreBackend(pool, None if kind == "store-nvme" else dr, nv if kind != "store-dram" else None)
+    out = {}
+    try:
+        _put_all(b, pool, keys)
+        if kind != "store-nvme":
+            out["dram"] = _read_all(b, pool, keys, "dram", passes=3)
+        if kind == "store-tiered":
+            _put_all(b, pool, [f"calib-b-{i:08d}" for i in range(slots)])   # pushes all of A to NVMe
+        if kind != "store-dram":
+            out["nvme"] = _read_all(b, pool, keys, "nvme")
+    finally:
+        b.close()
+        try:
+            os.remove(nv["path"])
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _calibrate_lru(pool: HostPool, keys: list) -> dict:
+    b = PyLruBackend(pool, len(keys))
+    try:
+        _put_all(b, pool, keys)
+        return {"dram": _read_all(b, pool, keys, "dram", passes=3)}
+    finally:
+        b.close()
+
+
+def _calibrate_file(pool: HostPool, keys: list, workdir: str) -> dict:
+    b = HiCacheFileBackend(pool, os.path.join(workdir, "calib-file"), 0)
+    try:
+        _put_all(b, pool, keys)
+        b.drop_page_cache()
+        return {"file": _read_all(b, pool, keys, "file")}
+    finally:
+        b.close()
+
+
 def calibrate(kind: str, page_bytes: int, workdir: str, target_bytes: int = 128 * MiB) -> dict:
     """GB/s of a read from each tier of backend ``kind`` (``store-dram``, ``store-tiered``,
     ``store-nvme``, ``lru``, ``file``) for pages of ``page_bytes`` (the model's real page size),
     read in 128-page batches into a host buffer. ``store-tiered`` reports DRAM and NVMe: NVMe
     hits are read after the pages were pushed out of DRAM (so each read also promotes, and the
-    promotion demotes another page, as in the replay). ``file`` drops its files from the page
-    cache first, so its figure is a read from the device like our O_DIRECT NVMe tier's."""
+    promotion demotes another page, as in the replay). ``file`` reports its host-tier front (the
+    DRAM LRU) and HiCacheFile, whose files are dropped from the page cache first, so its figure
+    is a read from the device like our O_DIRECT NVMe tier's."""
     n = max(32, -(-target_bytes // page_bytes))
     pool = HostPool(page_bytes, slots=min(n, BATCH_PAGES), seed=7)
-    keys_a = [f"calib-a-{i:08d}" for i in range(n)]
-    out: dict = {}
+    keys = [f"calib-a-{i:08d}" for i in range(n)]
     try:
-        def put_all(backend, keys):
-            for b in range(0, len(keys), pool.slots):
-                ks = keys[b:b + pool.slots]
-                backend.put(ks, range(len(ks)), list(range(b, b + len(ks))))
-
-        def read_all(backend, keys, tier, passes=1):
-            best = None
-            for _ in range(passes):
-                t, pages = 0.0, 0
-                for b in range(0, len(keys), pool.slots):
-                    ks = keys[b:b + pool.slots]
-                    dt, (ok, by_tier) = timed_get(backend, ks, range(len(ks)))
-                    t += dt
-                    pages += by_tier.get(tier, ok)
-                if t > 0 and pages:
-                    bw = pages * page_bytes / t / 1e9
-                    best = bw if best is None else max(best, bw)
-            return best
-
         if kind in ("store-dram", "store-tiered", "store-nvme"):
-            region = max(64 * MiB, round_up(4 * (page_bytes + NVME_RECORD_HEADER), MiB))
-            slab = max(DRAM_SLAB, round_up(page_bytes, GRANULE) * 4)
-            dram_cap = dram_capacity_for(n, page_bytes, slab)
-            slots = dram_slots(dram_cap, page_bytes, slab)
-            nv = {"path": os.path.join(workdir, "calib-nvme.data"),
-                  "capacity": nvme_capacity_for(3 * (n + slots), page_bytes, region), "region_size": region}
-            dr = {"capacity": dram_cap, "slab_size": slab}
-            if kind == "store-dram":
-                b = StoreBackend(pool, dr, None)
-                put_all(b, keys_a)
-                out["dram"] = read_all(b, keys_a, "dram", passes=3)
-            elif kind == "store-nvme":
-                b = StoreBackend(pool, None, nv)
-                put_all(b, keys_a)
-                out["nvme"] = read_all(b, keys_a, "nvme")
-            else:
-                b = StoreBackend(pool, dr, nv)
-                put_all(b, keys_a)
-                out["dram"] = read_all(b, keys_a, "dram", passes=3)
-                put_all(b, [f"calib-b-{i:08d}" for i in range(slots)])   # pushes all of A to NVMe
-                out["nvme"] = read_all(b, keys_a, "nvme")
-            b.close()
-            try:
-                os.remove(nv["path"])
-            except FileNotFoundError:
-                pass
-        elif kind == "lru":
-            b = PyLruBackend(pool, n)
-            put_all(b, keys_a)
-            out["dram"] = read_all(b, keys_a, "dram", passes=3)
-            b.close()
-        elif kind == "file":
-            d = os.path.join(workdir, "calib-file")
-            b = HiCacheFileBackend(pool, d, 0)
-            put_all(b, keys_a)
-            b.drop_page_cache()
-            out["file"] = read_all(b, keys_a, "file")
-            b.close()
-        else:
-            raise ValueError(kind)
+            return _calibrate_store(kind, pool, keys, workdir)
+        if kind == "lru":
+            return _calibrate_lru(pool, keys)
+        if kind == "file":
+            return {**_calibrate_lru(pool, keys), **_calibrate_file(pool, keys, workdir)}
+        raise ValueError(kind)
     finally:
         pool.close()
-    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ def _f(x, digits=1, scale=1.0, suffix=""):
 
 TABLE_HEADERS = ["config", "hit %", "of ceiling", "dram %", "nvme/file %", "x LRU",
                  "read GB", "written GB", "get GB/s", "get p50/p99 ms", "put p99 ms",
-                 "TTFT mean/p50/p99 ms", "wall s"]
+                 "modeled TTFT mean/p50/p99 ms", "wall s"]
 
 
 def table_rows(results: Sequence[dict]) -> list:
@@ -78,6 +77,24 @@ def markdown_table(results: Sequence[dict]) -> str:
     for row in table_rows(results):
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def failure_lines(results: Sequence[dict]) -> list:
+    """One line per configuration whose replay had wrong bytes, pages not stored, or gets that
+    returned fewer pages than ``batch_is_exist`` promised (each makes the run fail)."""
+    out = []
+    for r in results:
+        parts = []
+        if r.get("verify_errors"):
+            parts.append(f"{r['verify_errors']} pages read back wrong")
+        if r.get("put_failures"):
+            parts.append(f"{r['put_failures']} pages not stored by put")
+        if r.get("short_gets"):
+            parts.append(f"{r['short_gets']} gets came back short ({r.get('short_get_pages', '?')} pages "
+                         f"that batch_is_exist had reported present)")
+        if parts:
+            out.append(f"{r['name']}: " + "; ".join(parts))
+    return out
 
 
 BEATS_MARGIN = 0.01   # "beats" = at least 1% more hit tokens; less is a tie
@@ -184,44 +201,3 @@ def _plot_ttft(results, outdir, title, plt) -> list:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr (``\\r`` redraws on a terminal; a line per 10% when
-    stderr is a file or pipe)."""
-
-    def __init__(self, total: int, label: str, width: int = 28, stream=None, line_mode: bool = False):
-        self.total, self.label, self.width = max(1, total), label, width
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() and not line_mode
-        self.t0 = time.monotonic()
-        self._last = 0.0
-        self._last_decile = -1
-
-    def update(self, done: int, note: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        frac = done / self.total
-        if self.tty:
-            if not force and now - self._last < 0.25 and done < self.total:
-                return
-            self._last = now
-            fill = int(frac * self.width)
-            el = now - self.t0
-            eta = el / frac - el if frac > 0 else 0.0
-            self.stream.write(f"\r{self.label} |{'#' * fill}{'.' * (self.width - fill)}| "
-                              f"{done}/{self.total} {frac * 100:3.0f}% {el:5.0f}s eta {eta:4.0f}s {note}\x1b[K")
-            self.stream.flush()
-        else:
-            decile = int(frac * 10)
-            if decile != self._last_decile and (done < self.total or force):
-                self._last_decile = decile
-                self.stream.write(f"{self.label} {done}/{self.total} {frac * 100:3.0f}% "
-                                  f"{now - self.t0:.0f}s {note}\n")
-                self.stream.flush()
-
-    def close(self, note: str = "") -> None:
-        self._last_decile = -1
-        self.update(self.total, note, force=True)
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -1,46 +1,53 @@
 #!/usr/bin/env python3
-"""Store benchmark (issue 3): a client process talks to the per-host node, in batches of 128 KV
-pages, and is compared with what the machine can do in the same run.
+"""Store benchmark: a client process talks to the per-host node, in batches of 128 KV pages, each
+ratio paired with the limit measured alternately in the same run.
 
 For each page size (default 256K, 1M, 4M) it starts a private node (node mode, Unix socket under
 ``--sock-dir``, NVMe data file under ``--dir``; DRAM sized to hold one set of ``--set-mib`` MiB,
-NVMe sized to hold two) and measures, from this process, with every call timed on its own:
+NVMe to hold two and a half) and measures, from this process, every call timed on its own:
 
-* **put dram, cold arena**  ``batch_put_from`` of a warm-up set into the node's fresh arena (the
-  first write to each arena page faults it in); then ``remove_all`` empties DRAM;
-* **put dram**  ``batch_put_from`` of set A into empty, already-touched DRAM (no eviction);
-* **exists**  ``batch_is_exist`` of 128 keys of A, repeated (``--exists-calls``): median, p99;
-* **get dram**  ``batch_get_into`` of A, ``--passes`` times (DRAM hits);
-* **put+demote**  ``batch_put_from`` of set B: DRAM is full, so every put evicts a page of A,
-  which is written to NVMe (demotion) inside the put;
-* **get nvme, dram full**  the first half of A from NVMe; each hit is promoted into DRAM, which
-  evicts (and demotes) a page of B;
-* then B is removed (``remove`` per key), which frees DRAM slots;
-* **get nvme**  the second half of A from NVMe, promoted into free DRAM (nothing evicted): the
-  NVMe read path alone, compared with fio;
-* **get nvme after restart**  the node is restarted (SIGTERM seals NVMe; DRAM comes back empty,
-  in a fresh arena) and the first half of A is read from NVMe again.
+* **put dram, cold arena**  ``batch_put_from`` of a set into the node's fresh arena (the first
+  write to each arena page may fault it in; a figure, no limit); ``remove_all`` empties DRAM;
+* **put dram**  vs **memcpy in**: ``remove_all`` (untimed), then ``batch_put_from`` of set A into
+  empty, already-touched DRAM; the limit copies the same pages from the same client buffer into
+  memory of the arena's kind (hugetlb / THP / 4 KiB shared memfd, as csrc/dram/dram_arena.cpp
+  makes it: ``ArenaBuffer``), one ``memmove`` per page as the client does;
+* **exists**  ``batch_is_exist`` of 128 keys of A (``--exists-calls``), through the Store and
+  through the raw ``NodeClient`` (the transport alone): median, p99 (a figure);
+* **get dram**  vs **memcpy out**: ``batch_get_into`` of A (DRAM hits), every page verified; the
+  limit copies the same bytes out of the arena-kind memory into the client's get buffer;
+* **put+demote**  vs **fio write**: ``batch_put_from`` of a fresh set into a full DRAM, so every
+  put demotes a page to NVMe inside the call (steady state: the NVMe tier is full too and reclaims
+  its oldest region as it goes); the limit is fio writing the same bytes at the same block size and
+  the store's queue depth;
+* **get nvme**  vs **fio read**: per sample, a fresh set X is put and pushed to NVMe by a second
+  set Y; the first half of X is read while DRAM is full (**get nvme, dram full**, a figure: each
+  promotion evicts and demotes a page of Y); Y is removed, which frees DRAM; the page cache is
+  dropped; the second half of X is read, each page promoted into a free slot: the NVMe read path
+  alone, paired with fio reading the same bytes; X is removed;
+* **get nvme after restart**  (a figure) the node is restarted (SIGTERM seals NVMe; DRAM comes
+  back empty) and a set that was pushed to NVMe is read back.
 
-Baselines, measured in the same run on the same buffers and file system:
-
-* **memcpy**  single-thread ``ctypes.memmove`` of the same pages (128 per batch) from the put
-  buffer to the get buffer;
-* **fio**  ``ioengine=io_uring, direct=1``, same block size, ``--qds`` (default 16 and 64),
-  ``rw=write`` then ``rw=read`` on a file in ``--dir`` (the same file system as the data file).
+**Pairing.** Each paired point alternates ours and its limit in ABBA order (ours, limit, limit,
+ours, ...) with equal volumes, until the timed seconds of both reach ``--seconds`` (default 10)
+over an even number of pairs; the table shows the median of the paired ratios with their
+min-max. A figure without a limit repeats ours alone for the same budget (median [min-max]).
+The page cache is dropped before every read phase (ours and fio's; needs root, else a note).
 
 Targets (reported, not asserted): put dram and get dram >= 70% of memcpy; exists of 128 keys
-< 100 us median; get nvme >= 85% of the best fio read. Every page read is compared byte for byte
-with what was written; the exit status is 1 if any page came back wrong or any call failed,
-2 for a setup problem, 0 otherwise (whether or not targets are met).
+< 100 us median; get nvme >= 85% of fio read. Every page read is compared byte for byte with what
+was written; the exit status is 1 if any page came back wrong or any call failed, 2 for a setup
+problem, 0 otherwise (whether or not targets are met).
 
 GB/s are decimal (1e9 bytes/s) over the time inside the store calls (verification excluded).
-Output: progress on stderr, a table on stdout, then one line of JSON ``{"bench": "store_node", ...}``.
+Output: progress on stderr (a bar per point on a terminal), a table on stdout, then one line of
+JSON ``{"bench": "store_node", ...}``.
 
 Examples::
 
-    .venv/bin/python bench/store_bench.py                 # default run: 256K, 1M, 4M pages, 1 GiB sets (about 1-2 minutes)
-    .venv/bin/python bench/store_bench.py --quick         # 1M pages, 256 MiB sets (about 15 seconds)
-    .venv/bin/python bench/store_bench.py --sizes 1M --set-mib 4096 --dir /mnt/nvme --qds 16,32,64
+    .venv/bin/python bench/store_bench.py                 # default: 256K, 1M, 4M pages, 1 GiB sets, >= 10 s per point
+    .venv/bin/python bench/store_bench.py --quick         # smoke test: 1M pages, 128 MiB sets, --seconds 1
+    .venv/bin/python bench/store_bench.py --sizes 1M --set-mib 4096 --dir /mnt/nvme
 """
 
 from __future__ import annotations
@@ -49,7 +56,6 @@ import argparse
 import ctypes
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -60,259 +66,346 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_common as bc  # noqa: E402
 
 from mooncake_hicache import load_config  # noqa: E402
-from mooncake_hicache.errors import MooncakeHiCacheError  # noqa: E402
+from mooncake_hicache.errors import ErrorCode, MooncakeHiCacheError  # noqa: E402
 from mooncake_hicache.workload import (  # noqa: E402
-    BenchStore, PageSlots, PhaseResult, Progress, close_bench_run, counters_delta, exists_latency, get_pages,
+    BenchStore, PageSlots, PhaseResult, close_bench_run, counters_delta, exists_latency, get_pages,
     make_keys, node_log_tail, private_config, put_pages, tier_counters)
 
 KiB, MiB, GiB = bc.KiB, bc.MiB, bc.GiB
 BATCH = 128  # keys per call, SGLang's STORAGE_BATCH_SIZE
+NVME_SETS = 2.5  # the NVMe tier holds this many sets (so a set pushed there survives a sample)
 
 TARGETS = {"put_dram_vs_memcpy": 0.70, "get_dram_vs_memcpy": 0.70, "exists_us_p50": 100.0,
            "get_nvme_vs_fio": 0.85}
-QUICK = {"sizes": "1M", "set_mib": 256, "passes": 1, "exists_calls": 200}
-DEFAULTS = {"sizes": "256K,1M,4M", "set_mib": 1024, "passes": 3, "exists_calls": 1000}
+QUICK = {"sizes": "1M", "set_mib": 128, "exists_calls": 200, "seconds": 1.0}
+DEFAULTS = {"sizes": "256K,1M,4M", "set_mib": 1024, "exists_calls": 1000, "seconds": 10.0}
+
+# (key, label, limit, target key): the rows of the report, in order
+POINTS = [("put_dram_cold", "put dram, cold arena", None, None),
+          ("put_dram", "put dram", "memcpy in", "put_dram_vs_memcpy"),
+          ("get_dram", "get dram", "memcpy out", "get_dram_vs_memcpy"),
+          ("put_demote", "put+demote to nvme", "fio write", None),
+          ("get_nvme_dram_full", "get nvme, dram full", None, None),
+          ("get_nvme", "get nvme", "fio read", "get_nvme_vs_fio"),
+          ("get_nvme_restart", "get nvme after restart", None, None)]
 
 
-def memcpy_baseline(slots: PageSlots, pages: int, reps: int) -> dict:
-    """Single-thread memmove of ``pages`` pages (batches of up to ``slots.slots``) from the put
-    buffer to the get buffer, ``reps`` times; GB/s over all copies and per-batch median."""
-    size = slots.page_size
-    per_batch = []
-    total_s = 0.0
-    total_b = 0
-    move = ctypes.memmove
-    for _ in range(reps):
-        for s in range(0, pages, slots.slots):
-            n = min(slots.slots, pages - s)
-            src = [slots.put.addr + j * size for j in range(n)]
-            dst = [slots.get.addr + j * size for j in range(n)]
-            t0 = time.perf_counter()
-            for d, p in zip(dst, src):
-                move(d, p, size)
-            dt = time.perf_counter() - t0
-            per_batch.append(n * size / dt / 1e9)
-            total_s += dt
-            total_b += n * size
-    return {"gbps": round(total_b / total_s / 1e9, 3), "batch_gbps_p50": round(statistics.median(per_batch), 3),
-            "bytes": total_b, "seconds": round(total_s, 6)}
+class RawExists:
+    """``batch_is_exist`` straight on a ``NodeClient`` (the transport without the Store layer)."""
+
+    def __init__(self, socket_path: str):
+        from mooncake_hicache import _native
+        self.client = _native.NodeClient(socket_path, 5000)
+
+    def batch_is_exist(self, keys):
+        return self.client.batch_exists(list(keys))
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def fio_points(path: str, size: int, total: int, qds: list[int]) -> dict:
-    """fio write (highest QD; it lays the file out) then reads at each QD; GB/s per point."""
-    out: dict[str, Any] = {}
-    try:
-        bc.drop_caches()
-        w = bc.run_fio(path, "write", size, max(qds), total, ioengine="io_uring", direct=True)
-        out[f"write_qd{max(qds)}"] = round(w["bw_bytes"] / 1e9, 3)
-        for qd in qds:
-            r = bc.run_fio(path, "read", size, qd, total, ioengine="io_uring", direct=True)
-            out[f"read_qd{qd}"] = round(r["bw_bytes"] / 1e9, 3)
-        out["command"] = r["command"]
-    except (FileNotFoundError, bc.FioError) as e:
-        out["error"] = str(e).splitlines()[0]
-    finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    return out
+class SizeBench:
+    """Every measurement for one page size, against one private node (see the module docstring)."""
 
+    def __init__(self, args, size: int, set_pages: int, failures: list[str]):
+        self.args, self.size, self.set_pages, self.failures = args, size, set_pages, failures
+        self.label = bc.fmt_size(size)
+        self.set_bytes = set_pages * size
+        self.half = max(1, set_pages // 2)
+        self.sock_dir = tempfile.mkdtemp(prefix="mch", dir=args.sock_dir)
+        self.data_dir = tempfile.mkdtemp(prefix="mch-store-bench-", dir=args.dir)
+        self.fio_path = os.path.join(self.data_dir, "fio.data")
+        self.bench: Optional[BenchStore] = None
+        self.slots: Optional[PageSlots] = None
+        self.arena: Optional[bc.ArenaBuffer] = None
+        self.out: dict[str, Any] = {"page_size": size, "set_pages": set_pages, "set_bytes": self.set_bytes,
+                                    "points": {}, "notes": []}
+        self.phase: dict[str, PhaseResult] = {}
+        self.dram_full_samples: list[dict] = []
 
-def run_size(args, size: int, set_pages: int, progress: Progress, failures: list[str]) -> dict:
-    """Every measurement for one page size; see the module docstring."""
-    sock_dir = tempfile.mkdtemp(prefix="mch", dir=args.sock_dir)
-    data_dir = tempfile.mkdtemp(prefix="mch-store-bench-", dir=args.dir)
-    bench = None
-    slots = None
-    out: dict[str, Any] = {"page_size": size, "set_pages": set_pages, "set_bytes": set_pages * size}
-    label = bc.fmt_size(size)
-    try:
-        raw = private_config(size, 2 * set_pages, set_pages, sock_dir, data_dir, mode=args.mode)
-        config = load_config(raw)
-        out["config"] = {"dram_capacity": config.tiers.dram.capacity, "slab_size": config.tiers.dram.slab_size,
-                         "nvme_capacity": config.tiers.nvme.capacity, "region_size": config.tiers.nvme.region_size}
-        bc.progress(f"{label}: starting a {config.resolved_mode} store (dram {bc.fmt_size(config.tiers.dram.capacity)}, "
-                    f"nvme {bc.fmt_size(config.tiers.nvme.capacity)} in {data_dir})")
+    # ---- lifetime ----
+
+    def start(self) -> None:
+        raw = private_config(self.size, int(NVME_SETS * self.set_pages), self.set_pages, self.sock_dir,
+                             self.data_dir, mode=self.args.mode)
+        self.config = config = load_config(raw)
+        self.fio_qd = self.args.fio_qd or config.tiers.nvme.queue_depth
+        self.out["config"] = {"dram_capacity": config.tiers.dram.capacity, "slab_size": config.tiers.dram.slab_size,
+                              "nvme_capacity": config.tiers.nvme.capacity, "region_size": config.tiers.nvme.region_size,
+                              "nvme_queue_depth": config.tiers.nvme.queue_depth, "hugepages": config.tiers.dram.hugepages}
+        bc.progress(f"{self.label}: starting a {config.resolved_mode} store (dram {bc.fmt_size(config.tiers.dram.capacity)}, "
+                    f"nvme {bc.fmt_size(config.tiers.nvme.capacity)} in {self.data_dir})")
         try:
             t0 = time.perf_counter()
-            bench = BenchStore(config)
-            out["start_s"] = round(time.perf_counter() - t0, 3)
+            self.bench = BenchStore(config)
+            self.out["start_s"] = round(time.perf_counter() - t0, 3)
         except MooncakeHiCacheError:
             tail = node_log_tail(config)
             if tail:
                 print(f"--- node log ---\n{tail}", file=sys.stderr)
             raise
-        keys, depths = make_keys(2 * set_pages)
-        slots = PageSlots(size, min(BATCH, set_pages), seed=size)
-        slots.register(bench.store)
-        a = range(0, set_pages)
+        self.slots = PageSlots(self.size, min(BATCH, self.set_pages), seed=self.size)
+        self.slots.register(self.bench.store)
+        self.arena = bc.ArenaBuffer(self.set_bytes, hugepages=config.tiers.dram.hugepages)
 
-        memcpy_runs = [memcpy_baseline(slots, set_pages, reps=max(1, args.passes))]
-
-        def phase_put(name, start, stop):
-            r = PhaseResult(name)
-            c0 = tier_counters(bench.stats())
-            e0 = (bench.stats().get("dram") or {}).get("evictions", 0)
-            progress.start(f"{label} {name}", stop - start)
-            put_pages(bench.store, slots, keys, depths, start, stop, BATCH, r, progress)
-            st = bench.stats()
-            r.tier_hits = counters_delta(c0, tier_counters(st))
-            r.tier_hits["dram_evictions"] = (st.get("dram") or {}).get("evictions", 0) - e0
-            progress.finish(r.pages, bc.gbps(r.bytes, r.seconds), f"  evictions {r.tier_hits['dram_evictions']}")
-            if r.errors:
-                failures.append(f"{label} {name}: {r.errors} puts failed")
-            return r
-
-        def phase_get(name, idx, passes=1, expect_tier=None):
-            r = PhaseResult(name)
-            c0 = tier_counters(bench.stats())
-            progress.start(f"{label} {name}", len(idx) * passes)
-            for _ in range(passes):
-                get_pages(bench.store, slots, keys, idx, BATCH, r, progress, failures=failures)
-            r.tier_hits = counters_delta(c0, tier_counters(bench.stats()))
-            progress.finish(r.pages, bc.gbps(r.bytes, r.seconds),
-                            f"  dram {r.tier_hits['dram_hits']}, nvme {r.tier_hits['nvme_hits']}, miss {r.tier_hits['misses']}")
-            if r.errors or r.misses or r.mismatches:
-                failures.append(f"{label} {name}: {r.mismatches} wrong pages, {r.errors} errors, {r.misses} misses")
-            if expect_tier and r.tier_hits.get(expect_tier, 0) < r.pages:
-                out.setdefault("notes", []).append(
-                    f"{name}: only {r.tier_hits.get(expect_tier, 0)} of {r.pages} gets were {expect_tier}")
-            return r
-
-        phases = {}
-        # Warm-up: the first put into a fresh arena pays its page faults; measure it, then empty
-        # DRAM (remove_all) so the timed puts below land in memory the node has touched once.
-        phases["put_dram_cold"] = phase_put("put dram, cold arena", set_pages, 2 * set_pages)
-        rc = bench.store.remove_all()
-        if rc != 0:
-            failures.append(f"{label} remove_all returned {rc}")
-        phases["put_dram"] = phase_put("put dram", 0, set_pages)
-        exists = exists_latency(bench.store, [keys[i] for i in a], BATCH, min_samples=args.exists_calls)
-        if exists["found"] != set_pages:
-            failures.append(f"{label} exists: found {exists['found']} of {set_pages} keys just written")
-        phases["get_dram"] = phase_get("get dram", list(a), args.passes, "dram_hits")
-        # memcpy again right after: the machine may be shared, so the baseline is the better of
-        # the two medians around the DRAM phases (the harder target).
-        memcpy_runs.append(memcpy_baseline(slots, set_pages, reps=max(1, args.passes)))
-        out["memcpy"] = dict(max(memcpy_runs, key=lambda m: m["batch_gbps_p50"]),
-                             runs_batch_gbps_p50=[m["batch_gbps_p50"] for m in memcpy_runs])
-        # Set B fills DRAM again: every put evicts a page of A, which is demoted to NVMe.
-        phases["put_demote"] = phase_put("put+demote", set_pages, 2 * set_pages)
-        half = max(1, set_pages // 2)
-        first, second = list(range(0, half)), list(range(half, set_pages))
-        # First half of A from NVMe while DRAM is full: each promotion evicts (demotes) a B page.
-        phases["get_nvme_dram_full"] = phase_get("get nvme, dram full", first, 1, "nvme_hits")
-        # Drop B: DRAM gets free (already touched) slots, so the second half of A is read from
-        # NVMe and promoted without evicting anything: the NVMe read path alone.
-        t0 = time.perf_counter()
-        bad = sum(1 for i in range(set_pages, 2 * set_pages) if bench.store.remove(keys[i]) not in (0, -704))
-        out["remove_b_s"] = round(time.perf_counter() - t0, 3)
-        if bad:
-            failures.append(f"{label} remove: {bad} removes failed")
-        if second:
-            phases["get_nvme"] = phase_get("get nvme", second, 1, "nvme_hits")
-        # Restart: SIGTERM seals NVMe; the new node's DRAM is empty (and its arena untouched).
-        out["restart_s"] = round(bench.restart(), 3)
-        slots.register(bench.store)
-        phases["get_nvme_restart"] = phase_get("get nvme after restart", first, 1, "nvme_hits")
-        final = bench.stats()
-        out["phases"] = {k: v.to_dict() for k, v in phases.items()}
-        out["exists"] = exists
-        out["dram_page_kind"] = (final.get("dram") or {}).get("page_kind")
-        out["nvme_io_backend"] = (final.get("nvme") or {}).get("io_backend")
-        out["checksum_failures"] = (final.get("nvme") or {}).get("checksum_failures")
-    finally:
-        close_bench_run(slots, bench, os.path.join(sock_dir, "node.sock"))
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-    if not args.skip_fio:
-        fio_dir = tempfile.mkdtemp(prefix="mch-store-bench-fio-", dir=args.dir)
+    def close(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
         try:
-            bc.progress(f"{label}: fio io_uring direct=1 bs={label} qd {','.join(map(str, args.qd_list))}")
-            out["fio"] = fio_points(os.path.join(fio_dir, "fio.data"), size, max(set_pages * size, 256 * MiB),
-                                    args.qd_list)
+            close_bench_run(self.slots, self.bench, os.path.join(self.sock_dir, "node.sock"))
         finally:
-            shutil.rmtree(fio_dir, ignore_errors=True)
-    out["ratios"] = ratios(out)
-    return out
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @property
+    def store(self):
+        return self.bench.store
+
+    # ---- building blocks ----
+
+    def fresh_set(self) -> tuple[list[str], list[int]]:
+        return make_keys(self.set_pages)
+
+    def result(self, key: str) -> PhaseResult:
+        return self.phase.setdefault(key, PhaseResult(key))
+
+    def count_tiers(self, r: PhaseResult, before: dict) -> None:
+        """Add the node's tier counters since ``before`` (hits per tier, demotions) to ``r``."""
+        for k, v in counters_delta(before, tier_counters(self.bench.stats())).items():
+            r.tier_hits[k] = r.tier_hits.get(k, 0) + v
+
+    def timed_put(self, key: str, keys, depths) -> dict:
+        """Put a whole set; one sample of point ``key`` (its batches accumulate there)."""
+        r = self.result(key)
+        b0, s0, e0 = r.bytes, r.seconds, r.errors
+        c0 = tier_counters(self.bench.stats())
+        put_pages(self.store, self.slots, keys, depths, 0, len(keys), BATCH, r)
+        self.count_tiers(r, c0)
+        if r.errors > e0:
+            self.failures.append(f"{self.label} {key}: {r.errors - e0} puts failed")
+        return {"gbps": bc.gbps(r.bytes - b0, r.seconds - s0), "seconds": r.seconds - s0}
+
+    def timed_get(self, key: str, keys, indexes) -> dict:
+        """Get ``indexes`` of a set, every page verified; one sample of point ``key``."""
+        r = self.result(key)
+        b0, s0 = r.bytes, r.seconds
+        bad0 = r.errors + r.misses + r.mismatches
+        c0 = tier_counters(self.bench.stats())
+        get_pages(self.store, self.slots, keys, indexes, BATCH, r, failures=self.failures)
+        self.count_tiers(r, c0)
+        if r.errors + r.misses + r.mismatches > bad0:
+            self.failures.append(f"{self.label} {key}: {r.mismatches} wrong pages, {r.errors} errors, "
+                                 f"{r.misses} misses so far")
+        return {"gbps": bc.gbps(r.bytes - b0, r.seconds - s0), "seconds": r.seconds - s0}
+
+    def put_untimed(self, keys, depths) -> None:
+        codes = []
+        for s in range(0, len(keys), self.slots.slots):
+            idx = range(s, min(len(keys), s + self.slots.slots))
+            for i in idx:
+                self.slots.stamp(i, keys[i])
+            codes += self.store.batch_put_from([keys[i] for i in idx], [self.slots.slot_addr(self.slots.put, i) for i in idx],
+                                               [self.size] * len(idx), depths=[depths[i] for i in idx])
+        if any(codes):
+            self.failures.append(f"{self.label}: {sum(1 for c in codes if c)} untimed puts failed")
+
+    def remove_keys(self, keys) -> None:
+        bad = sum(1 for k in keys if self.store.remove(k) not in (0, ErrorCode.NOT_FOUND))
+        if bad:
+            self.failures.append(f"{self.label} remove: {bad} removes failed")
+
+    def remove_all(self) -> None:
+        rc = self.store.remove_all()
+        if rc != 0:
+            self.failures.append(f"{self.label} remove_all returned {rc}")
+
+    def memcpy(self, into_arena: bool) -> dict:
+        """The memcpy limit: the set's pages between the client's slots and arena-kind memory,
+        one ``memmove`` per page (as the client copies), timed per batch of 128 like ours."""
+        size, slots, move, t = self.size, self.slots, ctypes.memmove, 0.0
+        buf = slots.put if into_arena else slots.get
+        for s in range(0, self.set_pages, slots.slots):
+            pairs = [(self.arena.addr + i * size, slots.slot_addr(buf, i))
+                     for i in range(s, min(self.set_pages, s + slots.slots))]
+            t0 = time.perf_counter()
+            if into_arena:
+                for dst, src in pairs:
+                    move(dst, src, size)
+            else:
+                for src, dst in pairs:
+                    move(dst, src, size)
+            t += time.perf_counter() - t0
+        return {"gbps": bc.gbps(self.set_bytes, t), "seconds": t}
+
+    def fio(self, rw: str, nbytes: int) -> dict:
+        bc.drop_caches()
+        r = bc.run_fio_limit(self.fio_path, rw, self.size, self.fio_qd, nbytes)
+        self.out.setdefault("fio_commands", {})[rw] = r["command"]
+        return {"gbps": r["bw_bytes"] / 1e9, "seconds": r["seconds"]}
+
+    def point(self, key: str, ours, limit=None) -> None:
+        """Run point ``key``: ours against its limit in ABBA pairs, or ours alone."""
+        _, name, lim, _ = next(p for p in POINTS if p[0] == key)
+        if limit is not None and self.args.skip_fio and lim.startswith("fio"):
+            limit = None
+        desc = f"{self.label} {name}" + (f" vs {lim}" if limit else "")
+        summary = bc.run_paired(ours, limit, ("gbps",), self.args.seconds, desc)
+        self.out["points"][key] = dict(summary["gbps"], pairs=summary["pairs"], limit=lim if limit else None)
+
+    def single(self, key: str, *samples: dict) -> None:
+        """Record point ``key`` from samples taken elsewhere (no limit)."""
+        summary = bc.summarize_pairs([(smp, None) for smp in samples], ("gbps",))
+        self.out["points"][key] = dict(summary["gbps"], pairs=summary["pairs"], limit=None)
+
+    # ---- the points ----
+
+    def run(self) -> dict:
+        a_keys, a_depths = self.fresh_set()
+        # the first touch of the arena happens once: one sample
+        self.single("put_dram_cold", self.timed_put("put_dram_cold", *self.fresh_set()))
+        self.remove_all()
+
+        def put_a():
+            self.remove_all()
+            return self.timed_put("put_dram", a_keys, a_depths)
+
+        self.point("put_dram", put_a, lambda: self.memcpy(into_arena=True))
+        self.measure_exists(a_keys)
+        self.point("get_dram", lambda: self.timed_get("get_dram", a_keys, range(self.set_pages)),
+                   lambda: self.memcpy(into_arena=False))
+        c0 = tier_counters(self.bench.stats())
+        self.point("put_demote", lambda: self.timed_put("put_demote", *self.fresh_set()),
+                   lambda: self.fio("write", self.set_bytes))
+        self.out["put_demote_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
+        self.remove_all()
+        c0 = tier_counters(self.bench.stats())
+        second = len(range(self.half, self.set_pages))
+        self.point("get_nvme", self.get_nvme_sample, lambda: self.fio("read", second * self.size))
+        self.out["get_nvme_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
+        self.single("get_nvme_dram_full", *self.dram_full_samples)
+        self.after_restart()
+        self.finish()
+        return self.out
+
+    def get_nvme_sample(self) -> dict:
+        """Set X on NVMe only; its first half read with DRAM full (a figure, kept aside), its
+        second half read after freeing DRAM (the sample); then X is removed."""
+        x, xd = self.fresh_set()
+        y, yd = self.fresh_set()
+        self.put_untimed(x, xd)
+        self.put_untimed(y, yd)  # pushes X to NVMe
+        bc.drop_caches()
+        self.dram_full_samples.append(self.timed_get("get_nvme_dram_full", x, range(self.half)))
+        self.remove_keys(y)
+        bc.drop_caches()
+        sample = self.timed_get("get_nvme", x, range(self.half, self.set_pages))
+        self.remove_keys(x)
+        return sample
+
+    def measure_exists(self, keys) -> None:
+        ex = exists_latency(self.store, keys, BATCH, min_samples=self.args.exists_calls)
+        if ex["found"] != self.set_pages:
+            self.failures.append(f"{self.label} exists: found {ex['found']} of {self.set_pages} keys just written")
+        self.out["exists"] = ex
+        if self.config.resolved_mode == "node":
+            raw = RawExists(self.config.node.socket)
+            try:
+                self.out["exists_raw_client"] = exists_latency(raw, keys, BATCH, min_samples=self.args.exists_calls)
+            finally:
+                raw.close()
+
+    def after_restart(self) -> None:
+        x, xd = self.fresh_set()
+        y, yd = self.fresh_set()
+        self.put_untimed(x, xd)
+        self.put_untimed(y, yd)  # X on NVMe
+        self.out["restart_s"] = round(self.bench.restart(), 3)
+        self.slots.register(self.store)
+        bc.drop_caches()
+        self.single("get_nvme_restart", self.timed_get("get_nvme_restart", x, range(self.set_pages)))
+
+    def finish(self) -> None:
+        final = self.bench.stats()
+        self.out["phases"] = {k: v.to_dict() for k, v in self.phase.items()}
+        for key in ("get_dram", "get_nvme", "get_nvme_restart"):
+            ph = self.out["phases"].get(key) or {}
+            tier = "dram_hits" if key == "get_dram" else "nvme_hits"
+            if ph and ph.get(tier, 0) < ph["pages"]:
+                self.out["notes"].append(f"{key}: only {ph.get(tier, 0)} of {ph['pages']} gets were {tier}")
+        self.out["dram_page_kind"] = (final.get("dram") or {}).get("page_kind")
+        self.out["limit_page_kind"] = self.arena.page_kind
+        if self.out["dram_page_kind"] != self.arena.page_kind:
+            self.out["notes"].append(f"the memcpy limit copies into {self.arena.page_kind} pages, the store's arena "
+                                     f"has {self.out['dram_page_kind']} pages (hugepages ran out?)")
+        self.out["nvme_io_backend"] = (final.get("nvme") or {}).get("io_backend")
+        self.out["checksum_failures"] = (final.get("nvme") or {}).get("checksum_failures")
+        self.out["ratios"] = ratios(self.out)
 
 
 def ratios(r: dict) -> dict:
-    ph = r.get("phases", {})
-    mc = r.get("memcpy", {}).get("batch_gbps_p50")
-    fio_reads = [v for k, v in (r.get("fio") or {}).items() if k.startswith("read_qd") and v]
-    best_fio = max(fio_reads) if fio_reads else None
-    out = {}
-
-    def div(a, b):
-        return round(a / b, 3) if a is not None and b else None
-
-    out["put_dram_vs_memcpy"] = div(ph.get("put_dram", {}).get("gbps"), mc)
-    out["get_dram_vs_memcpy"] = div(ph.get("get_dram", {}).get("gbps"), mc)
+    pts = r.get("points", {})
+    out = {k: (pts.get(p) or {}).get("ratio") for k, p in
+           (("put_dram_vs_memcpy", "put_dram"), ("get_dram_vs_memcpy", "get_dram"), ("get_nvme_vs_fio", "get_nvme"),
+            ("put_demote_vs_fio_write", "put_demote"))}
     out["exists_us_p50"] = (r.get("exists") or {}).get("us_p50")
-    out["get_nvme_vs_fio"] = div(ph.get("get_nvme", {}).get("gbps"), best_fio)
-    out["best_fio_read_gbps"] = best_fio
-    out["met"] = {
-        "put_dram_vs_memcpy": _ge(out["put_dram_vs_memcpy"], TARGETS["put_dram_vs_memcpy"]),
-        "get_dram_vs_memcpy": _ge(out["get_dram_vs_memcpy"], TARGETS["get_dram_vs_memcpy"]),
-        "exists_us_p50": None if out["exists_us_p50"] is None else out["exists_us_p50"] < TARGETS["exists_us_p50"],
-        "get_nvme_vs_fio": _ge(out["get_nvme_vs_fio"], TARGETS["get_nvme_vs_fio"]),
-    }
+    out["met"] = {k: (None if out.get(k) is None else
+                      (out[k] < t if k == "exists_us_p50" else out[k] >= t)) for k, t in TARGETS.items()}
     return out
 
 
-def _ge(x, t):
-    return None if x is None else x >= t
-
-
-def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+def _pct(r: Optional[dict]) -> str:
+    if not r or r.get("ratio") is None:
+        return "-"
+    return f"{100 * r['ratio']:.0f}% [{100 * r['ratio_min']:.0f}-{100 * r['ratio_max']:.0f}]"
 
 
 def _mark(met: Optional[bool]) -> str:
     return "-" if met is None else ("yes" if met else "NO")
 
 
-def print_report(results: list[dict]) -> None:
-    headers = ("size", "operation", "GB/s", "batch ms p50", "batch ms p99", "vs baseline", "target", "met")
+TARGET_TEXT = {"put_dram_vs_memcpy": ">= 70% memcpy", "get_dram_vs_memcpy": ">= 70% memcpy",
+               "get_nvme_vs_fio": ">= 85% fio read"}
+
+
+def report_rows(r: dict) -> list:
+    size, pts, ph = bc.fmt_size(r["page_size"]), r.get("points", {}), r.get("phases", {})
+    met = (r.get("ratios") or {}).get("met", {})
     rows = []
+    for key, name, lim, target in POINTS:
+        p = pts.get(key)
+        if not p:
+            continue
+        batches = ph.get(key) or {}
+        rows.append((size, name, bc.fmt_spread(p), bc.fmt_num(batches.get("batch_ms_p50")),
+                     bc.fmt_num(batches.get("batch_ms_p99")), p.get("limit") or "-", bc.fmt_num(p.get("limit_gbps")),
+                     _pct(p), p["pairs"], TARGET_TEXT.get(target, ""), _mark(met.get(target)) if target else ""))
+    for key, name in (("exists", "exists x128, Store"), ("exists_raw_client", "exists x128, raw NodeClient")):
+        e = r.get(key)
+        if e:
+            rows.append((size, name, "-", f"{e['us_p50']} us", f"{e['us_p99']} us", "-", "-", "-", e["calls"],
+                         "< 100 us p50" if key == "exists" else "", _mark(met.get("exists_us_p50")) if key == "exists" else ""))
+    return rows
+
+
+def print_report(results: list[dict], seconds: float, mode: str) -> None:
+    where = "through the node (a client process)" if mode == "node" else "in this process (in_process mode)"
+    print(f"Store {where}: GB/s (1e9 B/s) median [min-max] over the samples, >= {seconds:g} s per point; "
+          f"vs limit: median of the paired ratios [min-max], ABBA; n: pairs (rows with a limit) or samples")
+    headers = ("size", "operation", "GB/s", "batch ms p50", "batch ms p99", "limit", "limit GB/s", "vs limit",
+               "n", "target", "met")
+    bc.print_table(headers, [row for r in results for row in report_rows(r)])
     for r in results:
         size = bc.fmt_size(r["page_size"])
-        ph, rt, met = r.get("phases", {}), r.get("ratios", {}), r.get("ratios", {}).get("met", {})
-        mc = r.get("memcpy", {})
-        rows.append((size, "memcpy (1 thread)", bc.fmt_num(mc.get("batch_gbps_p50")), "-", "-", "baseline", "", ""))
-        for key, name, ratio, target, m in (
-                ("put_dram_cold", "put dram, cold arena", None, "", None),
-                ("put_dram", "put dram", "put_dram_vs_memcpy", ">= 70% memcpy", "put_dram_vs_memcpy"),
-                ("get_dram", "get dram", "get_dram_vs_memcpy", ">= 70% memcpy", "get_dram_vs_memcpy"),
-                ("put_demote", "put+demote to nvme", None, "", None),
-                ("get_nvme_dram_full", "get nvme, dram full", None, "", None),
-                ("get_nvme", "get nvme", "get_nvme_vs_fio", ">= 85% fio read", "get_nvme_vs_fio"),
-                ("get_nvme_restart", "get nvme after restart", None, "", None)):
-            p = ph.get(key)
-            if not p:
-                continue
-            rows.append((size, name, bc.fmt_num(p["gbps"]), bc.fmt_num(p["batch_ms_p50"]),
-                         bc.fmt_num(p["batch_ms_p99"]), _pct(rt.get(ratio)) if ratio else "", target,
-                         _mark(met.get(m)) if m else ""))
-        e = r.get("exists")
-        if e:
-            rows.append((size, f"exists x{e['keys_per_call']} (us)", "-", f"{e['us_p50']} us", f"{e['us_p99']} us",
-                         "", "< 100 us p50", _mark(met.get("exists_us_p50"))))
-        f = r.get("fio") or {}
-        for k, v in f.items():
-            if k.startswith(("read_qd", "write_qd")):
-                rows.append((size, f"fio {k.replace('_qd', ' qd')}", bc.fmt_num(v), "-", "-",
-                             "baseline" if k.startswith("read") else "", "", ""))
-        if f.get("error"):
-            rows.append((size, "fio", "N/A", "-", "-", f["error"][:40], "", ""))
-    bc.print_table(headers, rows)
-    for r in results:
-        print(f"{bc.fmt_size(r['page_size'])}: restart {r.get('restart_s')} s; dram pages {r.get('dram_page_kind')}; "
-              f"nvme {r.get('nvme_io_backend')}; checksum failures {r.get('checksum_failures')}"
-              + ("; notes: " + "; ".join(r["notes"]) if r.get("notes") else ""))
+        print(f"  {size}: restart {r.get('restart_s')} s; dram pages {r.get('dram_page_kind')}, memcpy limit pages "
+              f"{r.get('limit_page_kind')}; nvme {r.get('nvme_io_backend')}; checksum failures {r.get('checksum_failures')}")
+        for key, _name, lim, _t in POINTS:
+            if lim:
+                for note in bc.ratio_notes(f"{size} {key}", (r.get("points") or {}).get(key), lim):
+                    print(f"  note: {note}")
+        for note in r.get("notes") or []:
+            print(f"  note: {size}: {note}")
+    if not bc.can_drop_caches():
+        print("  note: page cache not dropped (not root): fio's and the node's reads may come from cache")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -320,36 +413,39 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 epilog="See the module docstring for what is measured.")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     p.add_argument("--sizes", help=f"page sizes, comma-separated (default {DEFAULTS['sizes']})")
-    p.add_argument("--set-mib", type=int, help=f"MiB per page set; two sets are written (default {DEFAULTS['set_mib']})")
-    p.add_argument("--passes", type=int, help=f"passes of get dram and memcpy (default {DEFAULTS['passes']})")
+    p.add_argument("--set-mib", type=int, help=f"MiB per page set; DRAM holds one set (default {DEFAULTS['set_mib']})")
+    p.add_argument("--seconds", type=float, help=f"timed seconds per point, ours and limit together, in ABBA "
+                   f"pairs (default {DEFAULTS['seconds']:g}; at least two pairs whatever it says)")
     p.add_argument("--exists-calls", type=int, help=f"timed batch_is_exist calls (default {DEFAULTS['exists_calls']})")
-    p.add_argument("--qds", default="16,64", help="fio queue depths (default 16,64)")
+    p.add_argument("--fio-qd", type=int, default=None, help="fio queue depth (default: the store's tiers.nvme.queue_depth)")
     p.add_argument("--dir", default="/var/tmp", help="where the NVMe data file and the fio file go (default /var/tmp)")
     p.add_argument("--sock-dir", default="/tmp", help="where the node's socket directory goes (default /tmp)")
-    p.add_argument("--skip-fio", action="store_true", help="no fio baseline")
+    p.add_argument("--skip-fio", action="store_true", help="no fio limit (the NVMe rows get no ratio)")
     p.add_argument("--mode", choices=("node", "in_process"), default="node",
                    help="node (default: a client process through the node) or in_process (tiers in this process)")
     args = p.parse_args(argv)
     bc.apply_preset(args, QUICK if args.quick else DEFAULTS)
     try:
         sizes = bc.parse_size_list(args.sizes)
-        args.qd_list = bc.parse_int_list(args.qds)
-        if not sizes or not args.qd_list or args.set_mib <= 0 or args.passes <= 0:
-            raise ValueError("sizes, qds, --set-mib and --passes must be non-empty / positive")
+        if not sizes or args.set_mib <= 0 or args.seconds < 0 or (args.fio_qd is not None and args.fio_qd <= 0):
+            raise ValueError("--sizes must be non-empty, --set-mib and --fio-qd positive, --seconds >= 0")
         os.makedirs(args.dir, exist_ok=True)
     except (ValueError, OSError) as e:
         print(f"store_bench: {e}", file=sys.stderr)
         return 2
+    if not args.skip_fio and bc.fio_path() is None:
+        bc.progress("note: fio is not installed (apt-get install fio); the NVMe rows get no ratio")
+        args.skip_fio = True
 
-    progress = Progress(enabled=True, label_width=30)
     failures: list[str] = []
     results = []
     t0 = time.perf_counter()
     setup_error = None
     for size in sizes:
-        set_pages = max(1, args.set_mib * MiB // size)
+        sb = SizeBench(args, size, max(2, args.set_mib * MiB // size), failures)
         try:
-            results.append(run_size(args, size, set_pages, progress, failures))
+            sb.start()
+            results.append(sb.run())
         except MooncakeHiCacheError as e:
             setup_error = f"{bc.fmt_size(size)}: {type(e).__name__}: {e}"
             print(f"store_bench: {setup_error}", file=sys.stderr)
@@ -358,13 +454,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             traceback.print_exc()
             setup_error = f"{bc.fmt_size(size)}: {type(e).__name__}: {e}"
             break
+        finally:
+            sb.close()
 
-    print_report(results)
+    print_report(results, args.seconds, args.mode)
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
     bc.json_line({"bench": "store_node", "mode": args.mode, "ok": not failures and not setup_error,
-                  "failures": failures, "setup_error": setup_error, "targets": TARGETS,
-                  "batch": BATCH, "results": results, "seconds": round(time.perf_counter() - t0, 1),
+                  "failures": failures, "setup_error": setup_error, "targets": TARGETS, "batch": BATCH,
+                  "seconds_per_point": args.seconds, "cache_dropped": bc.can_drop_caches(),
+                  "fio_extra": list(bc.FIO_URING_EXTRA) if bc._fio_extra_ok else [],
+                  "results": results, "seconds": round(time.perf_counter() - t0, 1),
                   "machine": bc.machine_info(args.dir)})
     if setup_error:
         return 2

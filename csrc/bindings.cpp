@@ -15,6 +15,7 @@ using namespace mch::binding;
 // Other layers bind themselves (one function per folder).
 void bind_tiering(py::module_& m);  // tiering/tiering_bindings.cpp
 void bind_node(py::module_& m);     // node/node_bindings.cpp
+void bind_cluster(py::module_& m);  // cluster/cluster_bindings.cpp
 
 namespace {
 
@@ -136,4 +137,5 @@ PYBIND11_MODULE(_native, m) {
 
   bind_tiering(m);
   bind_node(m);
+  bind_cluster(m);
 }

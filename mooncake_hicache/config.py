@@ -44,6 +44,7 @@ import dataclasses
 import difflib
 import os
 import re
+import socket
 import stat
 from dataclasses import dataclass, field as _dataclass_field
 from fractions import Fraction
@@ -54,6 +55,8 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "ClusterConfig",
+    "ClusterMember",
     "Config",
     "ConfigError",
     "LoggingConfig",
@@ -62,6 +65,7 @@ __all__ = [
     "ENV_PREFIX",
     "CONFIG_ENV_VAR",
     "DEFAULT_NVME_PATH",
+    "EtcdConfig",
     "format_size",
     "load_config",
     "parse_size",
@@ -311,6 +315,308 @@ class LoggingConfig:
     level: str = _setting("INFO", _choice(LOG_LEVELS, str.upper))
 
 
+# --------------------------------------------------------------------------------------------
+# The cluster section (pooled DRAM across hosts; docs/cluster.md)
+# --------------------------------------------------------------------------------------------
+
+TRANSPORTS = ("tcp",)
+LATER_TRANSPORTS = ("rdma", "auto")  # accepted names that arrive with the RDMA work
+REDACTED = "<redacted>"  # what Config.to_dict() shows in place of an inline secret
+MIN_SECRET_BYTES = 16
+MAX_REPLICAS = 8
+DEFAULT_ETCD_PREFIX = "/mooncake-hicache/"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+_SECRET_HOWTO = ("e.g. 'head -c 32 /dev/urandom | base64 > /etc/mooncake-hicache/cluster.secret; "
+                 "chmod 600 /etc/mooncake-hicache/cluster.secret' and set cluster.secret_file to it")
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "*")
+
+
+def _parse_id(value: Any, field: str) -> str:
+    if isinstance(value, str) and _ID_RE.match(value.strip()):
+        return value.strip()
+    raise ConfigError(field, f"invalid id {_show(value)}; {_ID_RULE}")
+
+
+def _parse_host(value: Any, field: str) -> str:
+    if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value.strip()) \
+            and "://" not in value:
+        return value.strip()
+    raise ConfigError(field, f"invalid host {_show(value)}; give a host name or an IP address such as 10.0.0.1 (no scheme, no port)")
+
+
+def _parse_port(value: Any, field: str) -> int:
+    port = _parse_int(value, field)
+    if not 1 <= port <= 65535:
+        raise ConfigError(field, f"port {port} is out of range; choose 1 to 65535")
+    return port
+
+
+def _parse_weight(value: Any, field: str) -> float:
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
+        raise ConfigError(field, f"weight must be a positive number, got {_show(value)}; write e.g. 1 or 2.5")
+    return float(number)
+
+
+def _parse_positive_size(value: Any, field: str) -> int:
+    size = parse_size(value, field)
+    if size == 0:
+        raise ConfigError(field, "capacity must be larger than 0; give the bytes this node contributes, e.g. 64GiB")
+    return size
+
+
+def _parse_secret_path(value: Any, field: str) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value.strip():
+        return os.path.expanduser(value.strip())
+    raise ConfigError(field, f"expected the path of the secret file, got {_show(value)}; {_SECRET_HOWTO}")
+
+
+def _optional(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    return lambda value, field: None if value is None else parse(value, field)
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """One entry of ``cluster.members``: a node and its placement weight: ``capacity`` (the bytes
+    it contributes; then every member gives one) or ``weight`` (a relative number, default 1)."""
+
+    id: str
+    host: str
+    port: int
+    weight: Optional[float] = None
+    capacity: Optional[int] = None
+
+    @property
+    def placement_weight(self) -> float:
+        if self.capacity is not None:
+            return float(self.capacity)
+        return 1.0 if self.weight is None else self.weight
+
+
+_MEMBER_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "id": _parse_id, "host": _parse_host, "port": _parse_port,
+    "weight": _optional(_parse_weight), "capacity": _optional(_parse_positive_size),
+}
+
+
+def _parse_member(raw: Any, field: str) -> ClusterMember:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(field, f"a member must be a mapping such as {{id: node-a, host: 10.0.0.1, port: 7700}}, got {_show(raw)}")
+    for key in raw:
+        if key not in _MEMBER_PARSERS:
+            raise ConfigError(f"{field}.{key}", _unknown_key_message(key, list(_MEMBER_PARSERS)))
+    for key in ("id", "host", "port"):
+        if raw.get(key) is None:
+            raise ConfigError(f"{field}.{key}", f"every member needs {key!r}; add it, e.g. {{id: node-a, host: 10.0.0.1, port: 7700}}")
+    member = ClusterMember(**{k: parse(raw.get(k), f"{field}.{k}") for k, parse in _MEMBER_PARSERS.items()})
+    if member.weight is not None and member.capacity is not None:
+        raise ConfigError(field, "give weight or capacity, not both")
+    return member
+
+
+def _parse_members(value: Any, field: str) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(field, f"members must be a list of {{id, host, port}} mappings, got {_show(value)}")
+    members = tuple(_parse_member(raw, f"{field}[{i}]") for i, raw in enumerate(value))
+    seen: dict[str, int] = {}
+    for i, m in enumerate(members):
+        if m.id in seen:
+            raise ConfigError(f"{field}[{i}].id", f"member id {m.id!r} is listed twice (also at {field}[{seen[m.id]}]); give every node its own id")
+        seen[m.id] = i
+    with_capacity = [i for i, m in enumerate(members) if m.capacity is not None]
+    if with_capacity and len(with_capacity) < len(members):
+        i = next(i for i, m in enumerate(members) if m.capacity is None)
+        raise ConfigError(f"{field}[{i}]", f"member {members[i].id!r} has no capacity while {members[with_capacity[0]].id!r} has one; give every member a capacity (the bytes it contributes), or every member a weight")
+    return members
+
+
+def _parse_endpoint(value: Any, field: str) -> str:
+    from urllib.parse import urlsplit
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError:
+        url, port = None, None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or port is None \
+            or url.path not in ("", "/") or url.query or url.username:
+        raise ConfigError(field, f"invalid etcd endpoint {_show(value)}; write it as http://HOST:PORT, e.g. http://10.0.0.9:2379")
+    return f"{url.scheme}://{url.netloc}"
+
+
+def _parse_endpoints(value: Any, field: str) -> tuple:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(field, f"give one or more etcd endpoints, e.g. [http://10.0.0.9:2379], got {_show(value)}")
+    return tuple(_parse_endpoint(item, f"{field}[{i}]") for i, item in enumerate(items))
+
+
+def _parse_etcd_prefix(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+        raise ConfigError(field, f"invalid key prefix {_show(value)}; write a path such as {DEFAULT_ETCD_PREFIX} (starts with '/', no spaces)")
+    return value if value.endswith("/") else value + "/"
+
+
+def _parse_transport(value: Any, field: str) -> str:
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in TRANSPORTS:
+        return word
+    if word in LATER_TRANSPORTS:
+        raise ConfigError(field, f"transport {word!r} is not available yet (it comes with RDMA support); use tcp")
+    raise ConfigError(field, f"invalid value {_show(value)}; choose one of: {', '.join(TRANSPORTS)}")
+
+
+def _parse_quorum(value: Any, field: str) -> int:
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return 0
+    quorum = _parse_int(value, field)
+    if quorum < 0:
+        raise ConfigError(field, f"write quorum {quorum} is negative; write 'all' or a number of holders from 1 to cluster.replicas")
+    return quorum
+
+
+def _parse_secret(value: Any, field: str) -> str:
+    # Never shows the value: it is a secret.
+    if not isinstance(value, str):
+        raise ConfigError(field, f"the secret must be a string (quote it in YAML); better, put it in a file: {_SECRET_HOWTO}")
+    if value == REDACTED:
+        raise ConfigError(field, f"{REDACTED!r} is the placeholder printed in place of the secret; put the real secret here, or use cluster.secret_file")
+    return value
+
+
+def _secret_bytes(text: bytes, field: str) -> bytes:
+    secret = text.strip()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(field, f"the secret has {len(secret)} bytes, fewer than {MIN_SECRET_BYTES}; use a longer random secret, {_SECRET_HOWTO}")
+    return secret
+
+
+def _read_secret_file(path: str, field: str) -> bytes:
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            text = f.read(1 << 16)
+    except OSError as e:
+        raise ConfigError(field, f"cannot read secret file {path!r}: {e.strerror}; create it, {_SECRET_HOWTO}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(field, f"secret file {path!r} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run 'chmod 600 {path}'")
+    return _secret_bytes(text, field)
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """Dynamic membership through etcd: each node registers under a lease and watches the prefix."""
+
+    endpoints: tuple = _setting(("http://127.0.0.1:2379",), _parse_endpoints)
+    prefix: str = _setting(DEFAULT_ETCD_PREFIX, _parse_etcd_prefix)
+    lease_ttl_s: int = _setting(5, _parse_int)
+
+    def _check(self, where: str) -> None:
+        if not 2 <= self.lease_ttl_s <= 300:
+            raise ConfigError(_joiner(where)("lease_ttl_s"), f"lease TTL {self.lease_ttl_s} s is out of range; choose 2 to 300 (a dead node leaves the view this long after it stops; 5 is a good default)")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The pool across hosts: this node, the members (static list or etcd), replicas, transport,
+    timeouts and the shared secret. Absent (``None``): a single host, as without a cluster."""
+
+    node_id: Optional[str] = _setting(None, _optional(_parse_id))
+    listen_host: str = _setting("127.0.0.1", _parse_host)
+    listen_port: int = _setting(0, _parse_int)
+    advertise_host: Optional[str] = _setting(None, _optional(_parse_host))
+    capacity: Optional[int] = _setting(None, _optional(_parse_positive_size))
+    members: tuple = _setting((), _parse_members)
+    etcd: Optional[EtcdConfig] = _section(EtcdConfig, optional=True)
+    replicas: int = _setting(1, _parse_int)
+    write_quorum: int = _setting(0, _parse_quorum)
+    transport: str = _setting("tcp", _parse_transport)
+    connect_timeout_ms: int = _setting(1000, _parse_int)
+    request_timeout_ms: int = _setting(5000, _parse_int)
+    grace_window_ms: int = _setting(30000, _parse_int)
+    secret: Optional[str] = _dataclass_field(default=None, repr=False, metadata={"parse": _optional(_parse_secret)})
+    secret_file: Optional[str] = _setting(None, _optional(_parse_secret_path))
+
+    @property
+    def self_id(self) -> str:
+        """This node's id: ``node_id``, or the host name when it is not set."""
+        return self.node_id if self.node_id is not None else socket.gethostname().split(".")[0]
+
+    @property
+    def advertised_host(self) -> str:
+        """The address peers use to reach this node."""
+        return self.advertise_host or self.listen_host
+
+    def read_secret(self) -> bytes:
+        """The shared secret (from ``secret_file`` or ``secret``), stripped of surrounding
+        whitespace. Never log it."""
+        if self.secret_file is not None:
+            return _read_secret_file(self.secret_file, "cluster.secret_file")
+        return _secret_bytes((self.secret or "").encode(), "cluster.secret")
+
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if not _ID_RE.match(self.self_id):
+            raise ConfigError(at("node_id"), f"this host's name {self.self_id!r} is not a valid node id; set cluster.node_id ({_ID_RULE})")
+        self._check_listener(at)
+        self._check_membership(at)
+        self._check_numbers(at)
+        self._check_secret(at)
+
+    def _check_listener(self, at: Callable[[str], str]) -> None:
+        if not 0 <= self.listen_port <= 65535:
+            raise ConfigError(at("listen_port"), f"port {self.listen_port} is out of range; choose 1 to 65535, or 0 for no listener")
+        if self.listen_port and self.advertise_host is None and self.listen_host in _WILDCARD_HOSTS:
+            raise ConfigError(at("advertise_host"), f"listen_host {self.listen_host!r} is a wildcard, which peers cannot connect to; set advertise_host to this node's address (better: listen on that address only)")
+
+    def _check_membership(self, at: Callable[[str], str]) -> None:
+        if bool(self.members) == (self.etcd is not None):
+            what = "both" if self.members else "neither"
+            raise ConfigError(at("members"), f"{what} of cluster.members and cluster.etcd are set; list the members statically or give an etcd section, exactly one of them")
+        if self.etcd is not None:
+            return
+        if self.capacity is not None:
+            raise ConfigError(at("capacity"), "capacity is what this node registers in etcd; with static members put capacity on this node's entry in cluster.members")
+        me = next((m for m in self.members if m.id == self.self_id), None)
+        if me is None and self.listen_port:
+            raise ConfigError(at("members"), f"this node ({self.self_id!r}) listens on port {self.listen_port} but is not in cluster.members; add {{id: {self.self_id}, host: ..., port: {self.listen_port}}} or set listen_port: 0")
+        if me is not None and me.port != self.listen_port:
+            raise ConfigError(at("listen_port"), f"this node ({me.id!r}) is listed in cluster.members with port {me.port} but listens on {self.listen_port}; make them the same")
+        if self.replicas > len(self.members):
+            raise ConfigError(at("replicas"), f"replicas {self.replicas} is more than the {len(self.members)} members listed; lower replicas or add members")
+
+    def _check_numbers(self, at: Callable[[str], str]) -> None:
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise ConfigError(at("replicas"), f"replicas {self.replicas} is out of range; choose 1 to {MAX_REPLICAS} (1 = no copies)")
+        if self.write_quorum > self.replicas:
+            raise ConfigError(at("write_quorum"), f"write quorum {self.write_quorum} is more than replicas {self.replicas}; write 'all' or a number from 1 to {self.replicas}")
+        for name, low, high in (("connect_timeout_ms", 1, 600_000), ("request_timeout_ms", 1, 600_000),
+                                ("grace_window_ms", 0, 3_600_000)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(at(name), f"{value} ms is out of range; choose {low} to {high}")
+
+    def _check_secret(self, at: Callable[[str], str]) -> None:
+        if self.secret is not None and self.secret_file is not None:
+            raise ConfigError(at("secret"), "both secret and secret_file are set; keep one (secret_file keeps it out of the configuration)")
+        if self.secret is None and self.secret_file is None:
+            raise ConfigError(at("secret_file"), f"the cluster needs a shared secret (peers prove they know it); {_SECRET_HOWTO}")
+        if self.secret_file is not None:
+            _read_secret_file(self.secret_file, at("secret_file"))
+        else:
+            _secret_bytes(self.secret.encode(), at("secret"))
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. Build it with ``load_config``."""
@@ -320,6 +626,9 @@ class Config:
     node: NodeConfig = _section(NodeConfig)
     metrics: MetricsConfig = _section(MetricsConfig)
     logging: LoggingConfig = _section(LoggingConfig)
+    # None (the default, and what an absent section gives): a single host, no pool across hosts.
+    cluster: Optional[ClusterConfig] = _dataclass_field(
+        default=None, metadata={"section": ClusterConfig, "optional": True})
 
     @property
     def resolved_mode(self) -> str:
@@ -332,11 +641,20 @@ class Config:
     def _check(self, where: str) -> None:
         if self.mode == "node" and self.tiers.dram is None:
             raise ConfigError("mode", "mode 'node' needs a tiers.dram section (its arena carries the bytes between processes); add tiers.dram or set mode: in_process")
+        if self.cluster is not None and self.resolved_mode != "node":
+            raise ConfigError("cluster", "a cluster needs this host's node (it serves this host's share of the pool); add a tiers.dram section and leave mode at auto or node")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, redact_secrets: bool = True) -> dict:
         """The configuration as plain dicts, lists and scalars (sizes as ints); ``load_config``
-        accepts it back."""
-        return dataclasses.asdict(self)
+        accepts it back. An absent ``cluster`` section is left out; an inline ``cluster.secret``
+        shows as ``<redacted>`` unless ``redact_secrets`` is false (a file written with it must
+        be readable only by its owner)."""
+        out = _lists(dataclasses.asdict(self))
+        if out["cluster"] is None:
+            del out["cluster"]
+        elif redact_secrets and out["cluster"]["secret"] is not None:
+            out["cluster"]["secret"] = REDACTED
+        return out
 
     def validate(self) -> "Config":
         """Check the rules that involve several settings or the file system; return ``self``.
@@ -486,6 +804,15 @@ def _read_yaml(path: Union[str, os.PathLike], origin: str) -> Any:
         if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
             problem += f" ({context} started at line {context_mark.line + 1})"
         raise ConfigError("", f"invalid YAML in {shown!r}{where}: {problem}; fix the syntax there") from None
+
+
+def _lists(obj: Any) -> Any:
+    """``obj`` with every tuple turned into a list, so YAML's safe dumper can write it."""
+    if isinstance(obj, dict):
+        return {k: _lists(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_lists(v) for v in obj]
+    return obj
 
 
 def _plain_copy(obj: Any) -> Any:

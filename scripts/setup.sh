@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything mooncake-hicache needs on Debian/Ubuntu, idempotently:
-#   system packages (compiler, liburing, xxhash, fio), a virtualenv in .venv, and an
+#   system packages (compiler, liburing, xxhash, fio, etcd), a virtualenv in .venv, and an
 #   editable build of the package (the C++ extension is compiled here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev fio)
+# etcd-server: the cluster membership tests start a real etcd on free loopback ports (on a host
+# with systemd, Debian also enables an etcd service on :2379: 'systemctl disable --now etcd' if
+# it is not wanted).
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev fio etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -24,7 +27,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml pytest numpy matplotlib
+.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml pytest numpy matplotlib tqdm \
+  "etcd3gw>=2.4"
 # SGLang integration and its tests: CPU torch, the sglang wheel without its (GPU) dependencies,
 # and the few pure-Python packages its mem_cache modules import.
 if [ -f requirements-sglang.txt ] && [ "${MOONCAKE_HICACHE_SKIP_SGLANG:-0}" != "1" ]; then

@@ -4,13 +4,18 @@ and page-aligned buffers with known content."""
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import mmap
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mooncake_hicache import Store
 from mooncake_hicache._native import HAVE_URING
+from skip_reporting import ModuleReportingSkippedTests
 
 MiB = 1 << 20
 
@@ -38,12 +43,50 @@ class Buffer:
             pass
 
 
+@functools.lru_cache(maxsize=64)
 def pattern(key: str, n: int) -> bytes:
-    """Deterministic bytes for a key: every value is checkable without keeping it around."""
-    seed = key.encode()
-    block = (seed + b"|") * (4096 // (len(seed) + 1) + 1)
-    reps = n // len(block) + 1
-    return (block * reps)[:n]
+    """Deterministic bytes for a key: every value is checkable without keeping it around.
+
+    Every 8-byte word is a hash of (key, word offset), so no two 4 KiB blocks of a value, and no
+    two keys, share content: a block swapped, shifted or taken from another key is caught.
+    ``pattern(key, m)`` is a prefix of ``pattern(key, n)`` for m < n. Cached per (key, n)."""
+    if n <= 0:
+        return b""
+    seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    words = np.arange((n + 7) // 8, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the mix intends
+        z = words * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)   # splitmix64 of (seed, offset)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z.astype("<u8").tobytes()[:n]
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    """A module skipped at import (``pytest.importorskip``: the SGLang tests without sglang)
+    reports each of its tests as skipped, with the reason, instead of vanishing from the counts."""
+    return ModuleReportingSkippedTests.from_parent(parent, path=module_path)
+
+
+def page_kind_this_machine_provides(capacity: int) -> str:
+    """What a hugepages arena of ``capacity`` bytes gets here: 2 MiB hugetlb pages when the pool
+    has enough free ones, else shmem THP when the kernel gives shmem huge pages to an madvise,
+    else 4 KiB pages."""
+    pool = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
+    try:
+        free = int((pool / "free_hugepages").read_text()) - int((pool / "resv_hugepages").read_text())
+    except OSError:  # no 2 MiB pool in sysfs: /proc/meminfo, if 2 MiB is the default size
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(info["HugePages_Free"]) - int(info["HugePages_Rsvd"]) \
+            if info.get("Hugepagesize", "").split() == ["2048", "kB"] else 0
+    if free * 2 * MiB >= capacity:
+        return "hugetlb"
+    try:
+        shmem = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read_text()
+    except OSError:
+        return "4k"  # a kernel without THP
+    mode = shmem[shmem.index("[") + 1:shmem.index("]")]
+    return "thp" if mode in ("always", "within_size", "advise", "force") else "4k"
 
 
 def nvme_config(path, **overrides) -> dict:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
+import pwd
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -441,24 +445,85 @@ def test_path_in_an_unwritable_directory_is_rejected():
                  "choose a path on a writable file system")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any directory")
-def test_path_in_a_read_only_directory_is_rejected(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
+def _raise(field: str, reason: str):
+    raise ConfigError(field, reason)
+
+
+def config_error_as_unprivileged_user(make_path) -> tuple[str, str, str]:
+    """``load_config`` of an NVMe path that ``make_path(workdir)`` prepares, as an unprivileged
+    user: this process when it is not root, else a forked child that drops to ``nobody`` (uid
+    65534 when the system has no such user) in a fresh directory that user owns. Returns (path,
+    the ConfigError's field, its reason); skips only when not root and the permissions do not
+    bind this user."""
+    workdir = tempfile.mkdtemp(prefix="mch-perm-", dir="/tmp" if os.geteuid() == 0 else None)  # /tmp: nobody may enter
     try:
-        expect_error(lambda: load_config(nvme_doc(str(locked / "nvme.data")), env={}),
-                     "tiers.nvme.path", f"directory '{locked}' is not writable")
+        if os.geteuid() != 0:
+            path = make_path(workdir)
+            if os.access(path if os.path.exists(path) else os.path.dirname(path), os.W_OK):
+                pytest.skip("not root, and this user may write there anyway (a capability?)")
+            return (path, *_load_config_error(path))
+        try:
+            user = pwd.getpwnam("nobody")
+            uid, gid = user.pw_uid, user.pw_gid
+        except KeyError:
+            uid = gid = 65534
+        os.chown(workdir, uid, gid)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: drop root for good, answer through the pipe, never return to pytest
+            status = 1
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                path = make_path(workdir)
+                answer = [path, *_load_config_error(path)]
+                os.write(write_end, json.dumps(answer).encode())
+                status = 0
+            except BaseException as e:  # noqa: BLE001 - reported by the parent
+                os.write(write_end, json.dumps(["<child failed>", repr(e)]).encode())
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            answer = json.loads(f.read() or b'["<child failed>", "it died without an answer"]')
+        os.waitpid(pid, 0)
+        assert answer[0] != "<child failed>", answer[1]
+        return tuple(answer)
     finally:
-        locked.chmod(0o700)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any file")
-def test_existing_read_only_data_file_is_rejected(data_path):
-    Path(data_path).write_bytes(b"")
-    os.chmod(data_path, 0o400)
-    expect_error(lambda: load_config(nvme_doc(data_path), env={}),
-                 "tiers.nvme.path", "is not readable and writable", "fix its permissions")
+def _load_config_error(path: str) -> tuple[str, str]:
+    try:
+        load_config(nvme_doc(path), env={})
+    except ConfigError as e:
+        return e.field, e.reason
+    return "<no error>", f"load_config accepted {path}"
+
+
+def test_path_in_a_read_only_directory_is_rejected():
+    def locked_dir(workdir):
+        locked = os.path.join(workdir, "locked")
+        os.mkdir(locked, 0o500)
+        return os.path.join(locked, "nvme.data")
+
+    path, field, reason = config_error_as_unprivileged_user(locked_dir)
+    expect_error(lambda: _raise(field, reason), "tiers.nvme.path",
+                 f"directory '{os.path.dirname(path)}' is not writable")
+
+
+def test_existing_read_only_data_file_is_rejected():
+    def read_only_file(workdir):
+        path = os.path.join(workdir, "nvme.data")
+        Path(path).write_bytes(b"")
+        os.chmod(path, 0o400)
+        return path
+
+    _, field, reason = config_error_as_unprivileged_user(read_only_file)
+    expect_error(lambda: _raise(field, reason), "tiers.nvme.path", "is not readable and writable",
+                 "fix its permissions")
 
 
 def test_missing_parent_directories_are_accepted_and_not_created(tmp_path):

@@ -412,7 +412,7 @@ def test_remove_all_then_restart_then_crash_does_not_resurrect_removed_pages(tmp
     with reopen(path, backend) as store:
         assert store.get("x") == pattern("x-new", 40_000)
         got = store.get("K")
-        assert got[:5] == b"K-new", f"K reads {got[:5]!r}...: the value written before remove_all came back"
+        assert got != pattern("K-old", 40_000), "K reads the value written before remove_all"
         assert got == pattern("K-new", 40_000)
         assert store.batch_is_exist(["a", "b", "c", "d", "e"]) == [0] * 5, "removed pages came back"
         assert store.stats()["nvme"]["entries"] == 2

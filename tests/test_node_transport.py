@@ -4,9 +4,7 @@ A node runs in a child process (``_native.TieredStore`` + ``_native.NodeServer``
 ``_native.NodeClient`` objects in this process and in other child processes. Some tests speak
 the wire protocol by hand (``RawClient``) to hold tokens, send bad frames or claim another
 version. Timings are printed, never asserted, except the "no hang" bounds (a multiple of the
-client timeout).
-
-Run ``python tests/test_node_transport.py`` for the latency/bandwidth figures at full size.
+client timeout). Bandwidth and exists latency through the node, against memcpy: bench/store_bench.py.
 """
 
 from __future__ import annotations
@@ -842,72 +840,27 @@ def test_two_processes_with_four_threads_each_share_the_node(start_node):
     wait_for(lambda: node_stats(c)["node"]["pins_held"] == 0, what="the last unpins")
 
 
-# ---- figures (printed, not asserted) ------------------------------------------------------
+# ---- a full arena reused -------------------------------------------------------------------
 
 
-def measure(path: str, dram: int, pages: int = 128, page: int = 1 * MiB, reps: int = 5,
-            exists_calls: int = 2000) -> dict:
-    """Median batch_exists(128) round trip, and put/get bandwidth of `pages`-page batches in the
-    steady state: the whole arena is written once first, so the measured puts reuse slots (as a
-    full cache does) instead of paying the first touch of fresh shared memory."""
-    c = _native.NodeClient(path, 5000)
-    keys128 = [f"{'%064x' % i}-tp0" for i in range(128)]
-    for _ in range(200):
-        c.batch_exists(keys128)
-    lat = []
-    for _ in range(exists_calls):
-        t = time.perf_counter()
-        c.batch_exists(keys128)
-        lat.append(time.perf_counter() - t)
-    lat.sort()
+def test_puts_into_a_full_arena_reuse_evicted_slots_and_every_page_reads_back_its_own_bytes(start_node):
+    """The steady state of a full cache: each round of fresh pages evicts older ones and reuses
+    their arena slots; every put succeeds and every page of the round reads back its own bytes.
+    (Bandwidth and exists latency through the node: bench/store_bench.py.)"""
+    dram, page, pages = 16 * MiB, 1 * MiB, 8
+    node = start_node(dram=dram, slab=4 * MiB)
+    c = _native.NodeClient(node.path, 5000)
     src, dst = Buf(pages * page), Buf(pages * page)
-    for i in range(pages):
-        src.put(i * page, os.urandom(64) * (page // 64))
-    dst.put(0, b"\0" * (pages * page))
-    ptrs = [src.addr + i * page for i in range(pages)]
-    dptrs = [dst.addr + i * page for i in range(pages)]
-    put_t, get_t = [], []
-    warm = -(-dram // (pages * page)) + 1
-    for r in range(warm + reps):
-        keys = [f"bw-{r}-{i}" for i in range(pages)]
-        t = time.perf_counter()
-        res = c.batch_put(keys, ptrs, [page] * pages)
-        dt = time.perf_counter() - t
-        assert res == [0] * pages, res[:4]
-        t = time.perf_counter()
-        res = c.batch_get(keys, dptrs, [page] * pages)
-        dt2 = time.perf_counter() - t
-        assert res == [page] * pages
-        if r >= warm:
-            put_t.append(dt)
-            get_t.append(dt2)
-    ctypes.memmove(dst.addr, src.addr, pages * page)
-    t = time.perf_counter()
-    for _ in range(reps):
-        ctypes.memmove(dst.addr, src.addr, pages * page)
-    memcpy = pages * page * reps / (time.perf_counter() - t) / 1e9
-    total = pages * page
+    rounds = 3 * dram // (pages * page)  # the arena is filled three times over
+    for r in range(rounds):
+        keys = [f"round-{r}-{i}" for i in range(pages)]
+        for i in range(pages):
+            src.put(i * page, os.urandom(64) * (page // 64))
+        assert c.batch_put(keys, [src.addr + i * page for i in range(pages)], [page] * pages) == [0] * pages
+        assert c.batch_get(keys, [dst.addr + i * page for i in range(pages)], [page] * pages) == [page] * pages
+        for i, k in enumerate(keys):
+            assert dst.get(i * page, page) == src.get(i * page, page), (r, k)
+    st = node_stats(c)
+    assert st["dram"]["evictions"] >= (rounds - dram // (pages * page)) * pages
+    assert st["node"]["pins_held"] == 0 and st["node"]["reservations_held"] == 0
     c.close()
-    return {"exists128_median_us": lat[len(lat) // 2] * 1e6, "exists128_p99_us": lat[int(len(lat) * 0.99)] * 1e6,
-            "put_GBps": total / sorted(put_t)[len(put_t) // 2] / 1e9,
-            "get_GBps": total / sorted(get_t)[len(get_t) // 2] / 1e9, "memcpy_GBps": memcpy,
-            "pages": pages, "page": page}
-
-
-def test_report_exists_latency_and_page_bandwidth(start_node):
-    node = start_node(dram=64 * MiB, slab=4 * MiB)
-    m = measure(node.path, 64 * MiB, pages=32, reps=3, exists_calls=1000)
-    print(f"\nbatch_exists(128) through the node: median {m['exists128_median_us']:.1f} us, "
-          f"p99 {m['exists128_p99_us']:.1f} us; {m['pages']} x 1 MiB pages: put {m['put_GBps']:.2f} GB/s, "
-          f"get {m['get_GBps']:.2f} GB/s (single-thread memcpy {m['memcpy_GBps']:.2f} GB/s)")
-
-
-if __name__ == "__main__":
-    d = tempfile.mkdtemp(prefix="mch", dir="/tmp")
-    n = Node(os.path.join(d, "n.sock"), dram=512 * MiB, slab=32 * MiB)
-    try:
-        m = measure(n.path, 512 * MiB, pages=128, reps=8, exists_calls=5000)
-        print(json.dumps(m, indent=1))
-    finally:
-        n.stop()
-        shutil.rmtree(d, ignore_errors=True)

@@ -105,3 +105,57 @@ def test_tiny_replay_accounting(tmp_path):
     assert w["ours-dram+nvme/lru"]["ttft"]["tier_gbps"]["nvme"] == 1000
     assert w["ours-dram+nvme/lru"]["ttft"]["mean_ms"] <= res["ours-dram+nvme/lru"]["ttft"]["mean_ms"]
     assert w["lru-dram"]["ttft"] == res["lru-dram"]["ttft"]
+
+
+class _DroppingBackend:
+    """Wraps a replay backend: every put stores all but the last page of its batch, as a backend
+    that refuses or loses a write would."""
+
+    def __init__(self, inner):
+        self.inner, self.tiers = inner, inner.tiers
+
+    def put(self, keys, slots, depths):
+        return self.inner.put(keys[:-1], slots[:-1], depths[:-1]) if len(keys) > 1 else 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.skipif(not os.path.exists(SAMPLE), reason="bench/traces sample missing")
+def test_replay_fails_and_names_the_config_when_puts_do_not_store_every_page(tmp_path, monkeypatch, capsys):
+    real = replay.make_backend
+    monkeypatch.setattr(replay, "make_backend", lambda *a, **k: _DroppingBackend(real(*a, **k)))
+    rc = replay.main([SAMPLE, "--max-requests", "10", "--scale", "64", "--dram", "128MiB", "--configs", "lru-dram",
+                      "--output", str(tmp_path / "o"), "--workdir", str(tmp_path), "--tier-gbps", "dram=10",
+                      "--no-plots"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "replay: FAILED" in err and "lru-dram:" in err and "pages not stored by put" in err
+    doc = json.loads((tmp_path / "o" / "replay.json").read_text())
+    assert doc["results"][0]["put_failures"] > 0
+
+
+def test_hicache_file_gets_our_total_page_capacity_and_a_host_tier_of_our_dram_pages():
+    sizes = replay.plan(rm.MODELS["0.5b"], 64, 128 << 20, 512 << 20)
+    assert sizes["nvme_pages_max"] >= sizes["nvme_pages"]   # whole regions hold at least the real tier's pages
+    assert sizes["file_max_pages"] == sizes["dram_pages"] + sizes["nvme_pages_max"]
+    assert sizes["file_max_bytes"] == sizes["file_max_pages"] * sizes["page_bytes"]
+    # it evicts one NVMe region's worth of pages at a time, as our tier reclaims a region
+    evicted = sizes["file_max_pages"] * (1 - sizes["file_eviction_ratio"])
+    assert evicted == pytest.approx(sizes["nvme_pages_per_region"], abs=1)
+
+
+@pytest.mark.skipif(not os.path.exists(SAMPLE), reason="bench/traces sample missing")
+def test_hicache_file_baseline_serves_from_its_host_tier_and_its_files(tmp_path):
+    pytest.importorskip("sglang")
+    out = tmp_path / "out"
+    rc = replay.main([SAMPLE, "--max-requests", "30", "--scale", "64", "--dram", "8MiB", "--nvme", "512MiB",
+                      "--configs", "lru-dram,hicache-file", "--output", str(out), "--workdir", str(tmp_path),
+                      "--tier-gbps", "dram=10,file=1", "--no-plots"])
+    assert rc == 0
+    res = {r["name"]: r for r in json.loads((out / "replay.json").read_text())["results"]}
+    f = res["hicache-file"]
+    assert f["tiers"] == ["dram", "file"] and f["verify_errors"] == 0 and f["put_failures"] == 0
+    assert f["hit_tokens"]["dram"] > 0 and f["hit_tokens"]["file"] > 0
+    assert f["hit_tokens"]["total"] >= res["lru-dram"]["hit_tokens"]["total"]
+    assert "modeled TTFT" in (out / "results.md").read_text()

@@ -1,0 +1,149 @@
+// Python bindings of the cluster layer: _native.Placement (cluster/placement.h), speaking member
+// ids where the C++ API speaks member indices, and two timing helpers for bench/placement_bench.py
+// that loop in C++ so the figures hold no Python overhead. Invalid arguments raise ValueError.
+// Batch calls release the GIL once their arguments are converted.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+
+#include "cluster/placement.h"
+#include "common/checksum.h"
+
+namespace py = pybind11;
+using mch::cluster::Fanout;
+using mch::cluster::Placement;
+using mch::cluster::PlacementMember;
+
+namespace {
+
+Fanout fanout_of(const std::string& name) {
+  if (name == "all") return Fanout::kAll;
+  if (name == "one") return Fanout::kOne;
+  throw py::value_error("fanout must be 'all' (every holder: writes) or 'one' (one holder: reads), got '" + name + "'");
+}
+
+std::vector<double> cost_vector(const Placement& p, const std::optional<std::map<std::string, double>>& cost) {
+  if (!cost) return {};
+  std::vector<double> out(p.size(), 0.0);
+  for (const auto& [id, c] : *cost) {
+    int32_t m = p.index_of(id);
+    if (m < 0) throw py::value_error("cost names '" + id + "', which is not a member of this placement");
+    out[m] = c;
+  }
+  return out;
+}
+
+py::list ids_of(const Placement& p, const uint32_t* idx, uint32_t n) {
+  py::list out(n);
+  for (uint32_t i = 0; i < n; i++) out[i] = py::str(p.id(idx[i]));
+  return out;
+}
+
+// Mean ns of call(), which returns a number the loop sums into a volatile so no call is elided.
+double ns_per_call(int iterations, const std::function<size_t()>& call) {
+  if (iterations < 1) throw py::value_error("iterations must be at least 1");
+  py::gil_scoped_release nogil;
+  volatile size_t sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iterations; i++) sink = sink + call();
+  std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / iterations;
+}
+
+// The floor of any hash-based router: one hash per key and a modulo, grouped per member.
+std::vector<std::vector<uint32_t>> hash_mod_route(const std::vector<std::string>& keys, uint32_t members) {
+  std::vector<std::vector<uint32_t>> groups(members);
+  for (uint32_t k = 0; k < keys.size(); k++) groups[XXH3_64bits(keys[k].data(), keys[k].size()) % members].push_back(k);
+  return groups;
+}
+
+void bind_placement(py::module_& m) {
+  py::class_<Placement>(m, "Placement",
+                        "Weighted rendezvous placement over a list of (member id, weight); see docs/cluster.md.")
+      .def(py::init([](const std::vector<std::pair<std::string, double>>& members) {
+             std::vector<PlacementMember> list;
+             for (const auto& [id, w] : members) list.push_back(PlacementMember{id, w});
+             return std::make_unique<Placement>(std::move(list));
+           }),
+           py::arg("members"))
+      .def("__len__", &Placement::size)
+      .def_property_readonly("ids", [](const Placement& p) {
+        std::vector<std::string> out;
+        for (uint32_t i = 0; i < p.size(); i++) out.push_back(p.id(i));
+        return out;
+      })
+      .def_property_readonly("weights", [](const Placement& p) {
+        std::vector<double> out;
+        for (uint32_t i = 0; i < p.size(); i++) out.push_back(p.weight(i));
+        return out;
+      })
+      .def("index_of", &Placement::index_of, py::arg("id"), "Position of a member id in ids, -1 when absent.")
+      .def("holders",
+           [](const Placement& p, const std::string& key, uint32_t replicas) {
+             std::vector<uint32_t> idx(p.holder_count(replicas));
+             p.holders(key, replicas, idx.data());
+             return ids_of(p, idx.data(), static_cast<uint32_t>(idx.size()));
+           },
+           py::arg("key"), py::arg("replicas") = 1, "The ids of the min(replicas, len) holders of key, best first.")
+      .def("batch_holders",
+           [](const Placement& p, const std::vector<std::string>& keys, uint32_t replicas) {
+             uint32_t n = p.holder_count(replicas);
+             std::vector<uint32_t> idx;
+             {
+               py::gil_scoped_release nogil;
+               idx = p.batch_holders(keys, replicas);
+             }
+             py::list out(keys.size());
+             for (size_t k = 0; k < keys.size(); k++) out[k] = ids_of(p, idx.data() + k * n, n);
+             return out;
+           },
+           py::arg("keys"), py::arg("replicas") = 1, "holders() of every key, as a list of id lists.")
+      .def("route",
+           [](const Placement& p, const std::vector<std::string>& keys, uint32_t replicas, const std::string& fanout,
+              const std::optional<std::map<std::string, double>>& cost) {
+             Fanout f = fanout_of(fanout);
+             std::vector<double> c = cost_vector(p, cost);
+             std::vector<std::vector<uint32_t>> groups;
+             {
+               py::gil_scoped_release nogil;
+               groups = p.route(keys, replicas, f, c);
+             }
+             py::dict out;
+             for (uint32_t i = 0; i < groups.size(); i++)
+               if (!groups[i].empty()) out[py::str(p.id(i))] = groups[i];
+             return out;
+           },
+           py::arg("keys"), py::arg("replicas") = 1, py::arg("fanout") = "all", py::arg("cost") = py::none(),
+           "Group a batch by member: {member id: ascending batch indices}. fanout 'all' sends a key to every "
+           "holder (writes); 'one' to the holder of lowest cost (missing ids cost 0; inf = down, never chosen).");
+}
+
+void bind_timers(py::module_& m) {
+  m.def("_placement_route_ns",
+        [](const Placement& p, const std::vector<std::string>& keys, uint32_t replicas, const std::string& fanout,
+           int iterations) {
+          Fanout f = fanout_of(fanout);
+          p.holder_count(replicas);  // validates replicas with the GIL held
+          return ns_per_call(iterations, [&] { return p.route(keys, replicas, f).size(); });
+        },
+        py::arg("placement"), py::arg("keys"), py::arg("replicas"), py::arg("fanout"), py::arg("iterations"),
+        "Bench helper: mean ns of Placement.route(keys) in C++ (no conversions).");
+  m.def("_hash_mod_route_ns",
+        [](const std::vector<std::string>& keys, uint32_t members, int iterations) {
+          if (members == 0) throw py::value_error("members must be at least 1");
+          return ns_per_call(iterations, [&] { return hash_mod_route(keys, members).size(); });
+        },
+        py::arg("keys"), py::arg("members"), py::arg("iterations"),
+        "Bench helper: mean ns of grouping keys by hash(key) % members in C++, the floor of any hash router.");
+}
+
+}  // namespace
+
+void bind_cluster(py::module_& m) {
+  bind_placement(m);
+  bind_timers(m);
+}
