@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_common import fmt_num, json_line, print_table  # noqa: E402
 
 from mooncake_hicache.config import load_config  # noqa: E402
-from mooncake_hicache.workload import (BenchStore, PageSlots, close_bench_run, make_keys,  # noqa: E402
+from mooncake_hicache.bench_command import (BenchStore, PageSlots, close_bench_run, make_keys,  # noqa: E402
                                        private_config)
 
 

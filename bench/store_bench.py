@@ -67,7 +67,7 @@ import _bench_common as bc  # noqa: E402
 
 from mooncake_hicache import load_config  # noqa: E402
 from mooncake_hicache.errors import ErrorCode, MooncakeHiCacheError  # noqa: E402
-from mooncake_hicache.workload import (  # noqa: E402
+from mooncake_hicache.bench_command import (  # noqa: E402
     BenchStore, PageSlots, PhaseResult, close_bench_run, counters_delta, exists_latency, get_pages,
     make_keys, node_log_tail, private_config, put_pages, tier_counters)
 

@@ -1,6 +1,6 @@
 """The ``mooncake-hicache`` command: run a node, check a config, read a node's figures, and run
-the benchmark workload. ``mooncake-hicache --help`` and ``mooncake-hicache COMMAND --help``
-explain each command."""
+the benchmark workload (``bench_command.py``). ``mooncake-hicache --help`` and
+``mooncake-hicache COMMAND --help`` explain each command."""
 
 from __future__ import annotations
 
@@ -72,15 +72,9 @@ def _cmd_check_config(args) -> int:
     return 0
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def stats_table(stats: dict, rates: dict | None = None) -> str:
     """A human-readable summary of a stats dict."""
+    from .config import format_size
     from .metrics import hit_rates
     rows = []
     hr = hit_rates(stats)
@@ -88,8 +82,8 @@ def stats_table(stats: dict, rates: dict | None = None) -> str:
         t = stats.get(tier)
         if not t:
             continue
-        rows.append((tier, f"{t.get('entries', 0):,}", _fmt_bytes(t.get("value_bytes", 0)),
-                     _fmt_bytes(t.get("capacity", 0)), f"{100 * hr.get(tier, 0.0):.1f}%",
+        rows.append((tier, f"{t.get('entries', 0):,}", format_size(t.get("value_bytes", 0)),
+                     format_size(t.get("capacity", 0)), f"{100 * hr.get(tier, 0.0):.1f}%",
                      f"{t.get('evictions', t.get('evicted_pages', 0)):,}", f"{t.get('checksum_failures', 0):,}"))
     head = ("tier", "pages", "bytes", "capacity", "hit rate", "evictions", "checksum failures")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
@@ -139,7 +133,7 @@ def _cmd_stats(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .workload import run_bench
+    from .bench_command import run_bench
     return run_bench(args)
 
 

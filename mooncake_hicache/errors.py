@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 
+from . import _native
+
 
 class MooncakeHiCacheError(Exception):
     """Base class of every exception this package raises."""
@@ -34,25 +36,19 @@ class StoreError(MooncakeHiCacheError, RuntimeError):
     data file in use or of another format). The message says what to change."""
 
 
-class ErrorCode(enum.IntEnum):
-    """Per-key result codes. Values match csrc/status.h; NOT_FOUND and INVALID_PARAMS use the
-    numbers of the Mooncake store so callers written against it read them the same way."""
+def _describe(cls, code: int) -> str:
+    """The member name of ``code`` (``"NOT_FOUND"``), or ``"UNKNOWN(<code>)"``."""
+    try:
+        return cls(code).name
+    except ValueError:
+        return f"UNKNOWN({code})"
 
-    OK = 0
-    INVALID_PARAMS = -600        # empty key, null pointer, zero size, ...
-    BUFFER_TOO_SMALL = -601      # the stored value is larger than the caller's buffers
-    VALUE_TOO_LARGE = -602       # a value larger than the engine can hold in one region
-    KEY_TOO_LONG = -603          # key longer than the limit (see Store.MAX_KEY_LEN)
-    UNREGISTERED_BUFFER = -604   # pointer range not inside a register_buffer() range
-    NOT_FOUND = -704             # miss (also: a record that failed its checksum)
-    IO_ERROR = -800              # the device failed the read or write
-    NO_SPACE = -802              # nothing could be evicted to make room
-    CLOSED = -900                # the store was closed
-    NODE_UNAVAILABLE = -901      # the node is not running or did not answer in time
 
-    @classmethod
-    def describe(cls, code: int) -> str:
-        try:
-            return cls(code).name
-        except ValueError:
-            return f"UNKNOWN({code})"
+# Per-key result codes, built from the extension's table (csrc/common/status.h,
+# MCH_STATUS_CODES), the one place the numbers are written. NOT_FOUND and INVALID_PARAMS use the
+# numbers of the Mooncake store so callers written against it read them the same way.
+ErrorCode = enum.IntEnum("ErrorCode", [(name, value) for name, value, _ in _native.STATUS_CODES],
+                         module=__name__, qualname="ErrorCode")
+ErrorCode.__doc__ = "Per-key result codes:\n\n" + "\n".join(
+    f"* ``{name}`` ({value}): {doc}" for name, value, doc in _native.STATUS_CODES)
+ErrorCode.describe = classmethod(_describe)

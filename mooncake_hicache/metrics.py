@@ -1,24 +1,40 @@
-"""Metrics: the one stats dict (``Store.stats()`` / ``Node.stats()``) rendered for Prometheus,
-and the small HTTP endpoint the node serves it on (``GET /metrics``; ``GET /stats`` gives JSON).
+"""Metrics: the one stats dict (``Store.stats()`` / ``Node.stats()`` / ``mooncake-hicache stats``)
+rendered for Prometheus, and the small HTTP endpoint the node serves it on (``GET /metrics``;
+``GET /stats`` gives JSON).
 
-Every numeric leaf ``stats[section][name]`` becomes ``mooncake_hicache_<section>_<name>``;
-booleans become 0/1 and strings become a ``..._info{name="value"} 1`` series. Hit rates per tier
-are derived here so dashboards need no arithmetic.
+Every field ``stats[section][name]`` becomes ``mooncake_hicache_<section>_<name>``, typed by the
+kind the C++ component declares for it (``_native.metric_kinds()``, from the same field list that
+writes the figures): counters (exposed with the ``_total`` suffix), gauges, flags (0/1 gauges),
+strings (an ``..._info{value="..."} 1`` series) and per-label counters such as
+``mooncake_hicache_node_requests_by_op_total{op="get_pin"}``. Hit rates per tier are derived here
+so dashboards need no arithmetic. The exposition text comes from ``prometheus_client``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+from . import _native
 
 PREFIX = "mooncake_hicache"
 
 
 def _name(*parts: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", "_".join((PREFIX,) + parts))
+
+
+@functools.lru_cache(maxsize=1)
+def metric_kinds() -> dict:
+    """``{section: {field: kind}}`` as the extension declares them."""
+    return _native.metric_kinds()
 
 
 def hit_rates(stats: dict) -> dict:
@@ -33,23 +49,63 @@ def hit_rates(stats: dict) -> dict:
             "any": (t.get("dram_hits", 0) + t.get("nvme_hits", 0)) / gets}
 
 
-def to_prometheus(stats: dict) -> str:
-    """Render a stats dict in the Prometheus text exposition format."""
-    lines = []
+def _guess_kind(value) -> str:
+    """The kind of a field no component declared (figures added in Python)."""
+    if isinstance(value, bool):
+        return "flag"
+    if isinstance(value, (int, float)):
+        return "gauge"
+    if isinstance(value, str):
+        return "info"
+    return "skip"
+
+
+def _family(section: str, key: str, value, kind: str) -> Metric | None:
+    name, doc = _name(section, key), f"{section} {key.replace('_', ' ')}"
+    if kind.startswith("counter:") and isinstance(value, dict):
+        family = CounterMetricFamily(name, doc, labels=[kind.split(":", 1)[1]])
+        for label, n in sorted(value.items()):
+            family.add_metric([str(label)], n)
+        return family
+    if kind == "counter":
+        return CounterMetricFamily(name, doc, value=value)
+    if kind in ("gauge", "flag") and isinstance(value, (int, float)):
+        return GaugeMetricFamily(name, doc, value=float(value))
+    if kind == "info":
+        return InfoMetricFamily(name, doc, value={"value": str(value)})
+    return None  # lists (client pids) have no Prometheus form
+
+
+def families(stats: dict) -> Iterator[Metric]:
+    """The metric families of a stats dict, typed by ``metric_kinds()``."""
+    kinds = metric_kinds()
     for section, values in sorted(stats.items()):
         if not isinstance(values, dict):
             continue
+        declared = kinds.get(section, {})
         for key, value in sorted(values.items()):
-            if isinstance(value, bool):
-                value = int(value)
-            if isinstance(value, (int, float)):
-                lines.append(f"{_name(section, key)} {value}")
-            elif isinstance(value, str):
-                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-                lines.append(f'{_name(section, key, "info")}{{value="{escaped}"}} 1')
+            family = _family(section, key, value, declared.get(key) or _guess_kind(value))
+            if family is not None:
+                yield family
+    rates = GaugeMetricFamily(_name("hit_rate"), "fraction of gets served by each tier", labels=["tier"])
     for tier, rate in sorted(hit_rates(stats).items()):
-        lines.append(f'{_name("hit_rate")}{{tier="{tier}"}} {rate:.6f}')
-    return "\n".join(lines) + "\n"
+        rates.add_metric([tier], rate)
+    yield rates
+
+
+class _StatsCollector:
+    def __init__(self, stats: dict):
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self._stats)
+
+
+def to_prometheus(stats: dict) -> str:
+    """Render a stats dict in the Prometheus text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatsCollector(stats))
+    return generate_latest(registry).decode()
 
 
 class MetricsServer:
@@ -60,7 +116,7 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server naming)
                 if self.path.split("?")[0] == "/metrics":
-                    body, kind = to_prometheus(stats_fn()).encode(), "text/plain; version=0.0.4"
+                    body, kind = to_prometheus(stats_fn()).encode(), CONTENT_TYPE_LATEST
                 elif self.path.split("?")[0] == "/stats":
                     body, kind = json.dumps(stats_fn()).encode(), "application/json"
                 else:

@@ -15,7 +15,7 @@ one and waits until it does, so exactly one node is started.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -34,7 +34,7 @@ from . import _native
 from .config import Config, load_config
 from .errors import ConfigError, StoreError
 from .metrics import MetricsServer
-from .store import backend_stats, open_tiers
+from .tiers import log_notes, open_tiers
 
 log = logging.getLogger("mooncake_hicache.node")
 
@@ -68,9 +68,9 @@ class Node:
         self._log_notes()
 
     def stats(self) -> dict:
-        out = backend_stats(self.store)
-        out["node"] = dict(self.server.stats(), pid=os.getpid(), socket=self.config.node.socket)
-        return out
+        """The same figures a STATS request returns (``mooncake-hicache stats``): the store's
+        sections plus ``node``."""
+        return json.loads(self.server.stats_json())
 
     def serve_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,8 +94,7 @@ class Node:
         log.info("node %d stopped", os.getpid())
 
     def _log_notes(self) -> None:
-        for line in self.store.take_notes():
-            log.info("%s", line)
+        log_notes(self.store, log)
 
 
 def run_node(config_source) -> int:
@@ -158,7 +157,7 @@ class NodeConnection:
             return None
         if client.healthy:
             return client
-        if "did not answer" in (client.last_error or ""):
+        if client.last_error_code == errno.ETIMEDOUT:
             # A node holds the socket but hangs: starting another would only fail.
             raise StoreError(f"the node on {self.config.node.socket} does not answer within "
                              f"{self.config.node.timeout_ms} ms; restart it (mooncake-hicache node) "

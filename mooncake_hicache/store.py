@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import threading
@@ -38,7 +37,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from . import _native
 from .config import Config, load_config
-from .errors import ConfigError, ErrorCode, StoreError
+from .errors import ErrorCode, StoreError
+from .node import NodeConnection
+from .tiers import backend_stats, log_notes, open_tiers
 
 log = logging.getLogger("mooncake_hicache")
 
@@ -94,8 +95,7 @@ class Store:
         self.config = config
         self.mode = config.resolved_mode
         if self.mode == "node":
-            from .node import NodeConnection  # the client side of the per-host node
-            self._backend = NodeConnection(config)
+            self._backend = NodeConnection(config)  # the client side of the per-host node
         else:
             self._backend = open_tiers(config)
         self._buffers = _BufferRegistry()
@@ -289,43 +289,7 @@ class Store:
         return [int(c) for c in codes]
 
     def _log_notes(self) -> None:
-        for line in self._backend.take_notes():
-            level = logging.WARNING if ("fail" in line or "unavailable" in line or "cannot" in line) else logging.INFO
-            log.log(level, "%s", line)
-
-
-def open_tiers(config: Config):
-    """The in-process tier stack for ``config``: a ``TieredStore`` (DRAM, plus NVMe when
-    configured) or, without a DRAM tier, the NVMe engine alone. Raises ConfigError/StoreError."""
-    nv, dr = config.tiers.nvme, config.tiers.dram
-    if nv is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(nv.path)) or ".", exist_ok=True)
-    try:
-        if dr is None:
-            return _native.NvmeEngine(
-                path=nv.path, capacity=nv.capacity, region_size=nv.region_size,
-                queue_depth=nv.queue_depth, direct_io=nv.direct_io, io_backend=nv.io_backend,
-                sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
-        kwargs = dict(dram_capacity=dr.capacity, slab_size=dr.slab_size, eviction=dr.eviction,
-                      hugepages=dr.hugepages, admission=dr.admission, write_through=dr.write_through)
-        if nv is not None:
-            kwargs.update(nvme_path=nv.path, nvme_capacity=nv.capacity, nvme_region_size=nv.region_size,
-                          nvme_queue_depth=nv.queue_depth, nvme_direct_io=nv.direct_io,
-                          nvme_io_backend=nv.io_backend, nvme_sync_on_seal=nv.sync_on_seal,
-                          nvme_reinsertion=nv.reinsertion)
-        return _native.TieredStore(**kwargs)
-    except _native.EngineError as e:
-        kind, message = e.args if len(e.args) == 2 else ("io", str(e))
-        if kind == "invalid":
-            raise ConfigError("", message) from None
-        raise StoreError(message) from None
-
-
-def backend_stats(backend) -> dict:
-    """Figures of any backend as ``{"dram": ..., "nvme": ..., "tiering": ..., ...}``."""
-    if hasattr(backend, "stats_json"):
-        return json.loads(backend.stats_json())
-    return {"nvme": backend.stats()}
+        log_notes(self._backend, log)
 
 
 def _as_key(key: Any) -> str:

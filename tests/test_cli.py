@@ -14,7 +14,7 @@ import tempfile
 import pytest
 
 from mooncake_hicache import Store, _native
-from mooncake_hicache.workload import node_pids_for, stop_node, stop_private_nodes
+from mooncake_hicache.bench_command import node_pids_for, stop_node, stop_private_nodes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [os.path.join(ROOT, "configs", name) for name in ("single-host.yaml", "dram-only.yaml")]
@@ -214,7 +214,7 @@ def test_bench_page_check_catches_wrong_stale_and_swapped_pages():
     """The pattern bench verifies with: a flipped byte, a page left from an earlier batch in the
     same slot, and another key's page all fail; the right page passes."""
     import ctypes
-    from mooncake_hicache.workload import PageSlots, make_keys
+    from mooncake_hicache.bench_command import PageSlots, make_keys
     size, slots = 64 << 10, 4
     ps = PageSlots(size, slots)
     try:

@@ -1,5 +1,6 @@
-// AlignedBuffer: an owned, zero-filled, page-aligned byte buffer (mmap-backed).
-// Used for staging/bounce memory that O_DIRECT I/O needs. Not thread-safe; owned by one user.
+// Block alignment (kBlock, align_up, is_aligned) and AlignedBuffer: an owned, zero-filled,
+// page-aligned byte buffer (mmap-backed) for the staging/bounce memory that O_DIRECT I/O needs.
+// AlignedBuffer is not thread-safe; it is owned by one user.
 #pragma once
 #include <sys/mman.h>
 
@@ -9,6 +10,11 @@
 #include <utility>
 
 namespace mch {
+
+// The unit of O_DIRECT I/O and of every size in the data file and the DRAM slabs.
+constexpr size_t kBlock = 4096;
+constexpr uint64_t align_up(uint64_t v) { return (v + kBlock - 1) & ~(uint64_t)(kBlock - 1); }
+constexpr bool is_aligned(uint64_t v) { return (v & (kBlock - 1)) == 0; }
 
 class AlignedBuffer {
  public:

@@ -2,13 +2,12 @@
 //
 // - checksum64(): XXH3-64 of a byte range; stored with every record and verified on every read.
 // - StreamChecksum: the same value computed over a scatter-gather list, piece by piece.
-// - KeyDigest: XXH3-128 of a key; the in-memory indexes are keyed by it.
+// (KeyDigest, the XXH3-128 of a key, is in keys.h.)
 // All functions are pure and thread-safe.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <string_view>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -25,22 +24,6 @@ class StreamChecksum {
 
  private:
   XXH3_state_t state_;
-};
-
-struct KeyDigest {
-  uint64_t lo = 0;
-  uint64_t hi = 0;
-
-  // The all-zero digest marks an empty index slot, so it is never produced for a key.
-  static KeyDigest of(std::string_view key) {
-    XXH128_hash_t h = XXH3_128bits(key.data(), key.size());
-    KeyDigest d{h.low64, h.high64};
-    if (d.lo == 0 && d.hi == 0) d.lo = 1;
-    return d;
-  }
-  bool empty() const { return lo == 0 && hi == 0; }
-  bool operator==(const KeyDigest& o) const { return lo == o.lo && hi == o.hi; }
-  bool operator!=(const KeyDigest& o) const { return !(*this == o); }
 };
 
 }  // namespace mch

@@ -13,7 +13,7 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-#include "nvme/nvme_engine.h"  // EngineError
+#include "common/error.h"
 
 #ifndef MFD_HUGETLB
 #define MFD_HUGETLB 0x0004U

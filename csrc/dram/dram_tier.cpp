@@ -2,18 +2,19 @@
 
 #include <cstring>
 
-#include "nvme/nvme_engine.h"  // EngineError
-#include "nvme/record_format.h"
+#include "common/aligned_buffer.h"
+#include "common/error.h"
+#include "common/status.h"
 
 namespace mch {
 
 DramTier::DramTier(const Options& opt) : opt_(opt), arena_(opt.capacity, opt.hugepages) {
-  if (opt_.slab_size < fmt::kBlock || !fmt::is_aligned(opt_.slab_size))
+  if (opt_.slab_size < kBlock || !is_aligned(opt_.slab_size))
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size must be a positive multiple of 4 KiB");
   if (opt_.slab_size > arena_.size())
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size is larger than tiers.dram.capacity; lower it");
   EvictionPolicy::make(opt_.eviction);  // validates the name early
-  per_page_max_ = static_cast<uint32_t>(opt_.slab_size / fmt::kBlock);
+  per_page_max_ = static_cast<uint32_t>(opt_.slab_size / kBlock);
   uint64_t n = arena_.size() / opt_.slab_size;
   pages_.resize(n);
   for (uint64_t p = n; p > 0; p--) free_pages_.push_back(static_cast<uint32_t>(p - 1));
@@ -35,7 +36,7 @@ int64_t DramTier::find(const KeyDigest& d) const {
 }
 
 int DramTier::class_for(uint64_t len) {
-  uint64_t size = std::max<uint64_t>(fmt::align_up(len), fmt::kBlock);
+  uint64_t size = std::max<uint64_t>(align_up(len), kBlock);
   auto it = class_by_size_.find(size);
   if (it != class_by_size_.end()) return it->second;
   SizeClass c;
@@ -85,7 +86,7 @@ bool DramTier::steal_page(int cls, std::vector<Victim>* victims) {
         v.digest = s.digest;
         v.len = s.len;
         v.hits = s.hits;
-        v.copy = AlignedBuffer(fmt::align_up(std::max<uint64_t>(s.len, 1)));
+        v.copy = AlignedBuffer(align_up(std::max<uint64_t>(s.len, 1)));
         memcpy(v.copy.data(), data(p * per_page_max_ + i), s.len);
         victims->push_back(std::move(v));
         d.policy->remove(p * per_page_max_ + i, true);
@@ -108,7 +109,7 @@ bool DramTier::steal_page(int cls, std::vector<Victim>* victims) {
 }
 
 int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
-  if (len > opt_.slab_size) return kValueTooLarge;
+  if (len > opt_.slab_size) return status_code(Status::kValueTooLarge);
   int cls = class_for(len);
   SizeClass& c = classes_[cls];
   if (c.free.empty() && !assign_free_page(cls)) {
@@ -129,19 +130,19 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
       value_bytes_ -= s.len;
       evictions_++;
       s.state = kWriting;
-      s.gen++;
+      if (++s.gen == 0) s.gen = 1;  // tokens (gen << 32 | slot) are never 0
       s.pins = 0;
       s.hits = 0;
       s.key.clear();
       return v;
     }
-    if (!steal_page(cls, victims)) return kNoSpace;
+    if (!steal_page(cls, victims)) return status_code(Status::kNoSpace);
   }
   uint32_t id = c.free.back();
   c.free.pop_back();
   Slot& s = slots_at(id);
   s.state = kWriting;
-  s.gen++;
+  if (++s.gen == 0) s.gen = 1;  // tokens (gen << 32 | slot) are never 0
   s.pins = 0;
   s.hits = 0;
   return id;

@@ -1,7 +1,7 @@
 // DramTier: the DRAM tier's bookkeeping over a DramArena: a slab allocator (the arena is cut
 // into slab pages; each page serves one size class of fixed-size slots, values rounded up to
-// 4 KiB), the index (key digest -> slot, full key kept for verification) and one
-// EvictionPolicy per size class.
+// 4 KiB), the index (key digest -> slot; lookups compare digests only, the full key is kept
+// because a demoted page is written to NVMe under it) and one EvictionPolicy per size class.
 //
 // Slot life: kFree -> reserve() -> kWriting -> publish() -> kReady -> (evicted | erased) -> kFree.
 // A pinned slot (pins > 0) is never evicted or reused; erasing a pinned slot makes it an
@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "common/aligned_buffer.h"
-#include "common/checksum.h"
+#include "common/keys.h"
 #include "dram/dram_arena.h"
 #include "dram/eviction_policy.h"
 
@@ -111,9 +111,6 @@ class DramTier {
   std::vector<uint32_t> free_pages_;
   std::vector<SizeClass> classes_;
   std::unordered_map<uint64_t, int> class_by_size_;
-  struct DigestHash {
-    size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
-  };
   std::unordered_map<KeyDigest, uint32_t, DigestHash> index_;
   uint64_t value_bytes_ = 0;
   uint64_t evictions_ = 0, dropped_ = 0;

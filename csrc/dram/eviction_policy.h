@@ -15,7 +15,7 @@
 #include <memory>
 #include <string>
 
-#include "common/checksum.h"
+#include "common/keys.h"
 
 namespace mch {
 

@@ -1,9 +1,12 @@
-// NodeClient: one process's handle on the host's node (node_server.h), with the same batch
-// methods as the in-process engines so mooncake_hicache.Store can drive either. One request per
-// batch goes over the Unix socket; value bytes move with one memcpy between the caller's buffers
-// and the node's arena, which the client maps from the memfd the node sends at HELLO.
+// NodeClient: one process's handle on one node (node_server.h), with the same batch methods as
+// the in-process engines so mooncake_hicache.Store can drive either. The node is named by an
+// Endpoint (transport/stream.h): a client that uses several nodes (the cluster's pool client)
+// holds one NodeClient per node. One request per batch goes over the endpoint's streams; value
+// bytes move with one memcpy between the caller's buffers and the node's arena, which the client
+// maps from the memfd the node sends at HELLO (so the endpoint must pass descriptors: the Unix
+// socket does; a TCP data path is the cluster issue's).
 //
-// Owns: a small pool of connections (one per concurrently calling thread, opened on demand, each
+// Owns: its Endpoint, a small pool of connections (one per concurrently calling thread, opened on demand, each
 // with its own HELLO) and one shared mapping of the node's arena (ArenaMap, held through
 // shared_ptr by every connection and so by every call in flight). A restarted node has a new
 // arena: the next HELLO maps it, connections to the old node are dropped, and the old mapping
@@ -32,7 +35,11 @@
 #include <vector>
 
 #include "node/protocol.h"
-#include "nvme/nvme_engine.h"  // Segment, SgList, EngineError
+#include "transport/stream.h"
+#include "common/error.h"
+#include "common/keys.h"
+#include "common/note_log.h"
+#include "common/sg_list.h"
 
 namespace mch {
 
@@ -51,6 +58,7 @@ class NodeClient {
   // node answers it does not throw: healthy() is false, last_error() says why, and later calls
   // try to connect. protocol_version is a test hook (a client of another version).
   NodeClient(std::string socket_path, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
+  NodeClient(std::unique_ptr<Endpoint> endpoint, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
   ~NodeClient();
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
@@ -70,7 +78,7 @@ class NodeClient {
   // The node's figures as a JSON object; false (and last_error()) when the node is unavailable.
   bool stats_json(std::string* out);
   // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
-  // Status. alloc may return nullptr (then kInvalidParams).
+  // Status. alloc may return nullptr (then status_code(Status::kInvalidParams)).
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
   int64_t value_size(const std::string& key);
   bool ping();
@@ -79,11 +87,14 @@ class NodeClient {
 
   bool healthy() const { return healthy_.load(); }
   std::string last_error() const;
+  // Why the last call did not reach the node, as an errno value (0: it did): ETIMEDOUT for a
+  // node that holds the socket but does not answer, ECONNREFUSED/ENOENT for no node, EPROTO ...
+  int last_error_code() const;
   // Lines worth logging once (connected, node lost, reconnected to a new node). Cleared when
-  // taken; at most kMaxNotes are kept.
-  std::vector<std::string> take_notes();
+  // taken; at most 64 are kept.
+  std::vector<Note> take_notes();
   NodeInfo info() const;  // of the node last greeted
-  const std::string& socket_path() const { return path_; }
+  const std::string& socket_path() const { return path_; }  // the endpoint's address
   int timeout_ms() const { return timeout_ms_; }
 
  private:
@@ -94,13 +105,24 @@ class NodeClient {
   std::unique_ptr<Conn> acquire(Fail* why);
   void release(std::unique_ptr<Conn> c);
   void fail(std::unique_ptr<Conn> c, int err, const std::string& what);
+  struct PutOps;
+  void connect_first();
   std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
+  int say_hello(Conn& c, proto::HelloReply* hr, int* arena_fd);
+  bool attach_arena(Conn& c, const proto::HelloReply& hr, int arena_fd, int* err, std::string* msg);
+  int send_request(Conn& c);
+  int recv_reply(Conn& c, proto::Reader* reply, Clock::time_point deadline, int* fd_out);
   int roundtrip(Conn& c, proto::Reader* reply);
+  int send_unpin(Conn& c, const std::vector<uint64_t>& tokens);
+  // Pins, copies and unpins one wave of gets; false when the connection failed (results set).
+  bool get_wave(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
+                int64_t* results);
+  // Valid keys into *idx with their results set; others' results are their Status.
+  void check_keys(const std::vector<std::string>& keys, size_t n_values, int32_t* results, std::vector<uint32_t>* idx);
   std::string describe(int err, const Conn* c) const;
-  void note_locked(std::string line);
-  void mark_down(const std::string& msg);  // healthy -> unhealthy, with a note on the transition
-  int32_t check_key(const std::string& k) const;
+  void mark_down(int err, const std::string& msg);  // healthy -> unhealthy, with a note on the transition
 
+  const std::unique_ptr<Endpoint> endpoint_;
   const std::string path_;
   const int timeout_ms_;
   const uint16_t version_;
@@ -110,11 +132,11 @@ class NodeClient {
   std::vector<std::unique_ptr<Conn>> idle_;
   std::shared_ptr<ArenaMap> map_;  // the current node's arena
   NodeInfo info_;
-  proto::Clock::time_point cooldown_until_{};
+  Clock::time_point cooldown_until_{};
   bool closed_ = false;
   std::string last_error_;
-  static constexpr size_t kMaxNotes = 64;
-  std::vector<std::string> notes_;
+  int last_errno_ = 0;
+  NoteLog notes_{64};
 };
 
 }  // namespace mch

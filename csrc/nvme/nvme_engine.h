@@ -1,65 +1,46 @@
 // NvmeEngine: the local NVMe tier. Stores values under string keys in a log of fixed-size
 // regions on a preallocated file or block device (format: record_format.h), with an in-memory
-// PageIndex, region-FIFO eviction with reinsertion of pages read since they were written, and
-// warm restart from region summaries.
+// PageIndex, region-FIFO eviction with reinsertion, and warm restart from region summaries.
 //
-// Owns: the data file (flock-ed: one engine per file), the region table, the page index and a
-// pool of IoContexts (an IoQueue each, plus registered staging memory).
+// Composes, the way CacheLib's Navy cuts a block cache:
+//   Device            (device.h)            the file: open, flock, superblock, boot epoch
+//   IoContextPool     (io_context.h)        per-call I/O queues (io_uring | threads) + staging
+//   RegionManager     (region_manager.h)    free / open / sealed regions, placement, sealing
+//   recover()         (recovery.h)          the index and region table from disk, at open
+//   ReinsertionPolicy (reinsertion_policy.h) which pages of a reclaimed region are kept
+//   plan_value_io()   (value_io.h)          how a value's segments map onto aligned I/O
+//   PageIndex         (page_index.h)        digest -> newest record location
 //
 // Threading: every public method may be called from any thread, concurrently. Puts are
-// serialised by write_mu_ (one append path); gets and exists run in parallel with it and with
-// each other, each on its own IoContext. No method calls back into Python; the bindings release
+// serialised by write_mu_ (one append path, which owns the RegionManager); gets and exists run
+// in parallel with it and with each other, each on its own IoContext. index_mu_ guards the
+// index and the per-region reader pins. No method calls back into Python; the bindings release
 // the GIL around each call.
 #pragma once
-#include <sys/uio.h>
-
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/aligned_buffer.h"
-#include "common/checksum.h"
-#include "nvme/io_queue.h"
-#include "nvme/page_index.h"
-#include "nvme/record_format.h"
+#include "common/counters.h"
+#include "common/error.h"
+#include "common/keys.h"
+#include "common/note_log.h"
+#include "common/sg_list.h"
 #include "common/status.h"
+#include "nvme/device.h"
+#include "nvme/io_context.h"
+#include "nvme/options.h"
+#include "nvme/page_index.h"
+#include "nvme/region_manager.h"
+#include "nvme/reinsertion_policy.h"
 
 namespace mch {
-
-struct NvmeOptions {
-  std::string path;
-  uint64_t capacity = 4ull << 30;      // bytes given to regions (0 = whole block device)
-  uint64_t region_size = 64ull << 20;  // multiple of 4 KiB
-  int queue_depth = 64;                // records in flight per call
-  bool direct_io = true;               // O_DIRECT
-  std::string io_backend = "auto";     // auto | io_uring | threads
-  bool sync_on_seal = true;            // fdatasync after writing a region's summary
-  bool reinsertion = true;             // re-append hit pages when their region is reclaimed
-  int max_parallel_calls = 8;          // IoContexts (calls that do I/O at the same time)
-};
-
-// One caller buffer of a scatter-gather list.
-struct Segment {
-  uint8_t* ptr = nullptr;
-  uint64_t len = 0;
-};
-using SgList = std::vector<Segment>;
-
-// Raised when the engine cannot be opened or used; `kind` tells the Python layer which typed
-// exception to raise.
-class EngineError : public std::runtime_error {
- public:
-  enum Kind { kInvalid, kInUse, kFormat, kIo };
-  EngineError(Kind kind, const std::string& msg) : std::runtime_error(msg), kind(kind) {}
-  Kind kind;
-};
 
 struct NvmeStats {
   std::string io_backend;
@@ -78,9 +59,28 @@ struct NvmeStats {
   double recovery_seconds = 0;
   uint64_t recovered_entries = 0, recovered_regions_scanned = 0;
 
-  // The figures as one JSON object: the single field list behind NvmeEngine.stats() in Python
-  // and the "nvme" section of TieredStore::stats_json().
-  std::string to_json() const;
+  // The one field list (common/counters.h): NvmeEngine.stats() in Python, the "nvme" section of
+  // TieredStore::stats_json() and the Prometheus series all come from it.
+  template <class V>
+  void visit(V& v) const {
+    v.info("io_backend", io_backend);
+    v.flag("direct_io", direct_io);
+    v.flag("fixed_buffers", fixed_buffers);
+    for (auto [k, x] : Fields{{"capacity", capacity}, {"region_size", region_size}, {"region_count", region_count},
+                        {"regions_free", regions_free}, {"regions_sealed", regions_sealed}, {"entries", entries},
+                        {"value_bytes", value_bytes}, {"index_bytes", index_bytes}})
+      v.gauge(k, x);
+    v.gauge("index_bytes_per_entry", index_bytes_per_entry);
+    for (auto [k, x] : Fields{{"puts", puts}, {"put_bytes", put_bytes}, {"put_errors", put_errors}, {"gets", gets},
+                        {"hits", hits}, {"misses", misses}, {"get_bytes", get_bytes},
+                        {"checksum_failures", checksum_failures}, {"io_errors", io_errors},
+                        {"evicted_regions", evicted_regions}, {"evicted_pages", evicted_pages},
+                        {"reinserted_pages", reinserted_pages}, {"removes", removes}})
+      v.counter(k, x);
+    v.gauge("recovery_seconds", recovery_seconds);
+    v.gauge("recovered_entries", recovered_entries);
+    v.gauge("recovered_regions_scanned", recovered_regions_scanned);
+  }
 };
 
 class NvmeEngine {
@@ -93,11 +93,9 @@ class NvmeEngine {
   NvmeEngine& operator=(const NvmeEngine&) = delete;
 
   // results[i] = 0 or a negative Status.
-  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 int32_t* results);
+  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values, int32_t* results);
   // results[i] = bytes read or a negative Status (kNotFound for a miss or a corrupt record).
-  void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
-                 int64_t* results);
+  void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
   // results[i] = 1 present, 0 absent, negative Status on error.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
   // Value length, or a negative Status.
@@ -110,75 +108,62 @@ class NvmeEngine {
   NvmeStats stats();
   uint64_t max_value_size() const { return max_value_; }
   // Lines worth logging once (backend fallbacks, recovery summary). Cleared when taken.
-  std::vector<std::string> take_notes();
+  std::vector<Note> take_notes() { return notes_.take(); }
   // Test hook: the next n write completions are treated as device errors (-EIO).
   void inject_write_errors(int n) { inject_write_errors_.store(n); }
 
  private:
-  struct IoContext;
   struct PutItem;
-  struct RegionState {
-    enum State { kFree, kOpen, kSealed } state = kFree;
-    uint64_t region_seq = 0;
-    uint64_t write_off = 0;                 // open: next record offset
-    uint64_t reserved = 0;                  // open: records placed (incl. in flight)
-    std::vector<fmt::SummaryEntry> entries; // open: records completed
-    uint64_t summary_off = 0, summary_count = 0;  // sealed
-  };
   struct HotRecord {
     std::string key;
-    AlignedBuffer data;  // the value, block-padded
+    AlignedBuffer data;  // header block + the value, block-padded
     uint64_t value_len;
   };
 
-  // --- open / recovery ---
-  void open_file();
-  void create_layout();
-  void start_new_life(fmt::Superblock sb);
-  void recover();
-  void scan_region(IoContext& ctx, uint32_t r, uint64_t region_seq,
-                   std::vector<std::pair<uint32_t, fmt::SummaryEntry>>* out);
-
-  // --- contexts ---
-  IoContext* acquire_context();
-  void release_context(IoContext* c);
-  std::unique_ptr<IoContext> make_context();
+  void validate_options();
+  void recover_from_disk();
+  std::vector<PutItem> put_items(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                                 int32_t* results);
 
   // --- writer path (write_mu_ held) ---
   void put_records(IoContext& ctx, std::vector<PutItem>& items);
+  bool submit_put(IoContext& ctx, PutItem& it, size_t i, std::vector<PutItem>& items);
+  void put_done(IoContext& ctx, const IoCompletion& c, std::vector<PutItem>& items);
+  void index_record(const KeyDigest& d, const PageLocation& loc);
   bool ensure_room(IoContext& ctx, uint64_t rec_bytes);
-  bool fits(const RegionState& s, uint64_t rec_bytes) const;
-  void seal_region(IoContext& ctx, uint32_t r);
-  bool open_region(IoContext& ctx, uint32_t r);
   int64_t reclaim_oldest(IoContext& ctx, std::vector<HotRecord>* hot);
+  std::vector<disk::SummaryEntry> read_summary(IoContext& ctx, uint32_t r, bool* ok);
+  std::vector<std::pair<KeyDigest, PageLocation>> pick_hot(uint32_t r, const std::vector<disk::SummaryEntry>& entries);
+  void read_hot(IoContext& ctx, uint32_t r, const std::vector<std::pair<KeyDigest, PageLocation>>& keep,
+                std::vector<HotRecord>* hot);
+  void drop_region(uint32_t r, const std::vector<disk::SummaryEntry>& entries, bool summary_ok, size_t kept);
+  void reinsert(IoContext& ctx, std::vector<HotRecord>& hot);
   bool write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d);
-  int64_t sync_io(IoContext& ctx, IoOp op, uint64_t off, void* buf, size_t len);
 
-  uint64_t region_base(uint32_t r) const { return fmt::kDataOffset + uint64_t(r) * opt_.region_size; }
+  // --- reader path ---
+  int64_t pin_for_read(const std::string& key, const SgList& buf, KeyDigest* d, PageLocation* loc);
+  void submit_get(IoContext& ctx, size_t i, const SgList& buf, const KeyDigest& d, const PageLocation& loc,
+                  int64_t* results, const std::vector<SgList>& buffers);
+  void get_done(IoContext& ctx, const IoCompletion& c, const std::vector<SgList>& buffers, int64_t* results);
+  void forget_corrupt(const KeyDigest& d, const PageLocation& loc);
   void unpin(uint32_t region);
-  void note(const std::string& line);
 
   NvmeOptions opt_;
-  int fd_ = -1;
-  bool is_blockdev_ = false;
-  uint64_t region_count_ = 0;
   uint64_t max_value_ = 0;
-  std::string backend_;
-  bool fixed_buffers_ = false;
-  std::unique_ptr<ThreadPool> pool_;  // threads backend only
+  NoteLog notes_;
+  std::unique_ptr<Device> dev_;
+  std::unique_ptr<IoContextPool> ctxs_;
+  std::unique_ptr<ReinsertionPolicy> reinsertion_;
 
   // Lifetime: calls hold it shared; close() takes it exclusively.
   std::shared_mutex life_mu_;
   bool closed_ = false;
+  std::string closed_backend_;  // what stats() reports once the contexts are gone
+  bool closed_fixed_buffers_ = false;
 
-  // Writer state, guarded by write_mu_: region table (except readers_), open_, sequences.
+  // Writer state, guarded by write_mu_: the region table (placement, sealing, sequences).
   std::mutex write_mu_;
-  std::vector<RegionState> regions_;
-  std::deque<uint32_t> free_regions_;
-  std::deque<uint32_t> sealed_fifo_;  // oldest first
-  int64_t open_ = -1;
-  uint64_t next_region_seq_ = 1;
-  uint64_t next_seq_ = 1;
+  std::unique_ptr<RegionManager> regions_;
 
   // Index state, guarded by index_mu_: the page index and per-region reader pins.
   std::mutex index_mu_;
@@ -187,20 +172,10 @@ class NvmeEngine {
   std::vector<uint32_t> readers_;
   uint64_t value_bytes_ = 0;
 
-  // IoContext pool, guarded by ctx_mu_.
-  std::mutex ctx_mu_;
-  std::condition_variable ctx_cv_;
-  std::vector<std::unique_ptr<IoContext>> ctx_all_;
-  std::vector<IoContext*> ctx_free_;
-
-  std::mutex notes_mu_;  // guards notes_
-  std::vector<std::string> notes_;
-
   std::atomic<int> inject_write_errors_{0};
   struct Counters {
-    std::atomic<uint64_t> puts{0}, put_bytes{0}, put_errors{0}, gets{0}, hits{0}, misses{0},
-        get_bytes{0}, checksum_failures{0}, io_errors{0}, evicted_regions{0}, evicted_pages{0},
-        reinserted_pages{0}, removes{0};
+    std::atomic<uint64_t> puts{0}, put_bytes{0}, put_errors{0}, gets{0}, hits{0}, misses{0}, get_bytes{0},
+        checksum_failures{0}, io_errors{0}, evicted_regions{0}, evicted_pages{0}, reinserted_pages{0}, removes{0};
   } ctr_;
   double recovery_seconds_ = 0;
   uint64_t recovered_entries_ = 0, recovered_scanned_ = 0;

@@ -1,5 +1,5 @@
-// PageIndex: key digest -> location of the newest record of that key, in an open-addressing
-// hash table (linear probing, backward-shift deletion, 40 bytes a slot, load <= 0.75).
+// PageIndex: key digest -> location of the newest record of that key: an OpenHashMap
+// (common/open_hash_map.h) with 40-byte slots kept at most 75% full.
 //
 // Not thread-safe: the NVMe engine guards it with its index mutex.
 #pragma once
@@ -7,7 +7,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/checksum.h"
+#include "common/keys.h"
+#include "common/open_hash_map.h"
 
 namespace mch {
 
@@ -23,37 +24,32 @@ class PageIndex {
  public:
   enum Flags : uint32_t { kHit = 1 };
 
-  PageIndex() { clear(); }
-
   // Inserts or replaces. Returns true if the key was new.
-  bool put(const KeyDigest& d, const PageLocation& loc);
+  bool put(const KeyDigest& d, const PageLocation& loc) { return map_.put(d, loc); }
   // Returns the slot's location or nullptr (pointer valid until the next put/erase).
-  PageLocation* find(const KeyDigest& d);
-  bool erase(const KeyDigest& d);
-  void clear() {
-    slots_.assign(16, Slot{});
-    mask_ = 15;
-    size_ = 0;
-  }
+  PageLocation* find(const KeyDigest& d) { return map_.find(d); }
+  bool erase(const KeyDigest& d) { return map_.erase(d); }
+  void clear() { map_.clear(); }
   // Digests of every page located in `region` (a full scan; for the rare slow path).
-  std::vector<KeyDigest> keys_in_region(uint32_t region) const;
+  std::vector<KeyDigest> keys_in_region(uint32_t region) const {
+    std::vector<KeyDigest> out;
+    map_.for_each([&](const KeyDigest& d, const PageLocation& loc) {
+      if (loc.region == region) out.push_back(d);
+    });
+    return out;
+  }
 
-  size_t size() const { return size_; }
-  size_t memory_bytes() const { return slots_.capacity() * sizeof(Slot); }
+  size_t size() const { return map_.size(); }
+  size_t memory_bytes() const { return map_.memory_bytes(); }
 
  private:
-  struct Slot {
-    KeyDigest key;  // empty() = free slot
-    PageLocation loc;
+  struct Traits {
+    static size_t hash(const KeyDigest& d) { return static_cast<size_t>(d.lo); }
+    static bool empty(const KeyDigest& d) { return d.empty(); }
   };
-  static_assert(sizeof(Slot) == 40, "index slot should stay 40 bytes");
-
-  size_t home(const KeyDigest& d) const { return static_cast<size_t>(d.lo) & mask_; }
-  void rehash(size_t capacity);
-
-  std::vector<Slot> slots_;
-  size_t mask_ = 0;
-  size_t size_ = 0;
+  using Map = OpenHashMap<KeyDigest, PageLocation, Traits>;
+  static_assert(sizeof(Map::Slot) == 40, "index slot should stay 40 bytes");
+  Map map_{16, 75};
 };
 
 }  // namespace mch

@@ -15,17 +15,18 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/aligned_buffer.h"
 #include "common/checksum.h"
+#include "common/keys.h"
 
-namespace mch::fmt {
+namespace mch::disk {
 
 constexpr uint32_t kFormatVersion = 1;
-constexpr size_t kBlock = 4096;
 constexpr uint64_t kDataOffset = 1 << 20;  // regions start 1 MiB into the file
-constexpr size_t kMaxKeyLen = 2048;
-
-constexpr uint64_t align_up(uint64_t v) { return (v + kBlock - 1) & ~(uint64_t)(kBlock - 1); }
-constexpr bool is_aligned(uint64_t v) { return (v & (kBlock - 1)) == 0; }
+using mch::align_up;
+using mch::is_aligned;
+using mch::kBlock;
+using mch::kMaxKeyLen;
 
 constexpr char kSuperMagic[8] = {'M', 'C', 'H', 'C', 'N', 'V', 'M', 'E'};
 constexpr uint32_t kRecordMagic = 0x5243484d;        // "MHCR"
@@ -148,4 +149,4 @@ inline bool trailer_valid(const RegionTrailer& t) {
   return checksum64(&c, sizeof(c)) == t.checksum;
 }
 
-}  // namespace mch::fmt
+}  // namespace mch::disk

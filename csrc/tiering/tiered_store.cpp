@@ -10,11 +10,12 @@
 #include <deque>
 #include <unordered_map>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "dram/dram_tier.h"
-#include "nvme/record_format.h"
+#include "nvme/nvme_engine.h"
+#include "common/keys.h"
+#include "common/sg_list.h"
 
 namespace mch {
 
@@ -23,32 +24,6 @@ uint64_t make_token(uint32_t slot, uint32_t gen) { return (uint64_t(gen) << 32) 
 uint32_t token_slot(uint64_t t) { return static_cast<uint32_t>(t); }
 uint32_t token_gen(uint64_t t) { return static_cast<uint32_t>(t >> 32); }
 
-int32_t check_key(const std::string& key) {
-  if (key.empty()) return kInvalidParams;
-  if (key.size() > fmt::kMaxKeyLen) return kKeyTooLong;
-  return kOk;
-}
-
-// Copies between a scatter-gather list and contiguous memory; returns bytes moved.
-uint64_t gather(const SgList& segs, uint8_t* dst, uint64_t len) {
-  uint64_t done = 0;
-  for (const Segment& s : segs) {
-    uint64_t n = std::min(s.len, len - done);
-    memcpy(dst + done, s.ptr, n);
-    done += n;
-    if (done == len) break;
-  }
-  return done;
-}
-void scatter(const uint8_t* src, uint64_t len, const SgList& segs) {
-  uint64_t done = 0;
-  for (const Segment& s : segs) {
-    if (done == len) break;
-    uint64_t n = std::min(s.len, len - done);
-    memcpy(s.ptr, src + done, n);
-    done += n;
-  }
-}
 }  // namespace
 
 struct TieredStore::Impl {
@@ -59,9 +34,6 @@ struct TieredStore::Impl {
   bool closed = false;
   // Pages evicted from DRAM whose demotion to NVMe is in flight (guarded by mu): they still
   // count as present, and a get of one waits for its demotion instead of missing.
-  struct DigestHash {
-    size_t operator()(const KeyDigest& d) const { return static_cast<size_t>(d.lo); }
-  };
   std::unordered_map<KeyDigest, int, DigestHash> demoting;
   // Pages being copied from NVMe into DRAM (guarded by mu): a get of one waits for it to land.
   std::unordered_map<KeyDigest, int, DigestHash> promoting;
@@ -74,8 +46,6 @@ struct TieredStore::Impl {
   bool pf_stop = false;
   std::thread prefetcher;
 
-  std::mutex notes_mu;  // guards notes
-  std::vector<std::string> notes;
 
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
@@ -112,10 +82,6 @@ struct TieredStore::Impl {
     if (prefetcher.joinable()) prefetcher.join();
   }
 
-  void note(const std::string& s) {
-    std::lock_guard<std::mutex> lk(notes_mu);
-    notes.push_back(s);
-  }
 
   bool admit(const DramTier::Victim& v) const {
     if (opt.admission == "never") return false;
@@ -173,7 +139,7 @@ struct TieredStore::Impl {
       if (!k2.empty()) {
         std::vector<int32_t> res(k2.size());
         nvme->batch_put(k2, s2, res.data());
-        for (int32_t r : res) (r == kOk ? ctr.demoted : ctr.demote_failures)++;
+        for (int32_t r : res) (r == status_code(Status::kOk) ? ctr.demoted : ctr.demote_failures)++;
       }
     }
     if (settled.empty()) return;
@@ -198,7 +164,7 @@ struct TieredStore::Impl {
   }
 
   // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
-  // ticket for keys[i] (kNotFound if it is not on NVMe or could not be promoted).
+  // ticket for keys[i] (status_code(Status::kNotFound) if it is not on NVMe or could not be promoted).
   void promote(const std::vector<std::string>& keys, bool pin, std::vector<GetTicket>* out) {
     out->assign(keys.size(), GetTicket{});
     if (!nvme || keys.empty()) return;
@@ -219,12 +185,12 @@ struct TieredStore::Impl {
       for (size_t i = 0; i < keys.size(); i++) {
         if (sizes[i] < 0) continue;
         if (dram->find(ds[i]) >= 0 || promoting.count(ds[i])) {
-          (*out)[i].status = kNoSpace;  // landed meanwhile (or landing): the caller looks again
+          (*out)[i].status = status_code(Status::kNoSpace);  // landed meanwhile (or landing): the caller looks again
           continue;
         }
         int64_t s = reserve_locked(static_cast<uint64_t>(sizes[i]), &pending);
         if (s < 0) {  // no room in DRAM right now
-          (*out)[i].status = kNoSpace;
+          (*out)[i].status = status_code(Status::kNoSpace);
           continue;
         }
         promoting[ds[i]]++;
@@ -237,7 +203,7 @@ struct TieredStore::Impl {
     std::vector<SgList> sg;
     for (size_t j = 0; j < idx.size(); j++) {
       k.push_back(keys[idx[j]]);
-      sg.push_back({Segment{dram->data(slot_of[j]), fmt::align_up(static_cast<uint64_t>(sizes[idx[j]]))}});
+      sg.push_back({Segment{dram->data(slot_of[j]), align_up(static_cast<uint64_t>(sizes[idx[j]]))}});
     }
     std::vector<int64_t> res(k.size());
     if (!k.empty()) nvme->batch_get(k, sg, res.data());
@@ -307,16 +273,16 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
   {
     std::lock_guard<std::mutex> lk(m.mu);
     if (m.closed) {
-      for (auto& t : *out) t.status = kClosed;
+      for (auto& t : *out) t.status = status_code(Status::kClosed);
       return;
     }
     for (size_t i = 0; i < keys.size(); i++) {
       PutTicket& t = (*out)[i];
-      t.status = check_key(keys[i]);
-      if (t.status != kOk) continue;
+      t.status = key_code(keys[i]);
+      if (t.status != status_code(Status::kOk)) continue;
       int64_t have = m.dram->find(digests[i]);
       if (have >= 0 && m.dram->slot(static_cast<uint32_t>(have)).len == sizes[i]) {
-        t.status = 1;  // the same page is stored already: nothing to copy
+        t.status = kAlreadyStored;  // the same page is stored already: nothing to copy
         m.ctr.skipped_existing++;
         continue;
       }
@@ -346,20 +312,20 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
       uint32_t s = token_slot(tokens[i]);
       if (!m.dram->valid_slot(s) || m.dram->slot(s).gen != token_gen(tokens[i]) ||
           m.dram->slot(s).state != DramTier::kWriting) {
-        results[i] = kInvalidParams;
+        results[i] = status_code(Status::kInvalidParams);
         continue;
       }
       DramTier::Slot& slot = m.dram->slot(s);
       if (i < ok.size() && !ok[i]) {
         m.dram->abort(s);
-        results[i] = kIoError;
+        results[i] = status_code(Status::kIoError);
         continue;
       }
       std::string key = slot.key;
       m.dram->publish(s, key, slot.digest, slot.len, slot.depth);
       m.ctr.puts++;
       m.ctr.put_bytes += slot.len;
-      results[i] = kOk;
+      results[i] = status_code(Status::kOk);
       if (m.opt.write_through && m.nvme) {
         m.dram->pin(s);
         through.push_back(s);
@@ -377,7 +343,7 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
   m.nvme->batch_put(keys, sg, res.data());
   std::lock_guard<std::mutex> lk(m.mu);
   for (size_t i = 0; i < through.size(); i++) {
-    if (res[i] == kOk) m.ctr.written_through++;
+    if (res[i] == status_code(Status::kOk)) m.ctr.written_through++;
     m.dram->unpin(through[i]);
   }
 }
@@ -407,13 +373,13 @@ static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& 
   out->assign(keys.size(), GetTicket{});
   std::lock_guard<std::mutex> lk(m.mu);
   if (m.closed) {
-    for (auto& t : *out) t.status = kClosed;
+    for (auto& t : *out) t.status = status_code(Status::kClosed);
     return;
   }
   for (size_t i = 0; i < keys.size(); i++) {
     GetTicket& t = (*out)[i];
-    int32_t st = check_key(keys[i]);
-    if (st != kOk) {
+    int32_t st = key_code(keys[i]);
+    if (st != status_code(Status::kOk)) {
       t.status = st;
       continue;
     }
@@ -427,7 +393,7 @@ static void pin_dram_hits(TieredStore::Impl& m, const std::vector<std::string>& 
 }
 
 // Promotes keys[missing[j]] from NVMe (pinned) into (*out)[missing[j]]. A key that is on NVMe
-// but found no room in DRAM gets kNoSpace.
+// but found no room in DRAM gets status_code(Status::kNoSpace).
 static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& keys,
                          const std::vector<size_t>& missing_in, std::vector<GetTicket>* out) {
   if (missing_in.empty()) return;
@@ -457,7 +423,7 @@ static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& k
     (*out)[missing[j]] = pt[j];
     if (pt[j].status >= 0)
       m.ctr.nvme_hits++;
-    else if (pt[j].status != kNoSpace)
+    else if (pt[j].status != status_code(Status::kNoSpace))
       m.ctr.misses++;
   }
 }
@@ -466,7 +432,7 @@ void TieredStore::get_pin(const std::vector<std::string>& keys, std::vector<GetT
   std::vector<size_t> missing;
   pin_dram_hits(*impl_, keys, out, &missing);
   impl_->ctr.gets += keys.size();
-  // A page on NVMe that found no free DRAM slot keeps kNoSpace: the client retries it once it
+  // A page on NVMe that found no free DRAM slot keeps status_code(Status::kNoSpace): the client retries it once it
   // has released its other pins.
   pin_promoted(*impl_, keys, missing, out);
 }
@@ -479,59 +445,56 @@ void TieredStore::get_unpin(const std::vector<uint64_t>& tokens) {
   }
 }
 
-void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                            const std::vector<uint32_t>& depths, int32_t* results) {
-  std::vector<size_t> todo;
-  std::vector<uint64_t> sizes(keys.size());
-  for (size_t i = 0; i < keys.size(); i++) {
-    bool null_ptr = false;
-    for (const Segment& s : values[i]) {
-      null_ptr |= s.len > 0 && s.ptr == nullptr;
-      sizes[i] += s.len;
-    }
-    if (null_ptr)
-      results[i] = kInvalidParams;
-    else
-      todo.push_back(i);
-  }
-  // Reserve, copy, commit. Keys refused for lack of room (every slot of their class is being
-  // written by this very batch) are retried once the committed ones have become evictable.
-  while (!todo.empty()) {
-    std::vector<std::string> k;
-    std::vector<uint64_t> sz;
-    std::vector<uint32_t> dp;
-    for (size_t i : todo) {
+// The in-process side of run_put_waves (common/put_waves.h): the caller's own reserve and
+// commit, and a copy into the arena.
+struct TieredPutOps {
+  TieredStore& store;
+  const std::vector<std::string>& keys;
+  const std::vector<SgList>& values;
+  const std::vector<uint32_t>& depths;
+  const std::vector<uint64_t>& sizes;
+  uint8_t* arena;
+  std::vector<std::string> k;
+  std::vector<uint64_t> sz;
+  std::vector<uint32_t> dp;
+
+  bool reserve(const std::vector<uint32_t>& todo, std::vector<Reservation>* out) {
+    k.clear(), sz.clear(), dp.clear();
+    for (uint32_t i : todo) {
       k.push_back(keys[i]);
       sz.push_back(sizes[i]);
       dp.push_back(i < depths.size() ? depths[i] : 0);
     }
-    std::vector<PutTicket> t;
-    put_reserve(k, sz, dp, &t);
-    std::vector<uint64_t> tokens;
-    std::vector<size_t> committed, retry;
-    for (size_t j = 0; j < todo.size(); j++) {
-      size_t i = todo[j];
-      if (t[j].status == kNoSpace && j > 0) {
-        retry.push_back(i);
-        continue;
-      }
-      results[i] = t[j].status == 1 ? kOk : t[j].status;
-      if (t[j].status != kOk) continue;
-      gather(values[i], impl_->dram->arena().base() + t[j].offset, sizes[i]);
-      tokens.push_back(t[j].token);
-      committed.push_back(i);
-    }
-    if (!tokens.empty()) {
-      std::vector<int32_t> res(tokens.size());
-      put_commit(tokens, std::vector<uint8_t>(tokens.size(), 1), res.data());
-      for (size_t j = 0; j < committed.size(); j++) results[committed[j]] = res[j];
-    }
-    if (committed.empty()) {  // no progress possible: report the refusals
-      for (size_t i : retry) results[i] = kNoSpace;
-      break;
-    }
-    todo.swap(retry);
+    store.put_reserve(k, sz, dp, out);
+    return true;
   }
+  int32_t copy(uint32_t i, const Reservation& r) {
+    gather(values[i], arena + r.offset, sizes[i]);
+    return status_code(Status::kOk);
+  }
+  bool commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& oks, const std::vector<uint32_t>&,
+              const std::vector<uint32_t>&, std::vector<int32_t>* res) {
+    res->assign(tokens.size(), status_code(Status::kOk));
+    store.put_commit(tokens, oks, res->data());
+    return true;
+  }
+};
+
+void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                            const std::vector<uint32_t>& depths, int32_t* results) {
+  std::vector<uint32_t> todo;
+  std::vector<uint64_t> sizes(keys.size());
+  for (size_t i = 0; i < keys.size(); i++) {
+    bool null_ptr = false;
+    sizes[i] = sg_bytes(values[i], &null_ptr);
+    if (null_ptr)
+      results[i] = status_code(Status::kInvalidParams);
+    else
+      todo.push_back(static_cast<uint32_t>(i));
+  }
+  TieredPutOps ops{*this, keys, values, depths, sizes, impl_->dram->arena().base(), {}, {}, {}};
+  PutWaveScratch scratch;
+  run_put_waves(todo, results, ops, scratch);
 }
 
 void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results) {
@@ -551,9 +514,9 @@ void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vec
         null_ptr |= s.len > 0 && s.ptr == nullptr;
       }
       if (null_ptr) {
-        results[i] = kInvalidParams;
+        results[i] = status_code(Status::kInvalidParams);
       } else if (cap < static_cast<uint64_t>(t[i].status)) {
-        results[i] = kBufferTooSmall;
+        results[i] = status_code(Status::kBufferTooSmall);
       } else {
         scatter(m.dram->arena().base() + t[i].offset, static_cast<uint64_t>(t[i].status), buffers[i]);
         m.ctr.get_bytes += static_cast<uint64_t>(t[i].status);
@@ -577,7 +540,7 @@ void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vec
   std::vector<SgList> direct_bufs;
   std::vector<size_t> direct_idx;
   for (size_t i : missing)
-    if (t[i].status == kNoSpace) {
+    if (t[i].status == status_code(Status::kNoSpace)) {
       direct_keys.push_back(keys[i]);
       direct_bufs.push_back(buffers[i]);
       direct_idx.push_back(i);
@@ -603,8 +566,8 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
   {
     std::lock_guard<std::mutex> lk(m.mu);
     for (size_t i = 0; i < keys.size(); i++) {
-      int32_t st = check_key(keys[i]);
-      if (st != kOk) {
+      int32_t st = key_code(keys[i]);
+      if (st != status_code(Status::kOk)) {
         results[i] = st;
         continue;
       }
@@ -629,7 +592,7 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   {
     std::lock_guard<std::mutex> lk(m.mu);
     for (const auto& k : keys)
-      if (check_key(k) == kOk && m.dram->find(KeyDigest::of(k)) < 0) todo.push_back(k);
+      if (key_code(k) == status_code(Status::kOk) && m.dram->find(KeyDigest::of(k)) < 0) todo.push_back(k);
   }
   if (todo.empty()) return 0;
   std::vector<int32_t> on(todo.size());
@@ -651,15 +614,15 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
 
 int32_t TieredStore::remove(const std::string& key) {
   Impl& m = *impl_;
-  int32_t st = check_key(key);
-  if (st != kOk) return st;
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
   bool found;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     found = m.dram->erase(KeyDigest::of(key));
   }
-  if (m.nvme && m.nvme->remove(key) == kOk) found = true;
-  return found ? kOk : kNotFound;
+  if (m.nvme && m.nvme->remove(key) == status_code(Status::kOk)) found = true;
+  return found ? status_code(Status::kOk) : status_code(Status::kNotFound);
 }
 
 int32_t TieredStore::remove_all() {
@@ -668,7 +631,7 @@ int32_t TieredStore::remove_all() {
     std::lock_guard<std::mutex> lk(m.mu);
     m.dram->clear();
   }
-  return m.nvme ? m.nvme->remove_all() : kOk;
+  return m.nvme ? m.nvme->remove_all() : status_code(Status::kOk);
 }
 
 void TieredStore::close() {
@@ -686,45 +649,39 @@ int TieredStore::arena_fd() const { return impl_->dram->arena().fd(); }
 uint64_t TieredStore::arena_size() const { return impl_->dram->arena().size(); }
 uint8_t* TieredStore::arena_base() const { return impl_->dram->arena().base(); }
 
-std::vector<std::string> TieredStore::take_notes() {
-  std::vector<std::string> out;
-  {
-    std::lock_guard<std::mutex> lk(impl_->notes_mu);
-    out.swap(impl_->notes);
-  }
+std::vector<Note> TieredStore::take_notes() {
+  std::vector<Note> out;
   if (impl_->nvme)
-    for (auto& s : impl_->nvme->take_notes()) out.push_back("nvme: " + s);
+    for (Note& n : impl_->nvme->take_notes()) out.push_back(Note{n.level, "nvme: " + n.line});
   return out;
 }
 
-std::string TieredStore::stats_json() {
+TieredStats TieredStore::stats() {
   Impl& m = *impl_;
-  std::ostringstream o;
+  TieredStats st;
   DramTier::Stats d;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     d = m.dram->stats();
   }
-  o << "{\"dram\":{\"capacity\":" << m.dram->arena().size() << ",\"page_kind\":\"" << m.dram->arena().page_kind()
-    << "\",\"slab_size\":" << m.opt.slab_size << ",\"eviction\":\"" << m.opt.eviction << "\",\"entries\":" << d.entries
-    << ",\"value_bytes\":" << d.value_bytes << ",\"slab_pages\":" << d.slab_pages
-    << ",\"slab_pages_free\":" << d.slab_pages_free << ",\"size_classes\":" << d.size_classes
-    << ",\"evictions\":" << d.evictions << ",\"dropped_for_rebalance\":" << d.dropped_for_rebalance
-    << ",\"hits\":" << m.ctr.dram_hits.load() << "}";
-  o << ",\"tiering\":{\"admission\":\"" << m.opt.admission << "\",\"write_through\":" << (m.opt.write_through ? "true" : "false")
-    << ",\"puts\":" << m.ctr.puts.load() << ",\"put_bytes\":" << m.ctr.put_bytes.load()
-    << ",\"skipped_existing\":" << m.ctr.skipped_existing.load() << ",\"gets\":" << m.ctr.gets.load()
-    << ",\"dram_hits\":" << m.ctr.dram_hits.load() << ",\"nvme_hits\":" << m.ctr.nvme_hits.load()
-    << ",\"misses\":" << m.ctr.misses.load() << ",\"get_bytes\":" << m.ctr.get_bytes.load()
-    << ",\"demoted\":" << m.ctr.demoted.load() << ",\"demote_failures\":" << m.ctr.demote_failures.load()
-    << ",\"not_admitted\":" << m.ctr.not_admitted.load() << ",\"promoted\":" << m.ctr.promoted.load()
-    << ",\"written_through\":" << m.ctr.written_through.load() << ",\"prefetch_queued\":" << m.ctr.prefetch_queued.load()
-    << ",\"prefetch_done\":" << m.ctr.prefetch_done.load() << "}";
-  if (m.nvme) {
-    o << ",\"nvme\":" << m.nvme->stats().to_json();
-  }
-  o << "}";
-  return o.str();
+  DramSection& ds = st.dram;
+  ds.capacity = m.dram->arena().size(), ds.page_kind = m.dram->arena().page_kind(), ds.slab_size = m.opt.slab_size;
+  ds.eviction = m.opt.eviction, ds.entries = d.entries, ds.value_bytes = d.value_bytes, ds.slab_pages = d.slab_pages;
+  ds.slab_pages_free = d.slab_pages_free, ds.size_classes = d.size_classes, ds.evictions = d.evictions;
+  ds.dropped_for_rebalance = d.dropped_for_rebalance, ds.hits = m.ctr.dram_hits;
+  const Impl::Counters& c = m.ctr;
+  TieringSection& t = st.tiering;
+  t.admission = m.opt.admission, t.write_through = m.opt.write_through;
+  t.puts = c.puts, t.put_bytes = c.put_bytes, t.skipped_existing = c.skipped_existing, t.gets = c.gets;
+  t.dram_hits = c.dram_hits, t.nvme_hits = c.nvme_hits, t.misses = c.misses, t.get_bytes = c.get_bytes;
+  t.demoted = c.demoted, t.demote_failures = c.demote_failures, t.not_admitted = c.not_admitted;
+  t.promoted = c.promoted, t.written_through = c.written_through, t.prefetch_queued = c.prefetch_queued;
+  t.prefetch_done = c.prefetch_done;
+  st.has_nvme = m.nvme != nullptr;
+  if (m.nvme) st.nvme = m.nvme->stats();
+  return st;
 }
+
+std::string TieredStore::stats_json() { return to_json(stats()); }
 
 }  // namespace mch

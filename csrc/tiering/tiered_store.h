@@ -12,16 +12,22 @@
 // rewritten until unpinned. Tickets identify reservations and pins; the node releases the
 // tickets of a client that disconnects (abort_puts / get_unpin).
 //
-// Threading: every method may be called from any thread. DRAM state is guarded by one mutex
-// held only for bookkeeping (never across I/O or copies); NVMe I/O runs outside it.
+// Threading: every method may be called from any thread. DRAM state is guarded by one mutex,
+// held for bookkeeping and for one copy: when a slab page moves to another size class its
+// entries are copied out under it (DramTier::steal_page). NVMe I/O and the callers' copies into
+// and out of the arena run outside it.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "common/note_log.h"
+#include "common/put_waves.h"
+#include "common/sg_list.h"
 #include "common/status.h"
-#include "nvme/nvme_engine.h"
+#include "nvme/options.h"
+#include "tiering/tiered_stats.h"
 
 namespace mch {
 
@@ -41,14 +47,12 @@ struct TieredOptions {
   NvmeOptions nvme;
 };
 
-struct PutTicket {
-  int32_t status = kOk;   // kOk: copy then commit; 1: already stored, skip; < 0: error
-  uint64_t offset = 0;    // arena offset of the slot to fill
-  uint64_t token = 0;     // pass back to put_commit / abort_puts
-};
+// put_reserve's answer per key: status kOk (copy to arena + offset, then commit the token),
+// kAlreadyStored (same key and size stored already: skip) or a negative Status.
+using PutTicket = Reservation;
 
 struct GetTicket {
-  int64_t status = kNotFound;  // value length when found, else a negative Status (kNoSpace: on
+  int64_t status = status_code(Status::kNotFound);  // value length when found, else a negative Status (status_code(Status::kNoSpace): on
                                // NVMe, but no DRAM slot is free to stage it right now)
   uint64_t offset = 0;         // arena offset of the value
   uint64_t token = 0;          // pass back to get_unpin
@@ -64,7 +68,7 @@ class TieredStore {
   // depth: the page's position in its prefix chain (0 = unknown); used by prefix_lru.
   void put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
                    const std::vector<uint32_t>& depths, std::vector<PutTicket>* out);
-  // ok[i] false aborts ticket i. results[i]: kOk or a negative Status.
+  // ok[i] false aborts ticket i. results[i]: status_code(Status::kOk) or a negative Status.
   void put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results);
   void abort_puts(const std::vector<uint64_t>& tokens);
   void get_pin(const std::vector<std::string>& keys, std::vector<GetTicket>* out);
@@ -88,9 +92,10 @@ class TieredStore {
   uint64_t arena_size() const;
   uint8_t* arena_base() const;
 
-  // Figures as a JSON object string: {"dram": {...}, "nvme": {...}, "tiering": {...}}.
+  TieredStats stats();
+  // stats() as a JSON object string: {"dram": {...}, "tiering": {...}, "nvme": {...}}.
   std::string stats_json();
-  std::vector<std::string> take_notes();
+  std::vector<Note> take_notes();  // the NVMe tier's, prefixed "nvme: "
 
  struct Impl;  // public so the file-local helpers in tiered_store.cpp can take it
 

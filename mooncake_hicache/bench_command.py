@@ -52,7 +52,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from .config import Config, load_config, parse_size
+from .config import Config, format_size, load_config, parse_size
 from .errors import ConfigError, ErrorCode, StoreError
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -334,6 +334,32 @@ def get_pages(store, slots: PageSlots, keys: Sequence[str], indexes: Sequence[in
             progress.update(done, gbps(result.bytes, result.seconds))
 
 
+class _ExistsTimer:
+    """Times ``batch_is_exist`` calls; counts what the first pass found."""
+
+    def __init__(self, store, batch: int, all_full: bool, progress: Optional[Progress]):
+        self.store, self.batch, self.all_full, self.progress = store, batch, all_full, progress
+        self.samples: list[float] = []
+        self.found = self.absent = self.errors = self.calls = 0
+
+    def run(self, groups: Sequence[list], limit: int, first_pass: bool) -> None:
+        for g in groups:
+            if self.calls >= limit:
+                return
+            t0 = time.perf_counter()
+            codes = self.store.batch_is_exist(g)
+            dt = time.perf_counter() - t0
+            if len(g) == self.batch or self.all_full:  # a short last batch is not a sample
+                self.samples.append(dt)
+            if first_pass:
+                self.found += sum(1 for c in codes if c == 1)
+                self.absent += sum(1 for c in codes if c == 0)
+                self.errors += sum(1 for c in codes if c < 0)
+            self.calls += 1
+            if self.progress:
+                self.progress.update(self.calls, None)
+
+
 def exists_latency(store, keys: Sequence[str], batch: int, min_samples: int = MIN_EXISTS_SAMPLES,
                    progress: Optional[Progress] = None) -> dict:
     """Time ``batch_is_exist`` over every key, ``batch`` keys per call, repeating passes until
@@ -341,36 +367,19 @@ def exists_latency(store, keys: Sequence[str], batch: int, min_samples: int = MI
     median / p99 latency in microseconds."""
     groups = [list(keys[s:s + batch]) for s in range(0, len(keys), batch)]
     full = [g for g in groups if len(g) == batch] or groups
-    samples: list[float] = []
-    found = absent = errors = 0
     calls_total = max(len(groups), min_samples)
     if progress:
         progress.start("exists", calls_total, "calls")
-    n = 0
-    first_pass = True
-    while n < calls_total:
-        for g in (groups if first_pass else full):
-            t0 = time.perf_counter()
-            codes = store.batch_is_exist(g)
-            dt = time.perf_counter() - t0
-            if len(g) == batch or len(full) == len(groups):
-                samples.append(dt)
-            if first_pass:
-                found += sum(1 for c in codes if c == 1)
-                absent += sum(1 for c in codes if c == 0)
-                errors += sum(1 for c in codes if c < 0)
-            n += 1
-            if progress:
-                progress.update(n, None)
-            if n >= calls_total:
-                break
-        first_pass = False
-    us = [s * 1e6 for s in samples]
-    out = {"calls": n, "keys_per_call": len(full[0]) if full else 0, "found": found, "absent": absent,
-           "errors": errors, "us_p50": _round(statistics.median(us), 1) if us else None,
-           "us_p99": _round(percentile(us, 99), 1)}
+    timer = _ExistsTimer(store, batch, len(full) == len(groups), progress)
+    timer.run(groups, calls_total, True)
+    while timer.calls < calls_total and full:
+        timer.run(full, calls_total, False)
+    us = [x * 1e6 for x in timer.samples]
+    out = {"calls": timer.calls, "keys_per_call": len(full[0]) if full else 0, "found": timer.found,
+           "absent": timer.absent, "errors": timer.errors,
+           "us_p50": _round(statistics.median(us), 1) if us else None, "us_p99": _round(percentile(us, 99), 1)}
     if progress:
-        progress.finish(n, None, f"  p50 {out['us_p50']} us  p99 {out['us_p99']} us")
+        progress.finish(timer.calls, None, f"  p50 {out['us_p50']} us  p99 {out['us_p99']} us")
     return out
 
 
@@ -634,9 +643,24 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args) -> int:
-    """``mooncake-hicache bench``: see the module docstring. Returns the exit status."""
-    t_start = time.perf_counter()
+@dataclass
+class _BenchRun:
+    """One ``mooncake-hicache bench`` run: its settings, what it opened, what went wrong."""
+    page_size: int
+    pages: int
+    batch: int
+    private: bool
+    quiet: bool
+    progress: Progress
+    temp_dirs: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+    bench: Optional[BenchStore] = None
+    slots: Optional[PageSlots] = None
+    keys: list = field(default_factory=list)
+    depths: list = field(default_factory=list)
+
+
+def _bench_settings(args) -> _BenchRun:
     page_size = parse_size(args.page_size, "--page-size")
     pages, batch = int(args.pages), int(args.batch)
     if page_size < _STAMP.size:
@@ -645,125 +669,145 @@ def run_bench(args) -> int:
         raise ConfigError("--pages", f"need at least one page, got {pages}")
     if batch <= 0:
         raise ConfigError("--batch", f"need at least one key per batch, got {batch}")
-    quiet = bool(getattr(args, "json", False))
-    progress = Progress(enabled=True)
+    return _BenchRun(page_size, pages, batch, private=not getattr(args, "config", None),
+                     quiet=bool(getattr(args, "json", False)), progress=Progress(enabled=True))
 
-    temp_dirs: list[str] = []
-    bench = None
-    slots = None
-    failures: list[str] = []
-    private = not getattr(args, "config", None)
+
+def _bench_config(run: _BenchRun, args) -> Config:
+    """``--config``, or a private single-host config in fresh temporary directories."""
+    if not run.private:
+        config = load_config(args.config)
+    else:
+        sock_dir = tempfile.mkdtemp(prefix="mch", dir="/tmp")
+        run.temp_dirs.append(sock_dir)
+        nvme_dir = tempfile.mkdtemp(prefix="mooncake-hicache-bench-", dir="/var/tmp")
+        run.temp_dirs.append(nvme_dir)
+        config = load_config(private_config(run.page_size, run.pages, max(1, run.pages // 4), sock_dir, nvme_dir))
+    config.require_tier()
+    if not run.quiet:
+        d, n = config.tiers.dram, config.tiers.nvme
+        print(f"mooncake-hicache bench: {run.pages} pages of {format_size(run.page_size)} "
+              f"({format_size(run.pages * run.page_size)}), batches of {run.batch}; mode {config.resolved_mode}; "
+              f"dram {format_size(d.capacity) if d else 'off'}, nvme {format_size(n.capacity) + ' at ' + n.path if n else 'off'}",
+              file=sys.stderr, flush=True)
+    return config
+
+
+def _open_bench(run: _BenchRun, config: Config) -> None:
     try:
-        if private:
-            sock_dir = tempfile.mkdtemp(prefix="mch", dir="/tmp")
-            temp_dirs.append(sock_dir)
-            nvme_dir = tempfile.mkdtemp(prefix="mooncake-hicache-bench-", dir="/var/tmp")
-            temp_dirs.append(nvme_dir)
-            dram_pages = max(1, pages // 4)
-            config = load_config(private_config(page_size, pages, dram_pages, sock_dir, nvme_dir))
-        else:
-            config = load_config(args.config)
-        config.require_tier()
+        run.bench = BenchStore(config)
+    except StoreError:
+        tail = node_log_tail(config) if config.resolved_mode == "node" else ""
+        if tail:
+            print(f"--- node log ({config.node.socket}.log) ---\n{tail}", file=sys.stderr)
+        raise
+    run.keys, run.depths = make_keys(run.pages)
+    run.slots = PageSlots(run.page_size, min(run.batch, run.pages))
+    run.slots.register(run.bench.store)
 
-        if not quiet:
-            d, n = config.tiers.dram, config.tiers.nvme
-            print(f"mooncake-hicache bench: {pages} pages of {_size(page_size)} ({_size(pages * page_size)}), "
-                  f"batches of {batch}; mode {config.resolved_mode}; "
-                  f"dram {_size(d.capacity) if d else 'off'}, nvme {_size(n.capacity) + ' at ' + n.path if n else 'off'}",
-                  file=sys.stderr, flush=True)
-        try:
-            bench = BenchStore(config)
-        except StoreError:
-            tail = node_log_tail(config) if config.resolved_mode == "node" else ""
-            if tail:
-                print(f"--- node log ({config.node.socket}.log) ---\n{tail}", file=sys.stderr)
-            raise
-        store = bench.store
-        keys, depths = make_keys(pages)
-        slots = PageSlots(page_size, min(batch, pages))
-        slots.register(store)
 
-        # 1. write
-        write = PhaseResult("write")
-        c0 = tier_counters(bench.stats())
-        progress.start("write", pages)
-        put_pages(store, slots, keys, depths, 0, pages, batch, write, progress)
-        progress.finish(write.pages, gbps(write.bytes, write.seconds))
-        after_write = bench.stats()
-        write.tier_hits = {k: v for k, v in counters_delta(c0, tier_counters(after_write)).items()
-                           if k in ("demoted",)}
-        if write.errors:
-            failures.append(f"write: {write.errors} of {pages} puts failed")
+def _write_phase(run: _BenchRun) -> tuple[PhaseResult, dict]:
+    write = PhaseResult("write")
+    c0 = tier_counters(run.bench.stats())
+    run.progress.start("write", run.pages)
+    put_pages(run.bench.store, run.slots, run.keys, run.depths, 0, run.pages, run.batch, write, run.progress)
+    run.progress.finish(write.pages, gbps(write.bytes, write.seconds))
+    after = run.bench.stats()
+    write.tier_hits = {k: v for k, v in counters_delta(c0, tier_counters(after)).items() if k in ("demoted",)}
+    if write.errors:
+        run.failures.append(f"write: {write.errors} of {run.pages} puts failed")
+    return write, after
 
-        # 2. exists
-        exists = exists_latency(store, keys, batch, progress=progress)
-        if exists["errors"]:
-            failures.append(f"exists: {exists['errors']} keys answered with an error")
-        if private and exists["found"] != pages - write.errors:
-            failures.append(f"exists: found {exists['found']} of {pages - write.errors} pages written")
 
-        # 3-5. reads: the last-written pages (DRAM), the first-written (NVMe), those again.
-        dram_entries = int((after_write.get("dram") or {}).get("entries", 0))
-        n_hot = max(1, min(pages, dram_entries or pages // 4))
-        # Without an NVMe tier the first-written pages are gone: nothing to read from NVMe.
-        n_cold = max(0, min(n_hot, pages - n_hot)) if config.tiers.nvme is not None else 0
-        hot = list(range(pages - n_hot, pages))
-        cold = list(range(0, n_cold))
-        reads = []
-        for name, idx in (("read dram", hot), ("read nvme", cold), ("reread", cold)):
-            if not idx:
-                continue
-            r = PhaseResult(name)
-            c0 = tier_counters(bench.stats())
-            progress.start(name, len(idx))
-            get_pages(store, slots, keys, idx, batch, r, progress, failures=failures)
-            r.tier_hits = counters_delta(c0, tier_counters(bench.stats()))
-            extra = f"  dram {r.tier_hits['dram_hits']}, nvme {r.tier_hits['nvme_hits']}, miss {r.tier_hits['misses']}"
-            progress.finish(r.pages, gbps(r.bytes, r.seconds), extra)
-            reads.append(r)
-            if r.errors:
-                failures.append(f"{name}: {r.errors} gets failed")
-            if r.misses and private:
-                failures.append(f"{name}: {r.misses} of {len(idx)} pages missing (the private config keeps every page)")
-        final = bench.stats()
-    finally:
-        # nodes left by a store that failed to open are stopped before their files go
-        close_bench_run(slots, bench, os.path.join(temp_dirs[0], "node.sock") if private and temp_dirs else None)
-        for d in temp_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+def _exists_phase(run: _BenchRun, written: int) -> dict:
+    exists = exists_latency(run.bench.store, run.keys, run.batch, progress=run.progress)
+    if exists["errors"]:
+        run.failures.append(f"exists: {exists['errors']} keys answered with an error")
+    if run.private and exists["found"] != written:
+        run.failures.append(f"exists: found {exists['found']} of {written} pages written")
+    return exists
 
+
+def _read_phase(run: _BenchRun, name: str, idx: list) -> PhaseResult:
+    r = PhaseResult(name)
+    c0 = tier_counters(run.bench.stats())
+    run.progress.start(name, len(idx))
+    get_pages(run.bench.store, run.slots, run.keys, idx, run.batch, r, run.progress, failures=run.failures)
+    r.tier_hits = counters_delta(c0, tier_counters(run.bench.stats()))
+    extra = f"  dram {r.tier_hits['dram_hits']}, nvme {r.tier_hits['nvme_hits']}, miss {r.tier_hits['misses']}"
+    run.progress.finish(r.pages, gbps(r.bytes, r.seconds), extra)
+    if r.errors:
+        run.failures.append(f"{name}: {r.errors} gets failed")
+    if r.misses and run.private:
+        run.failures.append(f"{name}: {r.misses} of {len(idx)} pages missing (the private config keeps every page)")
+    return r
+
+
+def _read_phases(run: _BenchRun, config: Config, after_write: dict) -> list:
+    """The last-written pages (DRAM), the first-written (NVMe), those again (promoted)."""
+    dram_entries = int((after_write.get("dram") or {}).get("entries", 0))
+    n_hot = max(1, min(run.pages, dram_entries or run.pages // 4))
+    # Without an NVMe tier the first-written pages are gone: nothing to read from NVMe.
+    n_cold = max(0, min(n_hot, run.pages - n_hot)) if config.tiers.nvme is not None else 0
+    hot, cold = list(range(run.pages - n_hot, run.pages)), list(range(0, n_cold))
+    return [_read_phase(run, name, idx) for name, idx in (("read dram", hot), ("read nvme", cold), ("reread", cold))
+            if idx]
+
+
+def _pick(section: Optional[dict], keys: Sequence[str]) -> Optional[dict]:
+    return {k: section.get(k) for k in keys if k in section} if section else None
+
+
+def _bench_result(run: _BenchRun, args, config: Config, phases: dict, reads: list, final: dict, seconds: float) -> dict:
     mismatches = sum(r.mismatches for r in reads)
     if mismatches:
-        failures.insert(0, f"{mismatches} pages came back with wrong bytes")
-    ok = not failures
-    phases = {"write": write.to_dict(), "exists": exists}
-    for r in reads:
-        phases[r.name.replace(" ", "_")] = r.to_dict()
-    dram, nvme = final.get("dram") or {}, final.get("nvme") or {}
+        run.failures.insert(0, f"{mismatches} pages came back with wrong bytes")
+    tiering = final.get("tiering")
     tiers = {
-        "dram": {k: dram.get(k) for k in ("capacity", "page_kind", "slab_size", "eviction", "entries",
-                                          "value_bytes", "evictions") if k in dram} if dram else None,
-        "nvme": {k: nvme.get(k) for k in ("io_backend", "direct_io", "capacity", "region_size", "entries",
-                                          "value_bytes", "checksum_failures", "io_errors") if k in nvme} if nvme else None,
-        "tiering": {k: (final.get("tiering") or {}).get(k) for k in
-                    ("puts", "gets", "dram_hits", "nvme_hits", "misses", "demoted", "promoted", "demote_failures")}
-        if final.get("tiering") else None,
+        "dram": _pick(final.get("dram"), ("capacity", "page_kind", "slab_size", "eviction", "entries", "value_bytes",
+                                          "evictions")),
+        "nvme": _pick(final.get("nvme"), ("io_backend", "direct_io", "capacity", "region_size", "entries",
+                                          "value_bytes", "checksum_failures", "io_errors")),
+        "tiering": {k: tiering.get(k) for k in ("puts", "gets", "dram_hits", "nvme_hits", "misses", "demoted",
+                                                "promoted", "demote_failures")} if tiering else None,
     }
-    result = {
-        "bench": "store", "ok": ok, "mode": config.resolved_mode,
-        "config": "private" if private else os.path.abspath(args.config),
-        "page_size": page_size, "pages": pages, "batch": batch,
+    return {
+        "bench": "store", "ok": not run.failures, "mode": config.resolved_mode,
+        "config": "private" if run.private else os.path.abspath(args.config),
+        "page_size": run.page_size, "pages": run.pages, "batch": run.batch,
         "phases": phases, "tiers": tiers,
         "verified_pages": sum(r.verified for r in reads), "mismatches": mismatches,
-        "failures": failures, "node_pid": bench.node_pid if bench else None,
-        "seconds": round(time.perf_counter() - t_start, 2),
+        "failures": run.failures, "node_pid": run.bench.node_pid if run.bench else None,
+        "seconds": round(seconds, 2),
     }
-    if not quiet:
+
+
+def run_bench(args) -> int:
+    """``mooncake-hicache bench``: see the module docstring. Returns the exit status."""
+    t_start = time.perf_counter()
+    run = _bench_settings(args)
+    try:
+        config = _bench_config(run, args)
+        _open_bench(run, config)
+        write, after_write = _write_phase(run)
+        phases = {"write": write.to_dict(), "exists": _exists_phase(run, run.pages - write.errors)}
+        reads = _read_phases(run, config, after_write)
+        final = run.bench.stats()
+    finally:
+        # nodes left by a store that failed to open are stopped before their files go
+        private_socket = os.path.join(run.temp_dirs[0], "node.sock") if run.private and run.temp_dirs else None
+        close_bench_run(run.slots, run.bench, private_socket)
+        for d in run.temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    for r in reads:
+        phases[r.name.replace(" ", "_")] = r.to_dict()
+    result = _bench_result(run, args, config, phases, reads, final, time.perf_counter() - t_start)
+    if not run.quiet:
         print(summary_table(result))
-        for f in failures:
+        for f in run.failures:
             print(f"FAILED: {f}", file=sys.stderr)
     print(json.dumps(result, separators=(",", ":")), flush=True)
-    return 0 if ok else 1
+    return 0 if result["ok"] else 1
 
 
 def summary_table(result: dict) -> str:
@@ -793,11 +837,3 @@ def summary_table(result: dict) -> str:
     out.append(f"{'OK' if result['ok'] else 'FAILED'}: {result['verified_pages']} pages verified, "
                f"{result['mismatches']} wrong, {len(result['failures'])} problems; {result['seconds']} s")
     return "\n".join(out)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= scale:
-            q = n / scale
-            return f"{q:.0f} {unit}" if n % scale == 0 else f"{q:.1f} {unit}"
-    return f"{n} B"

@@ -1,0 +1,64 @@
+// Dispatcher: turns one request frame of a Session into calls on the TieredStore and one reply
+// frame, one method per operation (docs/protocol.md). It enforces the session rules (HELLO
+// first, the agreed version, requests not replies), keeps each session's tokens, and counts
+// every frame. It never touches a socket: the reply is left in the session's Writer and the
+// outcome tells the server what to do with it.
+//
+// Any session thread may call handle() concurrently for its own session: the store is
+// thread-safe and the counters are atomics. Does not own the store.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "node/node_stats.h"
+#include "node/protocol.h"
+#include "node/session.h"
+#include "tiering/tiered_store.h"
+
+namespace mch {
+
+class Dispatcher {
+ public:
+  enum class Outcome {
+    kReply,           // send s.w
+    kReplyWithArena,  // send s.w with the arena memfd attached (HELLO)
+    kNoReply,         // nothing to send (GET_UNPIN)
+    kFailed,          // send s.w (an ERROR frame), then close the connection
+  };
+
+  // stats_json: the node's whole STATS reply (store and node sections).
+  Dispatcher(TieredStore& store, NodeCounters& ctr, uint64_t instance, std::string info,
+             std::function<std::string()> stats_json)
+      : store_(store), ctr_(ctr), instance_(instance), info_(std::move(info)), stats_json_(std::move(stats_json)) {}
+
+  Outcome handle(Session& s, const proto::Header& h, proto::Reader body);
+  // Puts an ERROR frame in s.w; returns kFailed.
+  static Outcome fail(Session& s, uint32_t request_id, int32_t code, const std::string& message);
+
+ private:
+  Outcome check_session(Session& s, const proto::Header& h);
+  Outcome bad_body(Session& s, const proto::Header& h);
+  Outcome hello(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome ping(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome put_reserve(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome put_commit(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome get_pin(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome get_unpin(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome exists(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome prefetch(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome remove(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome remove_all(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome stats(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome unknown_op(Session& s, const proto::Header& h);
+  // Takes the commit tokens this session owns out of its table; false for a malformed body.
+  bool take_commit_tokens(Session& s, proto::Reader& r, uint32_t n);
+
+  TieredStore& store_;
+  NodeCounters& ctr_;
+  const uint64_t instance_;
+  const std::string info_;
+  const std::function<std::string()> stats_json_;
+};
+
+}  // namespace mch

@@ -1,0 +1,75 @@
+// pybind11 module mooncake_hicache._native: the shared vocabulary (constants, result codes,
+// EngineError, metric kinds) here, and one binding function per layer (nvme_bindings.cpp,
+// tiering_bindings.cpp, node_bindings.cpp). Lists are converted with the GIL held; the GIL is
+// released for every call that may block (I/O, locks, sockets).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "common/error.h"
+#include "common/keys.h"
+#include "common/status.h"
+#include "node/node_stats.h"
+#include "nvme/record_format.h"
+#include "python/binding_utils.h"
+
+namespace py = pybind11;
+using namespace mch;
+
+void bind_nvme(py::module_& m);         // python/nvme_bindings.cpp
+void bind_tiering(py::module_& m);      // python/tiering_bindings.cpp
+void bind_node_server(py::module_& m);  // python/node_bindings.cpp
+void bind_node_client(py::module_& m);  // python/node_bindings.cpp
+void bind_cluster(py::module_& m);      // python/cluster_bindings.cpp
+
+namespace {
+
+const char* kind_name(EngineError::Kind k) {
+  switch (k) {
+    case EngineError::kInvalid: return "invalid";
+    case EngineError::kInUse: return "in_use";
+    case EngineError::kFormat: return "format";
+    default: return "io";
+  }
+}
+
+// The kind of every stats field, by section, from the same visit() that writes the figures.
+py::object metric_kinds() {
+  NodeReport all;
+  all.store.has_nvme = true;
+  return binding::json_dict(kinds_json(all));
+}
+
+void bind_common(py::module_& m) {
+  m.attr("MAX_KEY_LEN") = kMaxKeyLen;
+  m.attr("FORMAT_VERSION") = disk::kFormatVersion;
+  m.attr("BLOCK_SIZE") = kBlock;
+  // The per-key result codes: [(name, value, doc)], the source of mooncake_hicache.ErrorCode.
+  py::list codes;
+  for (const StatusInfo& s : kStatusTable) codes.append(py::make_tuple(s.name, s.value, s.doc));
+  m.attr("STATUS_CODES") = codes;
+  m.def("metric_kinds", &metric_kinds,
+        "{section: {field: 'counter' | 'gauge' | 'flag' | 'info' | 'counter:<label>' | 'list'}} for every "
+        "stats section; mooncake_hicache.metrics types the Prometheus series with it.");
+  // EngineError(kind, message): kind is "invalid", "in_use", "format" or "io".
+  static py::exception<EngineError> engine_error(m, "EngineError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const EngineError& e) {
+      py::object args = py::make_tuple(kind_name(e.kind), e.what());
+      PyErr_SetObject(engine_error.ptr(), args.ptr());
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "mooncake-hicache native data plane (NVMe engine, DRAM tier, node transport)";
+  bind_common(m);
+  bind_nvme(m);
+  bind_tiering(m);
+  bind_node_server(m);
+  bind_node_client(m);
+  bind_cluster(m);
+}

@@ -1,0 +1,73 @@
+// Python bindings of the NVMe layer: _native.NvmeEngine (the NVMe tier alone, for `mode:
+// in_process` without a DRAM tier). The GIL is released around every call that may block.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "nvme/nvme_engine.h"
+#include "python/binding_utils.h"
+
+namespace py = pybind11;
+using namespace mch;
+using namespace mch::binding;
+
+namespace {
+
+std::unique_ptr<NvmeEngine> make_engine(const std::string& path, uint64_t capacity, uint64_t region_size,
+                                        int queue_depth, bool direct_io, const std::string& io_backend,
+                                        bool sync_on_seal, bool reinsertion, int max_parallel_calls) {
+  NvmeOptions o = nvme_options(path, capacity, region_size, queue_depth, direct_io, io_backend, sync_on_seal, reinsertion);
+  o.max_parallel_calls = max_parallel_calls;
+  py::gil_scoped_release nogil;
+  return std::make_unique<NvmeEngine>(o);
+}
+
+// Reads one value into fresh aligned memory: bytes, or the error code (an int) on a miss.
+py::object get_bytes(NvmeEngine& e, const std::string& key) {
+  for (int attempt = 0; attempt < 4; attempt++) {
+    int64_t n, got;
+    AlignedBuffer buf;
+    {
+      py::gil_scoped_release nogil;
+      n = e.value_size(key);
+      if (n < 0) return py::int_(n);
+      buf = AlignedBuffer(std::max<uint64_t>(align_up(static_cast<uint64_t>(n)), kBlock));
+      std::vector<std::string> keys{key};
+      std::vector<SgList> sg{one_segment(reinterpret_cast<uintptr_t>(buf.data()), buf.size())};
+      e.batch_get(keys, sg, &got);
+    }
+    if (got >= 0) return py::bytes(reinterpret_cast<const char*>(buf.data()), static_cast<size_t>(got));
+    if (got != status_code(Status::kBufferTooSmall)) return py::int_(got);  // else replaced meanwhile: retry
+  }
+  return py::int_(status_code(Status::kBufferTooSmall));
+}
+
+py::object stats(NvmeEngine& e) {
+  NvmeStats s;
+  {
+    py::gil_scoped_release nogil;
+    s = e.stats();
+  }
+  return json_dict(to_json(s));
+}
+
+}  // namespace
+
+void bind_nvme(py::module_& m) {
+  m.attr("MAX_SEGMENTS") = NvmeEngine::kMaxSegments;
+  m.attr("HAVE_URING") = uring_compiled_in();
+  py::class_<NvmeEngine> cls(m, "NvmeEngine");
+  cls.def(py::init(&make_engine), py::arg("path"), py::arg("capacity"), py::arg("region_size") = 64ull << 20,
+          py::arg("queue_depth") = 64, py::arg("direct_io") = true, py::arg("io_backend") = "auto",
+          py::arg("sync_on_seal") = true, py::arg("reinsertion") = true, py::arg("max_parallel_calls") = 8);
+  def_batch_api<NvmeEngine, NoDepths>(cls, "all_ptrs", "all_sizes");
+  def_take_notes(cls);
+  cls.def("get_bytes", &get_bytes)
+      .def("value_size", &NvmeEngine::value_size, release_gil())
+      .def("remove", &NvmeEngine::remove, release_gil())
+      .def("remove_all", &NvmeEngine::remove_all, release_gil())
+      .def("close", &NvmeEngine::close, release_gil())
+      .def("stats", &stats)
+      .def_property_readonly("max_value_size", &NvmeEngine::max_value_size)
+      .def("_inject_write_errors", &NvmeEngine::inject_write_errors,
+           "Test hook: the next n write completions count as device errors (-EIO).");
+}

@@ -1,0 +1,66 @@
+// FrameReader: see frame_reader.h.
+#include "transport/frame_reader.h"
+
+#include <errno.h>
+#include <string.h>
+
+namespace mch {
+
+using namespace proto;
+
+void FrameReader::compact() {
+  if (start_ == 0) return;
+  memmove(rx_.data(), rx_.data() + start_, end_ - start_);
+  end_ -= start_;
+  start_ = 0;
+}
+
+int FrameReader::fill(Stream& s, Clock::time_point deadline, int wake_fd, int* fd_out) {
+  ssize_t r = s.recv_some(rx_.data() + end_, rx_.size() - end_, deadline, wake_fd, fd_out);
+  if (r < 0) return static_cast<int>(-r);
+  end_ += static_cast<size_t>(r);
+  return 0;
+}
+
+int FrameReader::read_header(Stream& s, Header* h, bool idle_wait, Clock::time_point deadline, int timeout_ms,
+                             int wake_fd, int* fd_out) {
+  if (start_ == end_) {  // nothing buffered: the next frame cannot be here yet, wait for it first
+    start_ = end_ = 0;
+    int e = s.wait_readable(idle_wait ? Clock::time_point::max() : deadline, wake_fd);
+    if (e) return e;
+  }
+  if (start_ + kHeaderSize > rx_.size()) compact();
+  while (end_ - start_ < kHeaderSize) {
+    bool started = end_ > start_;
+    Clock::time_point d = !idle_wait ? deadline
+                          : started ? Clock::now() + std::chrono::milliseconds(timeout_ms)
+                                    : Clock::time_point::max();
+    int e = fill(s, d, wake_fd, fd_out);
+    if (e) return e;
+  }
+  *h = decode_header(rx_.data() + start_);
+  return 0;
+}
+
+int FrameReader::read_body(Stream& s, const Header& h, Clock::time_point deadline, int wake_fd) {
+  const size_t total = kHeaderSize + static_cast<size_t>(h.body_len);
+  if (start_ + total > rx_.size()) {
+    compact();
+    if (total > rx_.size()) rx_.resize(total);
+  }
+  while (end_ - start_ < total) {
+    int e = fill(s, deadline, wake_fd, nullptr);
+    if (e) return e;
+  }
+  return 0;
+}
+
+void FrameReader::consume(const Header& h) {
+  start_ += kHeaderSize + static_cast<size_t>(h.body_len);
+  if (rx_.size() > 4 * initial_ && end_ == start_) {  // a huge frame passed: shrink
+    rx_.assign(initial_, 0);
+    start_ = end_ = 0;
+  }
+}
+
+}  // namespace mch

@@ -1,0 +1,39 @@
+// SocketStream: a Stream over a connected stream socket (AF_UNIX or AF_INET/6). Non-blocking
+// I/O with poll() deadlines. On a Unix socket a descriptor may ride on a message (SCM_RIGHTS)
+// and the peer's pid is known (SO_PEERCRED). Owns the socket; used by one thread at a time
+// (shutdown() may come from another, to wake it).
+#pragma once
+#include <poll.h>
+
+#include "transport/stream.h"
+
+namespace mch {
+
+class SocketStream final : public Stream {
+ public:
+  // Takes ownership of `fd`. unix_socket: SCM_RIGHTS and SO_PEERCRED are available.
+  SocketStream(int fd, bool unix_socket);
+  ~SocketStream() override;
+  SocketStream(const SocketStream&) = delete;
+  SocketStream& operator=(const SocketStream&) = delete;
+
+  int send_all(const void* buf, size_t n, Clock::time_point deadline) override;
+  int send_with_fd(const void* buf, size_t n, int fd, Clock::time_point deadline) override;
+  ssize_t recv_some(void* buf, size_t n, Clock::time_point deadline, int wake_fd, int* fd_out) override;
+  int wait_readable(Clock::time_point deadline, int wake_fd) override { return wait(POLLIN, deadline, wake_fd); }
+  bool quiet() override;
+  void shutdown() override;
+  int32_t peer_pid() const override { return pid_; }
+  bool passes_fds() const override { return unix_; }
+
+ private:
+  // Waits for `events` on the socket (and readability of wake_fd). 0, ETIMEDOUT, ESHUTDOWN or errno.
+  int wait(short events, Clock::time_point deadline, int wake_fd);
+  ssize_t recv_with_fd(void* buf, size_t n, int* fd_out);
+
+  int fd_;
+  bool unix_;
+  int32_t pid_ = 0;
+};
+
+}  // namespace mch
