@@ -248,7 +248,14 @@ class NvmeConfig:
 
 @dataclass(frozen=True)
 class DramConfig:
-    """The DRAM tier: one shared-memory arena cut into slabs of fixed-size slots."""
+    """The DRAM tier: one shared-memory arena cut into slabs of fixed-size slots.
+
+    ``eviction``: ``lru``, ``s3fifo`` or ``prefix_lru`` (LRU that, among equally cold pages, drops
+    the deepest pages of a prefix first). ``prefix_lru`` needs each page's depth in its prefix
+    chain (``depths=`` on the puts). Under SGLang that takes ``"hicache_storage_pass_prefix_keys":
+    true`` in ``--hicache-storage-backend-extra-config`` (SGLang's default is false): without it
+    every page is depth 0, ``prefix_lru`` acts as ``lru``, and the SGLang backend says so once in
+    its log."""
 
     capacity: int = _setting(1 * GiB, parse_size)
     slab_size: int = _setting(32 * MiB, parse_size)
