@@ -6,6 +6,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "common/checksum.h"
+
 #include "node/node_client.h"
 #include "node/node_server.h"
 #include "node/protocol.h"
@@ -84,6 +90,39 @@ std::unique_ptr<NodeClient> make_client(const std::string& socket_path, int time
   return std::make_unique<NodeClient>(std::make_unique<UnixEndpoint>(socket_path), std::move(o));
 }
 
+// Bench helper behind bench/dram_checksum_bench.py: mean ns to copy `pages` pages of `page`
+// bytes from src to dst as a client copies into or out of the arena, optionally computing the
+// XXH3-64 of each page over the destination while copying (64 KiB at a time, so the hash reads
+// what the copy just wrote while it is in cache): what a per-page DRAM checksum would add.
+double copy_pages_ns(uintptr_t dst, uintptr_t src, size_t page, size_t pages, bool checksum, int iterations) {
+  if (iterations < 1 || page == 0) throw py::value_error("iterations and page must be positive");
+  constexpr size_t kChunk = 64 * 1024;
+  py::gil_scoped_release nogil;
+  auto* d = reinterpret_cast<uint8_t*>(dst);
+  auto* s = reinterpret_cast<const uint8_t*>(src);
+  volatile uint64_t sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int it = 0; it < iterations; it++) {
+    for (size_t p = 0; p < pages; p++) {
+      uint8_t* to = d + p * page;
+      const uint8_t* from = s + p * page;
+      if (!checksum) {
+        memcpy(to, from, page);
+        continue;
+      }
+      StreamChecksum h;
+      for (size_t off = 0; off < page; off += kChunk) {
+        size_t n = std::min(kChunk, page - off);
+        memcpy(to + off, from + off, n);
+        h.update(to + off, n);
+      }
+      sink = sink + h.digest();
+    }
+  }
+  std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
+  return dt.count() / iterations;
+}
+
 std::unique_ptr<NodeServer> make_server(TieredStore& store, const std::string& socket_path, int timeout_ms,
                                         uint32_t max_connections, int hello_timeout_ms, uint32_t socket_mode,
                                         std::vector<uint32_t> allowed_uids, std::string settings) {
@@ -125,6 +164,10 @@ void bind_node_server(py::module_& m) {
       .def_readonly_static("MAX_CONNECTIONS", &NodeServer::kMaxConnections)
       .def_property_readonly("socket_path", &NodeServer::socket_path)
       .def_property_readonly("instance", &NodeServer::instance);
+  m.def("_copy_pages_ns", &copy_pages_ns, py::arg("dst"), py::arg("src"), py::arg("page"), py::arg("pages"),
+        py::arg("checksum"), py::arg("iterations"),
+        "Bench helper: mean ns to copy pages between two addresses, with or without a per-page XXH3-64 "
+        "computed while copying (bench/dram_checksum_bench.py).");
 }
 
 void bind_node_client(py::module_& m) {
