@@ -6,17 +6,13 @@ failures. Every load loop is bounded in count and time; every node is stopped by
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -27,39 +23,14 @@ from mooncake_hicache import Store, _native
 from mooncake_hicache.config import load_config
 from mooncake_hicache.errors import ConfigError, StoreError
 from hostile import memory_cgroup, private_bytes, rss_bytes  # noqa: F401 (fixture)
-from test_node_transport import (HDR, OP_ERROR, OP_HELLO, OP_PING, OP_PUT_RESERVE, Buf, Node, RawClient,
-                                 error_message, node_stats, wait_for, wire_keys)
+from test_node_transport import (OP_ERROR, OP_HELLO, OP_PING, OP_PUT_RESERVE, Buf, RawClient,  # noqa: F401
+                                 error_message, node_stats, sock_dir, start_node, wait_for)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 NOT_FOUND, NODE_UNAVAILABLE = -704, -901
 # What a call may take beyond node.timeout_ms on this (shared, 2-core) machine: the client's own
 # work plus scheduling; docs/architecture.md ("Trust and limits") states the margin.
 MARGIN_S = 0.5
-
-
-@pytest.fixture
-def short_dir():
-    d = tempfile.mkdtemp(prefix="mchl", dir="/tmp")  # short: sun_path holds 107 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def start_node(short_dir):
-    nodes = []
-
-    def _start(name: str = "n.sock", **kw) -> Node:
-        n = Node(os.path.join(short_dir, name), **kw)
-        nodes.append(n)
-        return n
-
-    yield _start
-    for n in nodes:
-        try:
-            os.kill(n.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-        n.kill()
 
 
 def node_mode_config(sock: str, data_dir: str | None = None, timeout_ms: int = 1000, **dram) -> dict:
@@ -178,7 +149,7 @@ def test_a_new_client_gets_in_while_silent_connections_fill_the_node(start_node)
             s.close()
 
 
-def test_too_many_busy_connections_are_reported_as_such_without_starting_a_node(start_node, short_dir):
+def test_too_many_busy_connections_are_reported_as_such_without_starting_a_node(start_node, sock_dir):
     node = start_node(server={"max_connections": 4})
     busy = [RawClient(node.path) for _ in range(4)]
     for raw in busy:
@@ -227,7 +198,7 @@ except ConfigError as e:
 """
 
 
-def test_dram_capacity_beyond_the_cgroup_limit_is_refused_naming_it(memory_cgroup, short_dir, tmp_path):
+def test_dram_capacity_beyond_the_cgroup_limit_is_refused_naming_it(memory_cgroup, sock_dir, tmp_path):
     cg = memory_cgroup(512 * MiB)
     out = subprocess.run([sys.executable, "-c", CHECK_IN_CGROUP, "1GiB"], capture_output=True, text=True,
                          timeout=60, preexec_fn=cg.enter).stdout
@@ -236,7 +207,7 @@ def test_dram_capacity_beyond_the_cgroup_limit_is_refused_naming_it(memory_cgrou
                          timeout=60, preexec_fn=cg.enter).stdout
     assert out.strip() == "valid", out
     # The node started inside the cgroup refuses at once instead of being OOM-killed while idle.
-    cfg = node_mode_config(os.path.join(short_dir, "n.sock"), capacity="768MiB", slab_size="4MiB")
+    cfg = node_mode_config(os.path.join(sock_dir, "n.sock"), capacity="768MiB", slab_size="4MiB")
     (tmp_path / "n.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run([sys.executable, "-m", "mooncake_hicache", "node", "--config", str(tmp_path / "n.yaml")],
                        capture_output=True, text=True, timeout=60, preexec_fn=cg.enter)
@@ -260,10 +231,11 @@ def test_small_pages_cost_little_memory_per_key_and_no_whole_4k_slot(start_node)
         assert c.batch_put(part, [value.addr] * len(part), [16] * len(part)) == [0] * len(part)
     per_key = (private_bytes(node.pid) - before) / n  # the batches' scratch (one batch) included
     stats = node_stats(c)["dram"]
+    assert stats["entries"] == n, f"{n - stats['entries']} 16-byte pages were evicted: they take whole 4 KiB slots"
     print(f"node private memory per 67-byte key with a 16-byte value: {per_key:.0f} bytes "
           f"(the tier's own metadata: {stats['metadata_bytes'] / n:.0f} bytes)")
     assert per_key < 100, f"{per_key:.0f} bytes of node memory per key"
-    assert stats["entries"] == n and sum(c.batch_exists(keys)) == n, "16-byte pages were evicted"
+    assert sum(c.batch_exists(keys)) == n
     out = Buf(4096)
     assert c.batch_get(keys[-3:], [out.addr] * 3, [4096] * 3) == [16] * 3
     assert out.get(0, 16) == b"sixteen bytes!!!"
@@ -287,8 +259,8 @@ def calls_within_timeout(store: Store, timeout_s: float, seconds: float, buf: Bu
     return took
 
 
-def test_a_dead_node_that_cannot_restart_costs_no_call_more_than_the_timeout(short_dir, tmp_path, caplog):
-    cfg = node_mode_config(os.path.join(short_dir, "n.sock"), data_dir=str(tmp_path), timeout_ms=1000)
+def test_a_dead_node_that_cannot_restart_costs_no_call_more_than_the_timeout(sock_dir, tmp_path, caplog):
+    cfg = node_mode_config(os.path.join(sock_dir, "n.sock"), data_dir=str(tmp_path), timeout_ms=1000)
     store = Store.from_config(cfg)
     pids = [store.stats()["node"]["pid"]]
     buf = Buf(8192)
@@ -313,8 +285,8 @@ def test_a_dead_node_that_cannot_restart_costs_no_call_more_than_the_timeout(sho
             kill_pid(pid)
 
 
-def test_a_hung_node_costs_one_timeout_per_call_not_two(short_dir):
-    cfg = node_mode_config(os.path.join(short_dir, "n.sock"), timeout_ms=1000)
+def test_a_hung_node_costs_one_timeout_per_call_not_two(sock_dir):
+    cfg = node_mode_config(os.path.join(sock_dir, "n.sock"), timeout_ms=1000)
     store = Store.from_config(cfg)
     pid = store.stats()["node"]["pid"]
     buf = Buf(8192)
@@ -330,8 +302,8 @@ def test_a_hung_node_costs_one_timeout_per_call_not_two(short_dir):
 
 # ---- 11. a node started with other settings ------------------------------------------------
 
-def test_a_node_started_with_other_settings_is_refused_naming_the_fields(short_dir):
-    sock = os.path.join(short_dir, "n.sock")
+def test_a_node_started_with_other_settings_is_refused_naming_the_fields(sock_dir):
+    sock = os.path.join(sock_dir, "n.sock")
     first = Store.from_config(node_mode_config(sock, capacity="16MiB"))
     pid = first.stats()["node"]["pid"]
     try:
@@ -386,14 +358,14 @@ def assert_one_line(r: subprocess.CompletedProcess, *words: str) -> None:
         assert w in lines[0], lines[0]
 
 
-def test_node_start_failures_are_one_line_reasons(tmp_path, short_dir):
-    as_dir = os.path.join(short_dir, "is-a-dir")
+def test_node_start_failures_are_one_line_reasons(tmp_path, sock_dir):
+    as_dir = os.path.join(sock_dir, "is-a-dir")
     os.mkdir(as_dir)
     assert_one_line(start_node_cli(tmp_path, as_dir), as_dir)
-    as_file = os.path.join(short_dir, "is-a-file")
+    as_file = os.path.join(sock_dir, "is-a-file")
     open(as_file, "w").close()
     assert_one_line(start_node_cli(tmp_path, as_file), as_file)
-    ro = os.path.join(short_dir, "ro")
+    ro = os.path.join(sock_dir, "ro")
     os.mkdir(ro, 0o700)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=700", "none", ro],
                       capture_output=True).returncode != 0:

@@ -29,7 +29,7 @@ from mooncake_hicache import Store, _native
 from mooncake_hicache.config import load_config
 from mooncake_hicache.errors import ConfigError, StoreError
 from hostile import other_user, open_fds, popen_kwargs_as, run_as, thread_count  # noqa: F401 (fixture)
-from test_node_transport import (HDR, OP_HELLO, Buf, Node, error_message, node_stats, wait_for,
+from test_node_transport import (HDR, OP_ERROR, OP_HELLO, Buf, Node, node_stats, sock_dir, wait_for,  # noqa: F401
                                  wire_str)
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -68,14 +68,6 @@ def stop_node_on(sock: str) -> None:
         c.close()
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=15, what=f"node {pid} to stop")
-
-
-@pytest.fixture
-def short_dir():
-    """A private (0700) directory under /tmp with a short path (sun_path holds 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="mchs", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- 1. the socket directory ----------------------------------------------------------------
@@ -117,16 +109,16 @@ def test_socket_directory_made_by_another_user_is_refused_and_nothing_is_written
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_socket_directory_writable_by_others_is_refused(short_dir):
-    os.chmod(short_dir, 0o777)
+def test_socket_directory_writable_by_others_is_refused(sock_dir):
+    os.chmod(sock_dir, 0o777)
     with pytest.raises((ConfigError, StoreError)) as e:
-        Store.from_config(node_store_config(os.path.join(short_dir, "n.sock")))
-    assert "writable by other users" in str(e.value) and short_dir in str(e.value)
+        Store.from_config(node_store_config(os.path.join(sock_dir, "n.sock")))
+    assert "writable by other users" in str(e.value) and sock_dir in str(e.value)
 
 
-def test_symbolic_links_planted_next_to_the_socket_are_not_followed(short_dir, tmp_path):
+def test_symbolic_links_planted_next_to_the_socket_are_not_followed(sock_dir, tmp_path):
     files = victims(tmp_path, ["yaml", "log", "lock"])
-    sock = os.path.join(short_dir, "n.sock")
+    sock = os.path.join(sock_dir, "n.sock")
     for ext, p in files.items():
         os.symlink(p, f"{sock}.{ext}")
     try:
@@ -150,8 +142,8 @@ with Store.from_config(config) as s:
 """
 
 
-def test_socket_directory_and_files_are_private_under_umask_000(short_dir):
-    sock = os.path.join(short_dir, "fresh", "sub", "n.sock")  # directories made by the client
+def test_socket_directory_and_files_are_private_under_umask_000(sock_dir):
+    sock = os.path.join(sock_dir, "fresh", "sub", "n.sock")  # directories made by the client
     r = subprocess.run([sys.executable, "-c", UMASK_000_CLIENT, sock], capture_output=True, text=True, timeout=120)
     try:
         assert r.returncode == 0, r.stderr
@@ -165,6 +157,24 @@ def test_socket_directory_and_files_are_private_under_umask_000(short_dir):
 
 
 # ---- 2. peer credentials, both ways ----------------------------------------------------------
+
+HELLO_AS_OTHER_USER = """
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+s.connect(sys.argv[1])
+try:  # a node that refuses us may have closed already: its ERROR frame is still there to read
+    s.sendall(struct.pack("<IHHIIQ", int(sys.argv[2]), 1, 1, 1, 0, 15) + struct.pack("<HHII", 1, 1, 0, 3) + b"raw")
+except OSError:
+    pass
+try:
+    head = s.recv(24)
+    op, n = struct.unpack_from("<H", head, 6)[0], struct.unpack_from("<Q", head, 16)[0]
+    body = s.recv(n) if n else b""
+    print(op, body[12:].decode(errors="replace"))
+except OSError as e:
+    print("closed", e)
+"""
 
 CLIENT_AS_OTHER_USER = """
 import json, sys
@@ -182,25 +192,27 @@ def open_to_everyone(d: str, sock: str) -> None:
     os.chmod(sock, 0o666)
 
 
-def test_node_refuses_a_client_of_another_uid_unless_the_config_allows_it(other_user, short_dir):
-    sock = os.path.join(short_dir, "n.sock")
+def test_node_refuses_a_client_of_another_uid_unless_the_config_allows_it(other_user, sock_dir):
+    sock = os.path.join(sock_dir, "n.sock")
     node = Node(sock)
     try:
-        open_to_everyone(short_dir, sock)
-        trust_root = json.dumps({"allowed_uids": [os.getuid()]})  # the refusal must be the node's
-        out = run_as(other_user, CLIENT_AS_OTHER_USER, sock, trust_root)
+        open_to_everyone(sock_dir, sock)
+        # A HELLO by hand: what the node answers, whatever the client would check itself.
+        out = run_as(other_user, HELLO_AS_OTHER_USER, sock, str(_native.PROTOCOL_MAGIC))
         assert out.returncode == 0, out.stderr
-        seen = json.loads(out.stdout)
-        assert not seen["healthy"] and seen["code"] == errno.EACCES, seen
-        assert f"uid {other_user.uid}" in seen["error"] and "allowed_uids" in seen["error"], seen
-        assert "refused" in seen["error"], seen  # the node said so (ERROR 8), not our own check
+        op, _, message = out.stdout.strip().partition(" ")
+        assert op == str(OP_ERROR), f"the node answered op {op} to another user: {message}"
+        assert f"uid {other_user.uid}" in message and "allowed_uids" in message, message
+        trust_root = json.dumps({"allowed_uids": [os.getuid()]})  # the client's own check passes
+        seen = json.loads(run_as(other_user, CLIENT_AS_OTHER_USER, sock, trust_root).stdout)
+        assert not seen["healthy"] and seen["code"] == errno.EACCES and "refused" in seen["error"], seen
         mine = _native.NodeClient(sock, 2000)  # the node's own uid is served
         assert mine.healthy and node_stats(mine)["node"]["refused_peers"] >= 1
     finally:
         node.stop()
     node = Node(sock, server={"allowed_uids": [other_user.uid]})
     try:
-        open_to_everyone(short_dir, sock)
+        open_to_everyone(sock_dir, sock)
         trust_root = json.dumps({"allowed_uids": [os.getuid()]})
         seen = json.loads(run_as(other_user, CLIENT_AS_OTHER_USER, sock, trust_root).stdout)
         assert seen["healthy"] and seen["exists"] == [0], seen
@@ -239,9 +251,9 @@ def test_client_refuses_a_node_run_by_another_uid_unless_the_config_allows_it(ot
 
 # ---- 3. socket mode ---------------------------------------------------------------------------
 
-def test_socket_mode_is_set_explicitly_even_under_umask_000(other_user, short_dir):
-    os.chmod(short_dir, 0o755)  # the directory lets others through; the socket must not
-    sock = os.path.join(short_dir, "n.sock")
+def test_socket_mode_is_set_explicitly_even_under_umask_000(other_user, sock_dir):
+    os.chmod(sock_dir, 0o755)  # the directory lets others through; the socket must not
+    sock = os.path.join(sock_dir, "n.sock")
     node = Node(sock, preexec_fn=lambda: os.umask(0))
     try:
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
@@ -282,8 +294,8 @@ def arena_fd_from_hello(sock: str) -> int:
     return fds[0]
 
 
-def test_arena_seals_are_locked_before_the_descriptor_is_passed(short_dir):
-    sock = os.path.join(short_dir, "n.sock")
+def test_arena_seals_are_locked_before_the_descriptor_is_passed(sock_dir):
+    sock = os.path.join(sock_dir, "n.sock")
     node = Node(sock, dram=16 * MiB, slab=1 * MiB)
     fd = arena_fd_from_hello(sock)
     try:
@@ -316,9 +328,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_metrics_port_flood_is_bounded_in_connections_and_time(short_dir, tmp_path):
+def test_metrics_port_flood_is_bounded_in_connections_and_time(sock_dir, tmp_path):
     port, limit, idle_s = free_port(), 8, 1
-    cfg = node_store_config(os.path.join(short_dir, "n.sock"), autostart=False)
+    cfg = node_store_config(os.path.join(sock_dir, "n.sock"), autostart=False)
     cfg["metrics"] = {"port": port, "max_connections": limit, "timeout_s": idle_s}
     (tmp_path / "node.yaml").write_text(yaml.safe_dump(cfg))
     node = subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", str(tmp_path / "node.yaml")],

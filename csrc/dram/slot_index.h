@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/keys.h"
+#include "common/open_hash_map.h"
 
 namespace mch {
 
@@ -39,18 +40,8 @@ class SlotIndex {
     if (s < 0) return false;
     size_t i = static_cast<uint32_t>(d.lo) & mask();
     while (table_[i].slot1 != static_cast<uint32_t>(s) + 1) i = next(i);
-    // Pull later members of the probe run into the hole: entry j may move iff its home is not
-    // cyclically within (hole, j].
-    size_t hole = i;
-    for (size_t j = next(i); table_[j].slot1 != 0; j = next(j)) {
-      size_t h = table_[j].tag & mask();
-      bool stays = hole <= j ? (h > hole && h <= j) : (h > hole || h <= j);
-      if (!stays) {
-        table_[hole] = table_[j];
-        hole = j;
-      }
-    }
-    table_[hole] = Entry{};
+    backward_shift_erase(
+        table_, i, [](const Entry& e) { return size_t(e.tag); }, [](const Entry& e) { return e.slot1 == 0; });
     size_--;
     return true;
   }
