@@ -247,8 +247,8 @@ void NodeServer::end_session(Session* s) {
     ctr_.pins_held -= toks.size();
     ctr_.released_pins += toks.size();
   }
+  if (s->evicted.load()) evicting_--;  // first: connections - evicting_ never goes below zero
   ctr_.connections--;
-  if (s->evicted.load()) evicting_--;
   s->done.store(true);
 }
 
