@@ -205,12 +205,15 @@ void end_session(TieredStore& store, Session& s) {
 }
 
 // Hands one request frame (length field made to match, body in an exactly-sized buffer) to the
-// dispatcher and checks the reply.
+// dispatcher the way the server does (header check, then the body) and checks the reply.
 Dispatcher::Outcome dispatch(Dispatcher& d, Session& s, std::vector<uint8_t>& frame, std::vector<uint64_t>* tokens) {
   store_le<uint64_t>(&frame[16], frame.size() - kHeaderSize);
   Header h = decode_header(frame.data());
-  std::vector<uint8_t> body(frame.begin() + kHeaderSize, frame.end());
-  Dispatcher::Outcome o = d.handle(s, h, Reader(body.data(), body.size()));
+  Dispatcher::Outcome o = d.check_header(s, h);
+  if (o != Dispatcher::Outcome::kFailed) {
+    std::vector<uint8_t> body(frame.begin() + kHeaderSize, frame.end());
+    o = d.handle(s, h, Reader(body.data(), body.size()));
+  }
   check_dispatch(o, s, h, tokens);
   return o;
 }
@@ -218,7 +221,7 @@ Dispatcher::Outcome dispatch(Dispatcher& d, Session& s, std::vector<uint8_t>& fr
 TEST(DecoderFuzz, DispatcherAnswersEveryFrameWithAReplyOrAnErrorCode) {
   testing::TestNode node;  // the store; its server is not used here
   NodeCounters ctr;
-  Dispatcher d(node.store(), ctr, 1, "fuzz", [] { return std::string("{}"); });
+  Dispatcher d(node.store(), ctr, 1, "fuzz", "", [] { return std::string("{}"); });
   Mutator m(testing::test_seed() + 6);
   FuzzBudget budget(100000, 2.0);
   std::unique_ptr<Session> s;

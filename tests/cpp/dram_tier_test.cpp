@@ -29,15 +29,17 @@ DramTier::Options small_tier(const std::string& eviction = "lru") {
   return o;
 }
 
-// reserve -> copy -> publish, the way TieredStore stores a value. Returns the slot.
+// reserve -> prepare -> copy -> publish, the way TieredStore stores a value. Returns the slot.
 int64_t put(DramTier& t, const std::string& key, size_t len, std::vector<DramTier::Victim>* victims = nullptr,
             uint32_t depth = 0) {
   std::vector<DramTier::Victim> local;
   int64_t slot = t.reserve(len, victims ? victims : &local);
   if (slot < 0) return slot;
+  uint32_t s = static_cast<uint32_t>(slot);
+  t.prepare(s, key, KeyDigest::of(key), len, depth);
   std::vector<uint8_t> v = testing::pattern(key, len);
-  memcpy(t.data(static_cast<uint32_t>(slot)), v.data(), len);
-  t.publish(static_cast<uint32_t>(slot), key, KeyDigest::of(key), static_cast<uint32_t>(len), depth);
+  memcpy(t.data(s), v.data(), len);
+  t.publish(s);
   return slot;
 }
 
@@ -91,7 +93,8 @@ TEST(DramTier, PublishedValueIsFoundWithItsBytes) {
   ASSERT_GE(slot, 0);
   EXPECT_EQ(t.find(KeyDigest::of("a")), slot);
   EXPECT_TRUE(holds_value(t, "a", 10000));
-  EXPECT_EQ(t.slot(static_cast<uint32_t>(slot)).key, "a");
+  EXPECT_EQ(t.key_of(static_cast<uint32_t>(slot)), "a");
+  EXPECT_GE(t.slot_size(static_cast<uint32_t>(slot)), 10000u);
   EXPECT_EQ(t.slot(static_cast<uint32_t>(slot)).state, DramTier::kReady);
   DramTier::Stats s = t.stats();
   EXPECT_EQ(s.entries, 1u);
@@ -225,12 +228,37 @@ TEST(DramTier, ClearDropsEveryEntry) {
   EXPECT_GE(put(t, "again", 4096), 0);
 }
 
+TEST(DramTier, SmallValuesTakePowerOfTwoSlotsFrom256Bytes) {
+  DramTier t(small_tier());
+  EXPECT_EQ(t.min_slot(), 256u);
+  for (auto [len, slot] : std::vector<std::pair<size_t, uint64_t>>{
+           {1, 256}, {256, 256}, {300, 512}, {3000, 4096}, {4096, 4096}, {4097, 8192}, {10000, 12288}}) {
+    int64_t s = put(t, "len-" + std::to_string(len), len);
+    ASSERT_GE(s, 0) << len;
+    EXPECT_EQ(t.slot_size(static_cast<uint32_t>(s)), slot) << len;
+    EXPECT_TRUE(holds_value(t, "len-" + std::to_string(len), len)) << len;
+  }
+}
+
+TEST(DramTier, WithoutKeptKeysVictimsCarryOnlyTheirDigest) {
+  DramTier::Options o = small_tier();
+  o.keep_keys = false;  // no NVMe tier behind: a victim is never demoted under its key
+  DramTier t(o);
+  const size_t len = 512 * 1024;
+  for (int i = 0; i < 8; i++) ASSERT_GE(put(t, testing::key_of(i), len), 0);
+  EXPECT_EQ(t.key_of(static_cast<uint32_t>(t.find(KeyDigest::of(testing::key_of(3))))), "");
+  std::vector<DramTier::Victim> victims;
+  ASSERT_GE(t.reserve(len, &victims), 0);
+  ASSERT_EQ(victims.size(), 1u);
+  EXPECT_EQ(victims[0].key, "");
+  EXPECT_EQ(victims[0].digest, KeyDigest::of(testing::key_of(0)));
+}
+
 TEST(DramTier, SlotIdsOutsideThePagesAreNotValid) {
   DramTier t(small_tier());
   uint32_t s = static_cast<uint32_t>(put(t, "a", 4096));
   EXPECT_TRUE(t.valid_slot(s));
   EXPECT_FALSE(t.valid_slot(0xffffffffu));
-  EXPECT_FALSE(t.valid_slot(3 * 256)) << "page 3 has not been cut into slots yet";
 }
 
 }  // namespace
