@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include <algorithm>
+
 namespace mch {
 
 using namespace proto;
@@ -53,6 +55,30 @@ int FrameReader::read_body(Stream& s, const Header& h, Clock::time_point deadlin
     if (e) return e;
   }
   return 0;
+}
+
+int FrameReader::read_part(Stream& s, size_t n, Clock::time_point deadline, int wake_fd) {
+  const size_t total = kHeaderSize + n;
+  if (start_ + total > rx_.size()) {
+    compact();
+    if (total > rx_.size()) rx_.resize(total);
+  }
+  while (end_ - start_ < total) {
+    int e = fill(s, deadline, wake_fd, nullptr);
+    if (e) return e;
+  }
+  return 0;
+}
+
+size_t FrameReader::take(uint8_t* dst, size_t n) {
+  size_t k = std::min(n, end_ - start_);
+  if (k) memcpy(dst, rx_.data() + start_, k);
+  start_ += k;
+  if (start_ == end_) {
+    start_ = end_ = 0;
+    if (rx_.size() > 4 * initial_) rx_.assign(initial_, 0);  // a huge table passed: shrink
+  }
+  return k;
 }
 
 void FrameReader::consume(const Header& h) {
