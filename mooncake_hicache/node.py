@@ -51,13 +51,16 @@ class Node:
         self.config = config
         os.makedirs(os.path.dirname(os.path.abspath(config.node.socket)) or ".", exist_ok=True)
         self.store = open_tiers(config)
+        self.cluster = None
         try:
             self.server = _native.NodeServer(self.store, config.node.socket, config.node.timeout_ms)
+            self.cluster = self._join_cluster(config)  # the view is set before a local rank can ask for it
             self.server.start()
         except Exception:
+            if self.cluster is not None:
+                self.cluster.close()
             self.store.close()
             raise
-        self.cluster = self._join_cluster(config)
         self.metrics: Optional[MetricsServer] = None
         if config.metrics.port:
             try:
@@ -74,12 +77,7 @@ class Node:
         if config.cluster is None:
             return None
         from .cluster.service import ClusterService
-        try:
-            return ClusterService(config, self.server)
-        except Exception:
-            self.server.stop()
-            self.store.close()
-            raise
+        return ClusterService(config, self.server)
 
     def stats(self) -> dict:
         """The same figures a STATS request returns (``mooncake-hicache stats``): the store's

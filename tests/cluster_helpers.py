@@ -1,7 +1,7 @@
 """Real cluster nodes for tests: each one a ``python -m mooncake_hicache node --config FILE``
 process with its own Unix socket, NVMe file and TCP port on 127.0.0.1, started from a YAML file
 written here (the same way an operator starts one, so a test can also run it elsewhere, e.g.
-under ``ip netns exec``).
+under ``ip netns exec``). Members are a static list, or etcd (``Cluster(..., etcd={...})``).
 
 ``Cluster(tmp_path, ["a", "b", "c"], replicas=1).start()`` starts three static members;
 ``cluster.store("b")`` opens a ``Store`` that is a rank of node b (never starts a node);
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -40,12 +42,12 @@ def write_secret(path: str, secret: str = SECRET) -> str:
 class ClusterNode:
     """One member's files, config and process."""
 
-    def __init__(self, root: str, node_id: str, port: int, secret_file: str, dram: str = "64MiB",
+    def __init__(self, root: str, sock_dir: str, node_id: str, port: int, secret_file: str, dram: str = "64MiB",
                  nvme: Optional[str] = "64MiB", timeout_ms: int = 2000, write_through: bool = True):
         self.id, self.port, self.root = node_id, port, root
         self.dir = os.path.join(root, node_id)
         os.makedirs(self.dir, exist_ok=True)
-        self.socket = os.path.join(self.dir, "node.sock")
+        self.socket = os.path.join(sock_dir, f"{node_id}.sock")  # short: a socket path holds 107 bytes
         self.config_path = os.path.join(self.dir, "node.yaml")
         self.log_path = os.path.join(self.dir, "node.log")
         self.proc: Optional[subprocess.Popen] = None
@@ -65,6 +67,7 @@ class ClusterNode:
 
     def start(self, wait: bool = True) -> "ClusterNode":
         self.write_config()
+        self._log_from = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", self.config_path],
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
@@ -78,8 +81,10 @@ class ClusterNode:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node {self.id} exited with {self.proc.returncode}:\n{self.log()}")
-            if b"ready on" in open(self.log_path, "rb").read():
-                return
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_from)
+                if b"ready on" in f.read():
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"node {self.id} not ready within {timeout} s:\n{self.log()}")
 
@@ -109,13 +114,33 @@ class ClusterNode:
             self.proc.kill()
             self.proc.wait(timeout=5)
 
+    def client(self) -> NodeClient:
+        """A client of this node alone (its own pages, over its socket)."""
+        return NodeClient(self.socket, 2000)
+
     def stats(self) -> dict:
         import json
-        c = NodeClient(self.socket, 2000)
+        c = self.client()
         try:
             return json.loads(c.stats_json())
         finally:
             c.close()
+
+    def view(self) -> dict:
+        """The membership view this node serves to its ranks (VIEW on its socket)."""
+        from mooncake_hicache._native import PoolClient
+        c = NodeClient(self.socket, 2000)
+        pool = PoolClient(c)
+        try:
+            if not pool.refresh_view():
+                raise RuntimeError(f"node {self.id} did not answer VIEW: {c.last_error}")
+            return pool.view
+        finally:
+            pool.close()
+            c.close()
+
+    def member_ids(self) -> list:
+        return sorted(m["id"] for m in self.view()["members"])
 
     def peer_requests(self, op: str) -> int:
         return self.stats()["peer"]["requests_by_op"][op]
@@ -124,12 +149,16 @@ class ClusterNode:
 class Cluster:
     """Static members ``ids`` on 127.0.0.1; ``cluster_settings`` go into every node's cluster section."""
 
-    def __init__(self, tmp_path, ids, node_options: Optional[dict] = None, **cluster_settings):
+    def __init__(self, tmp_path, ids, node_options: Optional[dict] = None, etcd: Optional[dict] = None,
+                 **cluster_settings):
         self.root = str(tmp_path)
+        self.sock_dir = tempfile.mkdtemp(prefix="mchc", dir="/tmp")
         self.secret_file = write_secret(os.path.join(self.root, "cluster.secret"))
-        self.nodes = {i: ClusterNode(self.root, i, free_port(), self.secret_file, **(node_options or {})) for i in ids}
+        self.nodes = {i: ClusterNode(self.root, self.sock_dir, i, free_port(), self.secret_file, **(node_options or {}))
+                      for i in ids}
         members = [{"id": n.id, "host": "127.0.0.1", "port": n.port} for n in self.nodes.values()]
-        settings = {"connect_timeout_ms": 1000, "request_timeout_ms": 2000, "members": members, **cluster_settings}
+        settings = {"connect_timeout_ms": 1000, "request_timeout_ms": 2000, **cluster_settings}
+        settings.update({"etcd": etcd, "capacity": "64MiB"} if etcd else {"members": members})
         for n in self.nodes.values():
             n.config["cluster"].update(settings)
         self.stores: list[Store] = []
@@ -162,3 +191,4 @@ class Cluster:
                 pass
         for n in self.nodes.values():
             n.stop()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
