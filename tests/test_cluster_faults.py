@@ -68,6 +68,33 @@ def check_bounded_and_correct(runs):
     return calls
 
 
+def check_after_kill(calls, killed_at, replicas):
+    after = [c for c in calls if c[0] > killed_at + 0.1]
+    gets, puts = [c for c in after if c[2] == "get"], [c for c in after if c[2] == "put"]
+    assert gets and puts, "no calls after the kill"
+    if replicas == 2:
+        assert sum(c[4] for c in gets) == 0, "a page with a live replica was missed"
+        assert sum(c[6] for c in puts) == 0, "writes failed although two holders were alive"
+        return
+    p = Placement([(i, 1.0) for i in "abc"])
+    missed = {k for c in gets for k in c[7]}
+    assert missed and all(p.holders(k)[0] == "c" for k in missed), "only the dead node's pages may miss"
+    assert sum(c[3] for c in gets) > 0, "the survivors stopped serving"
+
+
+def check_rejoined(cl, c_held):
+    """The restarted node has the pages it held (from its NVMe) and serves them to its rank."""
+    assert cl["c"].client().batch_exists(c_held) == [1] * len(c_held)
+    c_keys = c_held[:16]
+    store = cl.store("c")
+    buf = Buffer(len(c_keys) * PAGE)
+    store.register_buffer(buf.addr, buf.size)
+    got = store.batch_get_into(c_keys, [buf.addr + i * PAGE for i in range(len(c_keys))], [PAGE] * len(c_keys))
+    assert got == [PAGE] * len(c_keys)
+    assert all(buf.read(i * PAGE, PAGE) == pattern(k, PAGE) for i, k in enumerate(c_keys))
+    assert store.stats()["pool"]["keys_found_local"] == len(c_keys)  # from c's own NVMe, not a replica
+
+
 @pytest.mark.parametrize("replicas", [2, 1])
 def test_a_holder_killed_under_load_costs_no_wrong_bytes_and_no_hang(tmp_path, replicas):
     cl = Cluster(tmp_path, ["a", "b", "c"], node_options={"nvme": "128MiB"}, replicas=replicas,
@@ -81,30 +108,10 @@ def test_a_holder_killed_under_load_costs_no_wrong_bytes_and_no_hang(tmp_path, r
         time.sleep(0.5)
         killed_at = time.time()
         cl["c"].kill(signal.SIGKILL)
-        runs = results(procs)
-        calls = check_bounded_and_correct(runs)
-        after = [c for c in calls if c[0] > killed_at + 0.1]
-        gets, puts = [c for c in after if c[2] == "get"], [c for c in after if c[2] == "put"]
-        assert gets and puts, "no calls after the kill"
-        p = Placement([(i, 1.0) for i in "abc"])
-        if replicas == 2:
-            assert sum(c[4] for c in gets) == 0, "a page with a live replica was missed"
-            assert sum(c[6] for c in puts) == 0, "writes failed although two holders were alive"
-        else:
-            missed = {k for c in gets for k in c[7]}
-            assert missed and all(p.holders(k)[0] == "c" for k in missed), "only the dead node's pages may miss"
-            assert sum(c[3] for c in gets) > 0, "the survivors stopped serving"
-        # The killed node restarts and rejoins with the pages that reached its NVMe.
+        calls = check_bounded_and_correct(results(procs))
+        check_after_kill(calls, killed_at, replicas)
         cl["c"].start()
-        assert cl["c"].client().batch_exists(c_held) == [1] * len(c_held)
-        c_keys = c_held[:16]
-        store = cl.store("c")
-        buf = Buffer(len(c_keys) * PAGE)
-        store.register_buffer(buf.addr, buf.size)
-        got = store.batch_get_into(c_keys, [buf.addr + i * PAGE for i in range(len(c_keys))], [PAGE] * len(c_keys))
-        assert got == [PAGE] * len(c_keys)
-        assert all(buf.read(i * PAGE, PAGE) == pattern(k, PAGE) for i, k in enumerate(c_keys))
-        assert store.stats()["pool"]["keys_found_local"] == len(c_keys)  # from c's own NVMe, not a replica
+        check_rejoined(cl, c_held)
     finally:
         cl.close()
 

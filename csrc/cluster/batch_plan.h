@@ -10,7 +10,7 @@ namespace mch::cluster {
 
 struct BatchPlan {
   explicit BatchPlan(size_t n) : cands(n), current(n, 0), pos(n, 0), todo(n, 0), want(n, 0), need(n, 0),
-                                 acks(n, 0), last_err(n, 0), sent_to(n) {}
+                                 acks(n, 0), last_err(n, 0), refused(n, 0), sent_to(n) {}
   std::vector<std::vector<uint16_t>> cands;
   std::vector<uint32_t> current;   // candidates from the current view
   std::vector<uint32_t> pos;       // next candidate to try
@@ -20,6 +20,7 @@ struct BatchPlan {
   std::vector<uint32_t> need;      // acknowledgements that make the put succeed
   std::vector<uint32_t> acks;
   std::vector<int32_t> last_err;   // the last refusal, reported when the quorum is not met
+  std::vector<uint8_t> refused;    // a refusal every member would repeat (a bad key or size)
   std::vector<std::vector<uint16_t>> sent_to;  // this round's targets of each key
 
   bool any_todo() const {

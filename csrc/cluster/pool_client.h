@@ -130,6 +130,9 @@ class PoolClient {
                   std::vector<std::vector<int32_t>>* per_target);
   int64_t get_value_from(Call& c, uint16_t t, const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
   // writes (pool_writes.cpp)
+  void plan_writes(Call& c, Plan& p, const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                   std::vector<uint64_t>* sizes, int32_t* results);
+  void book_writes(const Round& r, const std::vector<std::vector<int32_t>>& per, Plan& p);
   bool assign_writes(Call& c, Plan& p, Round& r, const std::vector<uint64_t>& sizes);
   void put_round(Call& c, Round& r, const std::vector<std::string>& keys, const std::vector<SgList>& values,
                  const std::vector<uint32_t>& depths, const std::vector<uint64_t>& sizes,

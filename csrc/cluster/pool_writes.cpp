@@ -60,18 +60,15 @@ bool PoolClient::assign_writes(Call& c, Plan& p, Round& r, const std::vector<uin
   return any;
 }
 
-void PoolClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           const std::vector<uint32_t>& depths, int32_t* results) {
-  if (keys.empty()) return;
-  ctr_.puts++;
-  Call c = begin_call();
-  Plan p(keys.size());
-  std::vector<uint64_t> sizes(keys.size(), 0);
+// Checks each key and its value and decides its candidates and how many holders it needs
+// (results[i] is set for the keys refused here).
+void PoolClient::plan_writes(Call& c, Plan& p, const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                             std::vector<uint64_t>* sizes, int32_t* results) {
   for (size_t i = 0; i < keys.size(); i++) {
     int32_t st = i < values.size() ? key_code(keys[i]) : status_code(Status::kInvalidParams);
     bool null_ptr = false;
-    if (st == kOk) sizes[i] = sg_bytes(values[i], &null_ptr);
-    if (null_ptr || (st == kOk && sizes[i] > kPeerMaxValue)) st = status_code(Status::kInvalidParams);
+    if (st == kOk) (*sizes)[i] = sg_bytes(values[i], &null_ptr);
+    if (null_ptr || (st == kOk && (*sizes)[i] > kPeerMaxValue)) st = status_code(Status::kInvalidParams);
     results[i] = st;
     if (st != kOk) continue;
     c.view->write_candidates(keys[i], opt_.replicas, opt_.spill_depth, &p.cands[i]);
@@ -83,33 +80,48 @@ void PoolClient::batch_put(const std::vector<std::string>& keys, const std::vect
     p.todo[i] = p.want[i] > 0;
     if (!p.todo[i]) results[i] = kUnavailable;  // no live holder at all
   }
-  std::vector<uint8_t> refused(keys.size(), 0);  // a refusal that every member would repeat
+}
+
+// Books one round's answers: acknowledgements, and refusals (a spillable one sends the key to
+// its next candidate in the next round; any other ends it: every member would repeat it).
+void PoolClient::book_writes(const Round& r, const std::vector<std::vector<int32_t>>& per, Plan& p) {
+  for (size_t t = 0; t < per.size(); t++) {
+    for (size_t k = 0; k < r.groups[t].size(); k++) {
+      uint32_t i = r.groups[t][k];
+      int32_t v = per[t].empty() ? kUnavailable : per[t][k];
+      if (v == kOk) {
+        p.acks[i]++;
+        continue;
+      }
+      p.last_err[i] = v;
+      if (spillable(v)) continue;
+      p.refused[i] = 1;
+      p.todo[i] = 0;
+    }
+  }
+  for (size_t i = 0; i < p.todo.size(); i++)
+    if (p.todo[i] && p.acks[i] >= p.want[i]) p.todo[i] = 0;
+}
+
+void PoolClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                           const std::vector<uint32_t>& depths, int32_t* results) {
+  if (keys.empty()) return;
+  ctr_.puts++;
+  Call c = begin_call();
+  Plan p(keys.size());
+  std::vector<uint64_t> sizes(keys.size(), 0);
+  plan_writes(c, p, keys, values, &sizes, results);
   while (p.any_todo() && Clock::now() < c.deadline) {
     Round r(c.view->targets().size());
     if (!assign_writes(c, p, r, sizes)) break;
     ctr_.rounds++;
     std::vector<std::vector<int32_t>> per;
     put_round(c, r, keys, values, depths, sizes, &per);
-    for (size_t t = 0; t < per.size(); t++) {
-      for (size_t k = 0; k < r.groups[t].size(); k++) {
-        uint32_t i = r.groups[t][k];
-        int32_t v = per[t].empty() ? kUnavailable : per[t][k];
-        if (v == kOk) {
-          p.acks[i]++;
-          continue;
-        }
-        p.last_err[i] = v;
-        if (spillable(v)) continue;
-        refused[i] = 1;
-        p.todo[i] = 0;
-      }
-    }
-    for (size_t i = 0; i < keys.size(); i++)
-      if (p.todo[i] && p.acks[i] >= p.want[i]) p.todo[i] = 0;
+    book_writes(r, per, p);
   }
   for (size_t i = 0; i < keys.size(); i++) {
     if (results[i] != kOk) continue;
-    bool ok = p.acks[i] >= p.need[i] && !refused[i];
+    bool ok = p.acks[i] >= p.need[i] && !p.refused[i];
     results[i] = ok ? kOk : p.last_err[i];
     ctr_.keys_put += ok;
     ctr_.quorum_failures += !ok && p.acks[i] > 0;

@@ -51,7 +51,7 @@ constexpr size_t kMaxIdLen = 64;                 // member ids (config.py allows
 constexpr size_t kMaxHostLen = 255;
 constexpr size_t kMaxInfoLen = 256;
 constexpr uint32_t kMaxMembers = 4096;
-// The largest key table: data path + count + kPeerMaxKeys x {key, u64, u32}.
+// The largest key table: data-path head + count + kPeerMaxKeys x {key, u64, u32}.
 constexpr uint64_t kPeerMaxTable = 8 + uint64_t(kPeerMaxKeys) * (4 + kMaxKeyLen + 12);
 constexpr uint64_t kAuthMaxBody = 4 + 2 * kNonceLen + 4 + kMaxInfoLen;
 constexpr uint64_t kChallengeMaxBody = 4 + kNonceLen + 4 + kMaxIdLen;
@@ -167,10 +167,22 @@ inline bool decode_auth_reply(Reader& r, AuthReply* a) {
 
 // ---- PEER_PUT -------------------------------------------------------------------------------
 // Request body: u32 table_len, table, payload.
-//   table: u8 data_path, u8 0, u16 0, u32 n, n x {key, u64 size, u32 depth}
+//   table: u8 data_path, u8 0, u16 0, then PUT_RESERVE's list (u32 n, n x {key, u64 size, u32 depth})
 //   payload (inline): the n values back to back; body_len = 4 + table_len + sum(size).
 // Reply: u64 epoch, u32 n, n x i32 (0 or a negative Status; NO_SPACE: no slot could be freed).
-constexpr size_t kPutItemMin = 4 + 1 + 12;  // a key of at least one byte, size, depth
+
+// The first bytes of every PEER_PUT / PEER_GET table: how the value bytes travel.
+inline void encode_table_head(Writer& w) {
+  w.u8(kInline);
+  w.u8(0);
+  w.u16(0);
+}
+inline uint8_t decode_table_head(Reader& r) {
+  uint8_t path = r.u8();
+  r.u8();
+  r.u16();
+  return path;
+}
 
 inline void encode_put_table(Writer& w, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
                              const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths) {
@@ -178,15 +190,8 @@ inline void encode_put_table(Writer& w, const std::vector<std::string>& keys, co
   for (uint32_t i : idx) len += 16 + keys[i].size();
   w.reserve(4 + len);
   w.u32(static_cast<uint32_t>(len));
-  w.u8(kInline);
-  w.u8(0);
-  w.u16(0);
-  w.u32(static_cast<uint32_t>(idx.size()));
-  for (uint32_t i : idx) {
-    w.str(keys[i]);
-    w.u64(sizes[i]);
-    w.u32(i < depths.size() ? depths[i] : 0);
-  }
+  encode_table_head(w);
+  encode_put_reserve(w, keys, idx, sizes, depths);
 }
 
 // Decodes a PEER_PUT table (r spans exactly the table). Returns n, or -1 for a malformed or
@@ -194,24 +199,16 @@ inline void encode_put_table(Writer& w, const std::vector<std::string>& keys, co
 // kPeerMaxPayload); *payload gets the sum of the sizes.
 inline int64_t decode_put_table(Reader& r, KeyList* keys, std::vector<uint64_t>* sizes, std::vector<uint32_t>* depths,
                                 uint8_t* data_path, uint64_t* payload) {
-  *data_path = r.u8();
-  r.u8();
-  r.u16();
-  uint32_t n = r.count(kPutItemMin);
-  if (!r.ok() || n > kPeerMaxKeys) return -1;
-  std::vector<std::string>& k = keys->resize(n);
-  sizes->resize(n);
-  depths->resize(n);
+  *data_path = decode_table_head(r);
+  if (r.remaining() < 4 || load_le<uint32_t>(r.pos()) > kPeerMaxKeys) return -1;  // before anything is allocated
+  int64_t n = decode_put_reserve(r, keys, sizes, depths);
+  if (n < 0 || n > kPeerMaxKeys || !r.done()) return -1;
   *payload = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    std::string_view s = r.str(kMaxKeyLen);
-    (*sizes)[i] = r.u64();
-    (*depths)[i] = r.u32();
-    if (!r.ok() || (*sizes)[i] > kPeerMaxValue) return -1;
-    *payload += (*sizes)[i];
-    k[i].assign(s.data(), s.size());
+  for (uint64_t size : *sizes) {
+    if (size > kPeerMaxValue) return -1;
+    *payload += size;
   }
-  return r.done() && *payload <= kPeerMaxPayload ? n : -1;
+  return *payload <= kPeerMaxPayload ? n : -1;
 }
 
 // ---- PEER_GET -------------------------------------------------------------------------------
@@ -228,9 +225,7 @@ inline void encode_get_table(Writer& w, const std::vector<std::string>& keys, co
   size_t len = 8;
   for (uint32_t i : idx) len += 12 + keys[i].size();
   w.reserve(len);
-  w.u8(kInline);
-  w.u8(0);
-  w.u16(0);
+  encode_table_head(w);
   w.u32(static_cast<uint32_t>(idx.size()));
   for (uint32_t i : idx) {
     w.str(keys[i]);
@@ -238,9 +233,7 @@ inline void encode_get_table(Writer& w, const std::vector<std::string>& keys, co
   }
 }
 inline int64_t decode_get_table(Reader& r, KeyList* keys, std::vector<uint64_t>* capacity, uint8_t* data_path) {
-  *data_path = r.u8();
-  r.u8();
-  r.u16();
+  *data_path = decode_table_head(r);
   uint32_t n = r.count(kGetItemMin);
   if (!r.ok() || n > kPeerMaxKeys) return -1;
   std::vector<std::string>& k = keys->resize(n);

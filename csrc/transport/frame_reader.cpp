@@ -45,16 +45,7 @@ int FrameReader::read_header(Stream& s, Header* h, bool idle_wait, Clock::time_p
 }
 
 int FrameReader::read_body(Stream& s, const Header& h, Clock::time_point deadline, int wake_fd) {
-  const size_t total = kHeaderSize + static_cast<size_t>(h.body_len);
-  if (start_ + total > rx_.size()) {
-    compact();
-    if (total > rx_.size()) rx_.resize(total);
-  }
-  while (end_ - start_ < total) {
-    int e = fill(s, deadline, wake_fd, nullptr);
-    if (e) return e;
-  }
-  return 0;
+  return read_part(s, static_cast<size_t>(h.body_len), deadline, wake_fd);
 }
 
 int FrameReader::read_part(Stream& s, size_t n, Clock::time_point deadline, int wake_fd) {
