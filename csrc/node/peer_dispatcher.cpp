@@ -90,10 +90,11 @@ bool PeerDispatcher::put(PeerSession& s, const Header& h, Clock::time_point dead
     pc_.bad_frames++;
     return fail(s, h, kErrBadFrame, "malformed PEER_PUT table (counts, sizes or lengths out of bounds)");
   }
-  if (path != kInline) return fail(s, h, kErrDataPath, "PEER_PUT data path " + std::to_string(path) + " is not served");
+  ValueMover* m = mover(s, path);
+  if (!m) return fail(s, h, kErrDataPath, "PEER_PUT data path " + std::to_string(path) + " is not served");
   s.rx.consume_part(4 + table_len);
   s.res.assign(static_cast<size_t>(n), status_code(Status::kOk));
-  if (!put_values(s, deadline, wake_fd)) return false;
+  if (!put_values(s, *m, deadline, wake_fd)) return false;
   s.w.begin(kPeerPut, h.request_id, kFlagReply, s.version);
   s.w.reserve(put_reply_table(static_cast<uint32_t>(n)));
   s.w.u64(views_.epoch());
@@ -104,7 +105,7 @@ bool PeerDispatcher::put(PeerSession& s, const Header& h, Clock::time_point dead
 
 // Reserves, receives every value (into its slot, or dropped) and commits. false: the stream
 // failed (the session's token table still holds what was reserved; the server aborts it).
-bool PeerDispatcher::put_values(PeerSession& s, Clock::time_point deadline, int wake_fd) {
+bool PeerDispatcher::put_values(PeerSession& s, ValueMover& m, Clock::time_point deadline, int wake_fd) {
   const size_t n = s.keys.vec().size();
   store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t);
   hold_reservations(s, 0);
@@ -113,7 +114,7 @@ bool PeerDispatcher::put_values(PeerSession& s, Clock::time_point deadline, int 
   uint8_t* base = store_.arena_base();
   for (size_t i = 0; i < n; i++) {
     if (s.put_t[i].status == status_code(Status::kNoSpace) && !s.pending.empty()) {
-      if (receive(s, deadline, wake_fd) != 0) return false;
+      if (m.receive(s.iov, deadline, wake_fd) != 0) return false;
       commit(s);
       reserve_again(s, i);  // the slots just committed can now be evicted
     }
@@ -128,7 +129,7 @@ bool PeerDispatcher::put_values(PeerSession& s, Clock::time_point deadline, int 
       s.res[i] = t.status == kAlreadyStored ? status_code(Status::kOk) : t.status;
     }
   }
-  if (receive(s, deadline, wake_fd) != 0) return false;
+  if (m.receive(s.iov, deadline, wake_fd) != 0) return false;
   commit(s);
   return true;
 }
@@ -196,16 +197,8 @@ void PeerDispatcher::reserve_again(PeerSession& s, size_t from) {
   nc_.reservations_held += held;
 }
 
-// Receives the bytes s.iov describes: first what the frame reader read ahead (one small copy),
-// then straight from the socket into the slots.
-int PeerDispatcher::receive(PeerSession& s, Clock::time_point deadline, int wake_fd) {
-  while (!s.iov.done() && s.rx.buffered() > 0) {
-    const iovec& c = s.iov.data()[0];
-    size_t k = s.rx.take(static_cast<uint8_t*>(c.iov_base), c.iov_len);
-    pc_.bytes_staged += k;
-    s.iov.advance(k);
-  }
-  return recv_iov(*s.stream, s.iov, deadline, wake_fd);
+ValueMover* PeerDispatcher::mover(PeerSession& s, uint8_t data_path) {
+  return data_path == kInline ? &s.inline_mover : nullptr;
 }
 
 // ---- PEER_GET -------------------------------------------------------------------------------
@@ -221,7 +214,8 @@ bool PeerDispatcher::get(PeerSession& s, const Header& h, Clock::time_point dead
     pc_.bad_frames++;
     return fail(s, h, kErrBadFrame, "malformed PEER_GET table (counts or lengths out of bounds)");
   }
-  if (path != kInline) return fail(s, h, kErrDataPath, "PEER_GET data path " + std::to_string(path) + " is not served");
+  ValueMover* m = mover(s, path);
+  if (!m) return fail(s, h, kErrDataPath, "PEER_GET data path " + std::to_string(path) + " is not served");
   store_.get_pin(s.keys.vec(), &s.get_t);
   s.held.clear();
   for (const GetTicket& t : s.get_t)
@@ -234,7 +228,6 @@ bool PeerDispatcher::get(PeerSession& s, const Header& h, Clock::time_point dead
   for (const GetTicket& t : s.get_t) s.w.i64(t.status);
   uint8_t* frame = const_cast<uint8_t*>(s.w.finish());
   s.iov.clear();
-  s.iov.add(frame, s.w.size());
   uint64_t payload = 0;
   for (size_t i = 0; i < s.get_t.size(); i++) {
     const GetTicket& t = s.get_t[i];
@@ -244,7 +237,7 @@ bool PeerDispatcher::get(PeerSession& s, const Header& h, Clock::time_point dead
     pc_.keys_got++;
   }
   set_body_len(frame, get_reply_table(static_cast<uint32_t>(n)) + payload);
-  int e = send_iov(*s.stream, s.iov, deadline);
+  int e = m->send(frame, s.w.size(), s.iov, deadline);
   if (e == 0) pc_.bytes_sent += payload;
   unpin(s);
   return e == 0;

@@ -5,7 +5,8 @@
 // the TCP side needs: its id in the server's table, whether a worker is serving it, when it was
 // last active, and the ranges value bytes move through. It exists only after the handshake.
 //
-// PeerDispatcher serves one frame of a session and does the I/O of the value bytes itself:
+// PeerDispatcher serves one frame of a session; value bytes move through the ValueMover of the
+// table's data path (value_mover.h: inline in the stream for TCP):
 //   PEER_PUT  reserve slots for the table, receive each value straight into its slot (values
 //             without a slot are read and dropped), commit, reply with the results. When a key
 //             gets NO_SPACE because this very batch holds the slots, the slots received so far
@@ -29,13 +30,16 @@
 #include "node/peer_protocol.h"
 #include "node/peer_stats.h"
 #include "node/session.h"
+#include "node/value_mover.h"
 #include "node/view_state.h"
 #include "transport/io_vec.h"
 
 namespace mch {
 
 struct PeerSession : Session {
-  PeerSession(std::unique_ptr<Stream> s, uint64_t session_id) : Session(std::move(s), 16 * 1024), id(session_id) {}
+  // staged: the server's count of value bytes copied out of the frame buffer.
+  PeerSession(std::unique_ptr<Stream> s, uint64_t session_id, std::atomic<uint64_t>& staged)
+      : Session(std::move(s), 16 * 1024), id(session_id), inline_mover(*this, staged) {}
 
   const uint64_t id;
   bool busy = false;               // a worker serves it now (guarded by the server's mutex)
@@ -45,6 +49,7 @@ struct PeerSession : Session {
   std::vector<uint8_t> scratch;    // discarded value bytes land here (allocated on first use)
   std::vector<uint32_t> pending;   // PEER_PUT: keys received into slots, not yet committed
   std::vector<uint64_t> held;      // tokens of the request being served
+  InlineMover inline_mover;        // value bytes in the stream (data path kInline)
 };
 
 class PeerDispatcher {
@@ -60,12 +65,13 @@ class PeerDispatcher {
  private:
   bool check_header(PeerSession& s, const proto::Header& h);
   bool put(PeerSession& s, const proto::Header& h, Clock::time_point deadline, int wake_fd);
-  bool put_values(PeerSession& s, Clock::time_point deadline, int wake_fd);
+  bool put_values(PeerSession& s, ValueMover& m, Clock::time_point deadline, int wake_fd);
   void discard(PeerSession& s, uint64_t n);
   void hold_reservations(PeerSession& s, size_t from);
   void commit(PeerSession& s);
   void reserve_again(PeerSession& s, size_t from);
-  int receive(PeerSession& s, Clock::time_point deadline, int wake_fd);
+  // The mover for a table's data path; nullptr when this node does not serve it.
+  ValueMover* mover(PeerSession& s, uint8_t data_path);
   bool get(PeerSession& s, const proto::Header& h, Clock::time_point deadline, int wake_fd);
   void unpin(PeerSession& s);
   bool delegate(PeerSession& s, const proto::Header& h, Clock::time_point deadline, int wake_fd);

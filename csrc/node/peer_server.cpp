@@ -263,7 +263,7 @@ void PeerServer::promote(HandshakeSlot& hs, uint16_t version, std::string peer) 
   auto stream = std::make_unique<SocketStream>(fd, false);
   std::lock_guard<std::mutex> lk(mu_);
   uint64_t id = next_session_++;
-  auto s = std::make_unique<PeerSession>(std::move(stream), id);
+  auto s = std::make_unique<PeerSession>(std::move(stream), id, pc_.bytes_staged);
   s->hello = true;
   s->version = version;
   s->peer = peer + " at " + where;

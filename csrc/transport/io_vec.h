@@ -32,6 +32,8 @@ class IoVec {
   const iovec* data() const { return v_.data() + pos_; }
   int count() const { return static_cast<int>(std::min<size_t>(v_.size() - pos_, IOV_MAX)); }
   uint64_t left() const { return left_; }
+  // Every range added (before any advance()).
+  const std::vector<iovec>& ranges() const { return v_; }
   bool done() const { return left_ == 0; }
   // Marks n more bytes as moved.
   void advance(size_t n) {
