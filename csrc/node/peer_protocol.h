@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "node/limits.h"
 #include "node/protocol.h"
 #include "transport/auth.h"
 #include "transport/frame.h"
@@ -79,13 +80,14 @@ inline bool allowed_over_tcp(uint16_t op) {
 }
 
 // The most body bytes an authenticated peer may announce for `op` (PEER_PUT: the 4-byte table
-// length, the table and the payload). Checked on the header, before anything is read.
+// length, the table and the payload). Checked on the header, before anything is read. The ops
+// shared with the Unix socket have its bounds (node/limits.h).
 inline uint64_t peer_body_limit(uint16_t op) {
   switch (op) {
     case kPeerPut: return 4 + kPeerMaxTable + kPeerMaxPayload;
-    case kPeerGet: case kExists: case kPrefetch: case kRemove: return kPeerMaxTable;
-    case kPing: return 4096;
-    default: return 0;  // STATS, VIEW, REMOVE_ALL: empty bodies; others are refused anyway
+    case kPeerGet: return kPeerMaxTable;
+    case kView: return 0;
+    default: return allowed_over_tcp(op) ? limits::max_request_body(op) : limits::kMaxProbeBody;
   }
 }
 

@@ -94,8 +94,9 @@ void PeerServer::start() {
   slots_.assign(std::max(1u, opt_.max_handshakes), HandshakeSlot{});
   std::string info = "mooncake-hicache node " + opt_.node_id + " pid " + std::to_string(getpid()) + " on " +
                      listener_->address();
-  local_ = std::make_unique<Dispatcher>(node_.store(), nc_, instance_, info, [this] { return node_.full_stats_json(); },
-                                        &node_.views());
+  // No settings fingerprint over TCP: members may differ in local settings (tiers, socket).
+  local_ = std::make_unique<Dispatcher>(node_.store(), nc_, instance_, info, "",
+                                        [this] { return node_.full_stats_json(); }, &node_.views());
   dispatcher_ = std::make_unique<PeerDispatcher>(node_.store(), node_.views(), nc_, pc_, *local_,
                                                  opt_.request_timeout_ms);
   epoll_set(epfd_, EPOLL_CTL_ADD, listener_->fd(), EPOLLIN, Tag::make(Tag::kListener, 0));

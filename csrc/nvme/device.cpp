@@ -43,7 +43,7 @@ void Device::close() {
 void Device::sync() const { fdatasync(fd_); }
 
 void Device::open_locked_fd(bool direct_io) {
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (direct_io ? O_DIRECT : 0), 0644);
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (direct_io ? O_DIRECT : 0), 0600);
   if (fd_ < 0) {
     int e = errno;
     if (e == EINVAL && direct_io)

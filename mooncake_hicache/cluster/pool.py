@@ -1,6 +1,7 @@
 """``PoolConnection``: what a ``Store`` talks to in cluster mode (a config with a ``cluster:``
 section). The host's node is reached as on a single host (``NodeConnection``: the Unix socket
-and the shared arena, started when none runs, restarted when it dies); around its client a
+and the shared arena, started when none runs, restarted in the background when it dies; its
+client object stays the same, so the pool keeps using it); around its client a
 ``_native.PoolClient`` routes every batch to the members that hold the keys (docs/cluster.md):
 the local node over shared memory, the others over authenticated TCP, one request per member
 per batch. The view comes from the local node; ranks never talk to etcd.
@@ -30,7 +31,6 @@ class PoolConnection(NodeConnection):
         self._pool = _native.PoolClient(self._client, replicas=c.replicas, write_quorum=c.write_quorum,
                                         spill_depth=c.spill_depth, connect_timeout_ms=c.connect_timeout_ms,
                                         request_timeout_ms=c.request_timeout_ms, secret=c.read_secret())
-        self._pool_local = self._client
         self._pool.refresh_view()
 
     def __getattr__(self, name):
@@ -43,12 +43,6 @@ class PoolConnection(NodeConnection):
     def pool(self):
         """The ``_native.PoolClient`` (its ``view``, ``probe()``, ``pool_stats_json()``)."""
         return self._pool
-
-    def _revive_if_needed(self) -> None:
-        super()._revive_if_needed()
-        if self._client is not self._pool_local:  # the node was restarted: route through the new client
-            self._pool.set_local(self._client)
-            self._pool_local = self._client
 
     def stats_json(self) -> str:
         """The local node's figures plus ``pool`` (this client's view of the cluster)."""

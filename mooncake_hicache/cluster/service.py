@@ -2,7 +2,8 @@
 
 ``ClusterService(config, node_server)`` runs next to the node's Unix-socket server:
 
-* a ``PeerServer`` on ``cluster.listen_host:listen_port`` (that address only) serves the node's
+* a ``PeerServer`` on ``cluster.listen_host:listen_port`` (that address only; the node raised its
+  open-file limit for its connections: idle ones cost descriptors, not threads) serves the node's
   store to the ranks and nodes of other hosts over TCP, each connection authenticated with the
   cluster secret;
 * membership (``open_membership``: static list or etcd) gives the view; every new view is pushed
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import threading
 import time
 from typing import Optional
@@ -39,7 +39,6 @@ PROBE_INTERVAL_S = 1.0
 # Per-member figures of stats()["cluster"] (as member_<name>: {member id: value}).
 MEMBER_FIGURES = ("up", "dram_pages", "nvme_pages", "dram_bytes", "nvme_bytes", "dram_capacity", "nvme_capacity",
                   "rtt_ms", "weight")
-FD_LIMIT = 65536  # idle peer connections cost descriptors, not threads: have enough of them
 
 
 def view_dict(view: View, self_id: str, grace_s: float, now: Optional[float] = None) -> dict:
@@ -52,13 +51,6 @@ def view_dict(view: View, self_id: str, grace_s: float, now: Optional[float] = N
             "members": [m.to_dict() for m in view.members],
             "previous_epoch": previous.epoch if previous else 0,
             "previous_members": [m.to_dict() for m in previous.members] if previous else []}
-
-
-def raise_fd_limit(want: int = FD_LIMIT) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _native_error(e: Exception, cluster) -> Exception:
@@ -79,7 +71,6 @@ class ClusterService:
         self._lock = threading.Lock()
         self._figures: dict = {}
         self._stop = threading.Event()
-        raise_fd_limit()
         secret = cluster.read_secret()
         self.peer_server = None
         if cluster.listen_port:
