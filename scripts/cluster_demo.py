@@ -32,7 +32,8 @@ import time
 import yaml
 
 from mooncake_hicache import Store
-from mooncake_hicache.cluster import Placement
+from mooncake_hicache.cluster.status import cluster_status
+from mooncake_hicache.config import load_config
 
 IDS = ("node-a", "node-b", "node-c")
 
@@ -92,6 +93,20 @@ class Demo:
                 raise SystemExit(f"{node_id} did not start; see {path}")
             time.sleep(0.05)
 
+    def wait_all_up(self, node_id: str, timeout: float = 15.0) -> dict:
+        """Until node_id's view marks every member up (each node probes the others once a second;
+        a member still starting is marked down meanwhile, and its keys go to their next candidates)."""
+        config = load_config(self.configs[node_id])
+        deadline = time.monotonic() + timeout
+        while True:
+            status = cluster_status(config, timeout_ms=1000)
+            if all(m["up"] and m["in_view_healthy"] for m in status["members"]) or time.monotonic() > deadline:
+                return status
+            time.sleep(0.2)
+
+    def pages_held(self, node_id: str) -> dict:
+        return {m["id"]: m["dram_pages"] for m in cluster_status(load_config(self.configs[node_id]))["members"]}
+
     def rank(self, node_id: str):
         store = Store.from_config(self.configs[node_id])
         mm = mmap.mmap(-1, self.pages * self.page)
@@ -131,9 +146,9 @@ def run(page: int, pages: int, keep: bool = False) -> int:
         print(f"starting {', '.join(IDS)} (logs and data in {root})", flush=True)
         for i in IDS:
             demo.start(i)
-        placement = Placement([(i, 1.0) for i in IDS])
+        for i in IDS:
+            demo.wait_all_up(i)
         keys = [f"demo-page-{i}" for i in range(pages)]
-        holders = [h[0] for h in placement.batch_holders(keys)]
         a, amm, aaddr = demo.rank("node-a")
         for i, k in enumerate(keys):
             amm[i * page:(i + 1) * page] = content(k, page)
@@ -142,7 +157,8 @@ def run(page: int, pages: int, keep: bool = False) -> int:
         put_s = time.perf_counter() - t0
         b, bmm, baddr = demo.rank("node-b")
         got, get_s, wrong = read_all(b, bmm, baddr, keys, page)
-        rows = [[i, holders.count(i), "shared memory" if i == "node-b" else "TCP"] for i in IDS]
+        held = demo.pages_held("node-b")
+        rows = [[i, held[i], "shared memory" if i == "node-b" else "TCP"] for i in IDS]
         print(f"\n1-2. node-a's rank wrote {pages} pages of {page >> 10} KiB ({sum(r == 0 for r in put)} ok, "
               f"{put_s * 1e3:.1f} ms); node-b's rank read them ({sum(r == page for r in got)} hits, "
               f"{wrong} wrong bytes, {get_s * 1e3:.1f} ms):")
@@ -152,7 +168,7 @@ def run(page: int, pages: int, keep: bool = False) -> int:
         demo.procs["node-c"].send_signal(signal.SIGKILL)
         demo.procs["node-c"].wait(timeout=10)
         got, get_s, wrong = read_all(b, bmm, baddr, keys, page)
-        c_pages = holders.count("node-c")
+        c_pages = held["node-c"]
         print(f"3. node-c killed: node-b read {sum(r == page for r in got)} hits, {sum(r == -704 for r in got)} "
               f"misses (node-c held {c_pages}), {wrong} wrong bytes, in {get_s * 1e3:.1f} ms")
         demo.start("node-c")

@@ -171,7 +171,19 @@ class Cluster:
             n.start(wait=False)
         for n in self.nodes.values():
             n.wait_ready()
+        self.wait_all_up()
         return self
+
+    def wait_all_up(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until every running node's view has every member up (a node probes the others once a
+        second and marks one that is still starting down meanwhile)."""
+        running = [n for n in self.nodes.values() if n.proc is not None and n.proc.poll() is None]
+        deadline = time.monotonic() + timeout
+        while not all(all(m["healthy"] for m in n.view()["members"]) for n in running):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the members did not all see each other up: " +
+                                   str({n.id: n.view()["members"] for n in running}))
+            time.sleep(0.1)
 
     def store_config(self, node_id: str) -> dict:
         import copy
