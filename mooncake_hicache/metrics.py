@@ -37,6 +37,8 @@ def _name(*parts: str) -> str:
 PYTHON_KINDS = {
     "cluster": {"epoch": "gauge", "members": "gauge", "live_members": "gauge", "in_grace": "flag",
                 "membership_healthy": "flag", "port": "gauge", "node_id": "info", "membership": "info",
+                "membership_registrations": "counter", "membership_watch_restarts": "counter",
+                "membership_etcd_failures": "counter",
                 **{f"member_{k}": "gauge:member" for k in ("up", "dram_pages", "nvme_pages", "dram_bytes",
                                                            "nvme_bytes", "dram_capacity", "nvme_capacity",
                                                            "rtt_ms", "weight")}},

@@ -1,8 +1,9 @@
 """etcd membership with real node processes and a REAL etcd server (tests/etcd_server.py; the test
 skips, saying why, only when the etcd binary is missing): a join and a leave are seen by every
 node within TTL + 1 s; pages written before a join are still found through the previous view's
-holders (grace window); etcd going away keeps the last view serving and is reported; etcd
-coming back is reported and the nodes register again."""
+holders (grace window); etcd going away keeps the last view serving and is reported, and its
+return is reported; a node cut off from etcd past its lease leaves the others' views and
+registers again when the link is back."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from cluster_helpers import Cluster
 from conftest import Buffer, pattern
-from etcd_server import ETCD, SKIP_REASON, EtcdServer, free_port
+from etcd_server import ETCD, SKIP_REASON, EtcdServer, TcpProxy, free_port
 from mooncake_hicache.cluster import Placement
 
 TTL = 2
@@ -65,6 +66,8 @@ def test_etcd_membership_with_node_processes(tmp_path):
                                                   "lease_ttl_s": TTL}, grace_window_ms=60000, spill_depth=0)
     metrics_port = free_port()
     cl["a"].config["metrics"]["port"] = metrics_port
+    proxy = TcpProxy(etcd.client_port)  # a reaches etcd through it, so the test can cut a off
+    cl["a"].config["cluster"]["etcd"] = dict(cl["a"].config["cluster"]["etcd"], endpoints=[proxy.url])
     try:
         cl["a"].start(wait=False)
         cl["b"].start()
@@ -115,6 +118,15 @@ def test_etcd_membership_with_node_processes(tmp_path):
                  "a reports etcd reachable again")
         wait_for(lambda: all(cl[n].member_ids() == ["a", "b"] for n in "ab"), 3 * TTL + 2, "views converge")
         assert "etcd unreachable" in cl["a"].log() and "etcd reachable again" in cl["a"].log()
+
+        # a is cut off from etcd past its lease: b drops it; when the link is back a registers again
+        registered = node_stats(metrics_port)["cluster"]["membership_registrations"]
+        proxy.cut()
+        wait_for(lambda: cl["b"].member_ids() == ["b"], 3 * TTL + 2, "b drops the cut-off a")
+        proxy.restore()
+        wait_for(lambda: all(cl[n].member_ids() == ["a", "b"] for n in "ab"), 3 * TTL + 2, "a registers again")
+        assert node_stats(metrics_port)["cluster"]["membership_registrations"] == registered + 1
     finally:
         cl.close()
+        proxy.close()
         etcd.kill()

@@ -149,6 +149,10 @@ class ClusterService:
                "membership_healthy": self.membership.healthy, "epoch": view.epoch,
                "members": len(view.members), "live_members": len(view.live_members()),
                "in_grace": len(view.read_views(self.membership.grace_s)) > 1, "port": self.port}
+        ms = self.membership.stats()
+        for key in ("registrations", "watch_restarts", "etcd_failures"):  # etcd membership only
+            if key in ms:
+                out[f"membership_{key}"] = ms[key]
         for key in MEMBER_FIGURES:
             out[f"member_{key}"] = {i: f[key] for i, f in sorted(figures.items())}
         out["member_address"] = {m.id: m.address for m in view.members}
