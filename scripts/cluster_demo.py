@@ -139,6 +139,47 @@ def read_all(store, mm, addr, keys, page):
     return res, dt, wrong
 
 
+def write_and_read(demo: Demo, keys: list, page: int):
+    """Steps 1-2: node-a's rank writes, node-b's rank reads; returns node-b's rank and the pages held."""
+    a, amm, aaddr = demo.rank("node-a")
+    for i, k in enumerate(keys):
+        amm[i * page:(i + 1) * page] = content(k, page)
+    t0 = time.perf_counter()
+    put = a.batch_put_from(keys, [aaddr + i * page for i in range(len(keys))], [page] * len(keys))
+    put_s = time.perf_counter() - t0
+    a.close()
+    b = demo.rank("node-b")
+    got, get_s, wrong = read_all(*b, keys, page)
+    held = demo.pages_held("node-b")
+    rows = [[i, held[i], "shared memory" if i == "node-b" else "TCP"] for i in IDS]
+    print(f"\n1-2. node-a's rank wrote {len(keys)} pages of {page >> 10} KiB ({put.count(0)} ok, "
+          f"{put_s * 1e3:.1f} ms); node-b's rank read them ({got.count(page)} hits, "
+          f"{wrong} wrong bytes, {get_s * 1e3:.1f} ms):")
+    print(table(rows, ("holder", "pages", "node-b reads them over")))
+    print("\n" + subprocess.run([sys.executable, "-m", "mooncake_hicache", "cluster", "status", "--config",
+                                 demo.configs["node-b"]], capture_output=True, text=True).stdout)
+    return b, held
+
+
+def kill_and_restart(demo: Demo, b, held: dict, keys: list, page: int) -> bool:
+    """Steps 3-4: node-c is killed (its pages miss, nothing hangs), then restarted from its NVMe."""
+    demo.procs["node-c"].send_signal(signal.SIGKILL)
+    demo.procs["node-c"].wait(timeout=10)
+    got, get_s, wrong = read_all(*b, keys, page)
+    print(f"3. node-c killed: node-b read {got.count(page)} hits, {got.count(-704)} misses "
+          f"(node-c held {held['node-c']}), {wrong} wrong bytes, in {get_s * 1e3:.1f} ms")
+    demo.start("node-c")
+    deadline = time.monotonic() + 5
+    while True:
+        got, get_s, wrong_now = read_all(*b, keys, page)
+        wrong += wrong_now
+        if got.count(page) == len(keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print(f"4. node-c restarted from its NVMe file: node-b read {got.count(page)} hits, {wrong_now} wrong bytes")
+    return wrong == 0 and got.count(page) == len(keys)
+
+
 def run(page: int, pages: int, keep: bool = False) -> int:
     root = tempfile.mkdtemp(prefix="mch-cluster-demo-")
     demo = Demo(root, page, pages)
@@ -149,40 +190,10 @@ def run(page: int, pages: int, keep: bool = False) -> int:
         for i in IDS:
             demo.wait_all_up(i)
         keys = [f"demo-page-{i}" for i in range(pages)]
-        a, amm, aaddr = demo.rank("node-a")
-        for i, k in enumerate(keys):
-            amm[i * page:(i + 1) * page] = content(k, page)
-        t0 = time.perf_counter()
-        put = a.batch_put_from(keys, [aaddr + i * page for i in range(pages)], [page] * pages)
-        put_s = time.perf_counter() - t0
-        b, bmm, baddr = demo.rank("node-b")
-        got, get_s, wrong = read_all(b, bmm, baddr, keys, page)
-        held = demo.pages_held("node-b")
-        rows = [[i, held[i], "shared memory" if i == "node-b" else "TCP"] for i in IDS]
-        print(f"\n1-2. node-a's rank wrote {pages} pages of {page >> 10} KiB ({sum(r == 0 for r in put)} ok, "
-              f"{put_s * 1e3:.1f} ms); node-b's rank read them ({sum(r == page for r in got)} hits, "
-              f"{wrong} wrong bytes, {get_s * 1e3:.1f} ms):")
-        print(table(rows, ("holder", "pages", "node-b reads them over")))
-        print("\n" + subprocess.run([sys.executable, "-m", "mooncake_hicache", "cluster", "status", "--config",
-                                     demo.configs["node-b"]], capture_output=True, text=True).stdout)
-        demo.procs["node-c"].send_signal(signal.SIGKILL)
-        demo.procs["node-c"].wait(timeout=10)
-        got, get_s, wrong = read_all(b, bmm, baddr, keys, page)
-        c_pages = held["node-c"]
-        print(f"3. node-c killed: node-b read {sum(r == page for r in got)} hits, {sum(r == -704 for r in got)} "
-              f"misses (node-c held {c_pages}), {wrong} wrong bytes, in {get_s * 1e3:.1f} ms")
-        demo.start("node-c")
-        deadline = time.monotonic() + 5
-        while True:
-            got, get_s, wrong = read_all(b, bmm, baddr, keys, page)
-            if all(r == page for r in got) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        print(f"4. node-c restarted from its NVMe file: node-b read {sum(r == page for r in got)} hits, "
-              f"{wrong} wrong bytes")
-        a.close()
-        b.close()
-        return 0 if wrong == 0 and all(r == page for r in got) else 1
+        b, held = write_and_read(demo, keys, page)
+        ok = kill_and_restart(demo, b, held, keys, page)
+        b[0].close()
+        return 0 if ok else 1
     finally:
         demo.stop_all()
         if not keep:
