@@ -51,10 +51,14 @@ class Node:
         self.config = config
         os.makedirs(os.path.dirname(os.path.abspath(config.node.socket)) or ".", exist_ok=True)
         self.store = open_tiers(config)
+        self.cluster = None
         try:
             self.server = _native.NodeServer(self.store, config.node.socket, config.node.timeout_ms)
+            self.cluster = self._join_cluster(config)  # the view is set before a local rank can ask for it
             self.server.start()
         except Exception:
+            if self.cluster is not None:
+                self.cluster.close()
             self.store.close()
             raise
         self.metrics: Optional[MetricsServer] = None
@@ -67,10 +71,22 @@ class Node:
         self._stop = threading.Event()
         self._log_notes()
 
+    def _join_cluster(self, config: Config):
+        """With a ``cluster:`` section: serve peers over TCP and follow the membership
+        (``cluster/service.py``); None on a single host."""
+        if config.cluster is None:
+            return None
+        from .cluster.service import ClusterService
+        return ClusterService(config, self.server)
+
     def stats(self) -> dict:
         """The same figures a STATS request returns (``mooncake-hicache stats``): the store's
-        sections plus ``node``."""
-        return json.loads(self.server.stats_json())
+        sections plus ``node`` (and, for a cluster member, ``peer``), plus ``cluster`` (the view
+        and every member's health and pages, from the node's probes)."""
+        stats = json.loads(self.server.stats_json())
+        if self.cluster is not None:
+            stats["cluster"] = self.cluster.stats()
+        return stats
 
     def serve_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,6 +104,9 @@ class Node:
         if self.metrics:
             self.metrics.close()
             self.metrics = None
+        if self.cluster is not None:
+            self.cluster.close()  # leave the membership first, then stop serving peers
+            self.cluster = None
         self.server.stop()
         self.store.close()
         self._log_notes()
@@ -95,6 +114,8 @@ class Node:
 
     def _log_notes(self) -> None:
         log_notes(self.store, log)
+        if self.cluster is not None:
+            log_notes(self.cluster, log)
 
 
 def run_node(config_source) -> int:
@@ -102,7 +123,8 @@ def run_node(config_source) -> int:
     config = config_source if isinstance(config_source, Config) else load_config(config_source)
     logging.basicConfig(level=config.logging.level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = Node(config)
-    print(f"mooncake-hicache node {os.getpid()} ready on {config.node.socket}", flush=True)
+    member = f" (cluster member {config.cluster.self_id} on TCP port {node.cluster.port})" if node.cluster else ""
+    print(f"mooncake-hicache node {os.getpid()} ready on {config.node.socket}{member}", flush=True)
     node.serve_forever()
     return 0
 
@@ -199,13 +221,31 @@ _LAUNCHER = (
 )
 
 
+def write_private_config(config: Config, path: str) -> None:
+    """Write ``config`` for a node to load, secrets included (an inline ``cluster.secret`` must
+    reach the node it starts): the file is created readable by its owner only, written whole to a
+    temporary name and renamed into place."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that existed
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(config.to_dict(redact_secrets=False), f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def start_node_process(config: Config) -> None:
     """Start ``python -m mooncake_hicache node`` detached (not a child of this process), with
     ``config`` written next to the socket; its output goes to ``<socket>.log``."""
     sock = config.node.socket
     cfg_path = sock + ".yaml"
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump(config.to_dict(), f)
+    write_private_config(config, cfg_path)
     log.info("starting a mooncake-hicache node on %s (log: %s.log)", sock, sock)
     subprocess.run([sys.executable, "-c", _LAUNCHER, sock + ".log",
                     sys.executable, "-m", "mooncake_hicache", "node", "--config", cfg_path],

@@ -1,5 +1,5 @@
 // SocketStream: a Stream over a connected stream socket (AF_UNIX or AF_INET/6). Non-blocking
-// I/O with poll() deadlines. On a Unix socket a descriptor may ride on a message (SCM_RIGHTS)
+// I/O with poll() deadlines, vectored (writev/readv) for value bytes. On a Unix socket a descriptor may ride on a message (SCM_RIGHTS)
 // and the peer's pid is known (SO_PEERCRED). Owns the socket; used by one thread at a time
 // (shutdown() may come from another, to wake it).
 #pragma once
@@ -25,6 +25,12 @@ class SocketStream final : public Stream {
   void shutdown() override;
   int32_t peer_pid() const override { return pid_; }
   bool passes_fds() const override { return unix_; }
+  // writev/readv with poll() deadlines; the non-blocking forms for multiplexers.
+  int send_vec(const iovec* iov, int n, Clock::time_point deadline) override;
+  int recv_vec(const iovec* iov, int n, Clock::time_point deadline, int wake_fd) override;
+  int poll_fd() const override { return fd_; }
+  ssize_t send_some_vec(const iovec* iov, int n) override;
+  ssize_t recv_some_vec(const iovec* iov, int n) override;
 
  private:
   // Waits for `events` on the socket (and readability of wake_fd). 0, ETIMEDOUT, ESHUTDOWN or errno.
