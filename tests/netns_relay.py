@@ -27,11 +27,18 @@ SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 MAX_FRAME = 10 + 65536 + 14 + 64  # virtio-net header + the largest GSO frame + link header + slack
 READS_PER_WAKEUP = 64  # frames taken from one socket before the other gets a turn
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+SOCKET_BUFFER = 64 << 20  # a burst of GSO frames must not overflow the socket (that would be loss we did not ask for)
 
 
 def open_port(ifname: str) -> socket.socket:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)  # root may exceed net.core.*mem_max
+        except PermissionError:
+            s.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
     s.bind((ifname, 0))
     s.setblocking(False)
     return s
