@@ -51,7 +51,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import pytest
+try:
+    import pytest
+except ImportError:  # the harness works without pytest (bench/cluster_pools.py uses it)
+    pytest = None
 
 PREFIX = "mchnet"
 SUBNET_PREFIX = "198.18.0."  # host i is SUBNET_PREFIX + str(i + 1)
@@ -393,7 +396,7 @@ class Network:
     def _stop_relay(self, h: Host) -> None:
         proc = self._relays.pop(h.index, None)
         if proc is not None:
-            _end(proc)
+            stop_process(proc)
 
     def _unrelay(self, h: Host) -> None:
         br = self.bridge_ns
@@ -414,7 +417,7 @@ class Network:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for proc in self._procs + list(self._relays.values()):
-            _end(proc, max(0.0, deadline - time.monotonic()))
+            stop_process(proc, max(0.0, deadline - time.monotonic()))
         self._relays.clear()
         for ns in reversed(self._made):
             _kill_all_in(ns)
@@ -428,7 +431,7 @@ class Network:
         self.close()
 
 
-def _end(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
     """Stop ``proc``: SIGTERM, SIGKILL after ``grace`` seconds; reap it and close its pipes."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -442,7 +445,6 @@ def _end(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
             f.close()
 
 
-@pytest.fixture
 def network():
     """``network(n=3, backend="auto") -> Network``; every network made is closed at teardown.
     Skips the test, with the reason, where network namespaces cannot be made."""
@@ -461,3 +463,7 @@ def network():
     finally:
         for net in made:
             net.close()
+
+
+if pytest is not None:
+    network = pytest.fixture(network)

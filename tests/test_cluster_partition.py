@@ -266,21 +266,32 @@ def test_reads_of_a_cut_holder_come_from_its_replica(pool):
     assert hits(check_call(rank.call("get", keys), "reads after the restore"), keys) == set(keys)
 
 
-def test_pages_of_a_cut_holder_are_misses_with_one_replica(pool):
-    p = pool(replicas=1)
+def written_with_one_replica(p: NetnsPool, prefix: str, node_id: str):
+    """A rank on host A that wrote 48 pages (R=1); the keys, and those ``node_id`` holds."""
     rank = p.rank("a")
-    keys = p.keys("r1", 48)
-    on_b = {k for k in keys if p.holders(k) == ["b"]}
-    assert on_b and len(on_b) < len(keys)
+    keys = p.keys(prefix, 48)
+    held = {k for k in keys if p.holders(k) == [node_id]}
+    assert held and len(held) < len(keys)
     put_all(rank, keys)
     assert hits(check_call(rank.call("get", keys), "reads before the cut"), keys) == set(keys)
+    return rank, keys, held
 
-    p.net.cut(p.nodes["b"].host)
+
+def reads_after_cut(p: NetnsPool, rank, keys, node_id: str, settled: int) -> list[dict]:
+    """Cut ``node_id``'s host, read until a call is quick again, then ``settled`` more reads."""
+    p.net.cut(p.nodes[node_id].host)
     t0 = time.monotonic()
-    replies = read_until(rank, keys, lambda r: r["seconds"] < TIMEOUT_MS / 2000, "a quick call with b cut")
-    replies += [check_call(rank.call("get", keys), "reads with b cut") for _ in range(10)]
-    print(f"R=1 cut: {len(replies)} reads in {time.monotonic() - t0:.2f} s, slowest "
+    replies = read_until(rank, keys, lambda r: r["seconds"] < TIMEOUT_MS / 2000, f"a quick call with {node_id} cut")
+    replies += [check_call(rank.call("get", keys), f"reads with {node_id} cut") for _ in range(settled)]
+    print(f"{node_id} cut: {len(replies)} reads in {time.monotonic() - t0:.2f} s, slowest "
           f"{max(r['seconds'] for r in replies):.3f} s, {slow_calls(replies)} slow")
+    return replies
+
+
+def test_pages_of_a_cut_holder_are_misses_with_one_replica(pool):
+    p = pool(replicas=1)
+    rank, keys, on_b = written_with_one_replica(p, "r1", "b")
+    replies = reads_after_cut(p, rank, keys, "b", settled=10)
     for r in replies:
         got = hits(r, keys)
         assert not got & on_b and got <= set(keys) - on_b
@@ -294,15 +305,8 @@ def test_pages_of_a_cut_holder_are_misses_with_one_replica(pool):
 
 def test_a_client_host_cut_off_serves_its_own_node_and_misses_the_others(pool):
     p = pool(replicas=1)
-    rank = p.rank("a")
-    keys = p.keys("self", 48)
-    on_a = {k for k in keys if p.holders(k) == ["a"]}
-    assert on_a and len(on_a) < len(keys)
-    put_all(rank, keys)
-
-    p.net.cut(p.nodes["a"].host)
-    replies = read_until(rank, keys, lambda r: r["seconds"] < TIMEOUT_MS / 2000, "a quick call with h0 cut")
-    replies += [check_call(rank.call("get", keys), "reads with h0 cut") for _ in range(5)]
+    rank, keys, on_a = written_with_one_replica(p, "self", "a")
+    replies = reads_after_cut(p, rank, keys, "a", settled=5)
     assert all(hits(r, keys) == on_a for r in replies), "only the local node's pages can be read"
     local = [k for k in p.keys("self-local", 100) if p.holders(k) == ["a"]][:8]
     put_all(rank, local)  # writes to the local node go on

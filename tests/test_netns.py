@@ -18,7 +18,7 @@ import time
 import pytest
 
 import netns
-from netns import Network, network  # noqa: F401  (network is a fixture)
+from netns import network  # noqa: F401  (a fixture)
 
 MARGIN_S = 0.5  # scheduling slack on a shared 2-core machine
 
