@@ -24,7 +24,11 @@ PoolClient::PoolClient(std::shared_ptr<NodeClient> local, PoolOptions opt) : opt
 
 PoolClient::~PoolClient() { close(); }
 
-void PoolClient::close() { closed_.store(true); }
+// Later calls answer CLOSED; pooled links are closed (calls in flight finish normally).
+void PoolClient::close() {
+  closed_.store(true);
+  for (const auto& p : peers_.all()) p->drop_idle();
+}
 
 void PoolClient::set_local(std::shared_ptr<NodeClient> local) {
   std::lock_guard<std::mutex> lk(local_mu_);

@@ -43,6 +43,7 @@
 #include "cluster/pool_stats.h"
 #include "common/note_log.h"
 #include "common/sg_list.h"
+#include "common/status.h"
 #include "node/node_client.h"
 #include "transport/auth.h"
 
@@ -137,6 +138,14 @@ class PoolClient {
   void put_round(Call& c, Round& r, const std::vector<std::string>& keys, const std::vector<SgList>& values,
                  const std::vector<uint32_t>& depths, const std::vector<uint64_t>& sizes,
                  std::vector<std::vector<int32_t>>* per_target);
+
+  // After close(): fills n results with CLOSED and returns true.
+  template <class T>
+  bool refuse_closed(T* results, size_t n) const {
+    if (!closed_.load()) return false;
+    for (size_t i = 0; i < n; i++) results[i] = status_code(Status::kClosed);
+    return true;
+  }
 
   const PoolOptions opt_;
   std::unique_ptr<Secret> secret_;

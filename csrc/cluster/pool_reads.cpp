@@ -49,7 +49,7 @@ bool PoolClient::assign_reads(Call& c, Plan& p, Round& r) {
 }
 
 void PoolClient::batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results) {
-  if (keys.empty()) return;
+  if (keys.empty() || refuse_closed(results, keys.size())) return;
   ctr_.gets++;
   Call c = begin_call();
   Plan p(keys.size());
@@ -134,7 +134,7 @@ void PoolClient::get_round(Call& c, Round& r, const std::vector<std::string>& ke
 
 int64_t PoolClient::get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc) {
   int32_t st = key_code(key);
-  if (st != status_code(Status::kOk)) return st;
+  if (st != status_code(Status::kOk) || refuse_closed(&st, 1)) return st;
   Call c = begin_call();
   std::vector<uint16_t> cands;
   c.view->read_candidates(key, opt_.replicas, opt_.spill_depth, Clock::now(), [](uint16_t) { return int64_t{0}; },
@@ -217,7 +217,7 @@ void PoolClient::keys_round(Call& c, Round& r, uint16_t op, const std::vector<st
 }
 
 void PoolClient::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
-  if (keys.empty()) return;
+  if (keys.empty() || refuse_closed(results, keys.size())) return;
   ctr_.exists++;
   Call c = begin_call();
   Plan p(keys.size());
@@ -256,7 +256,7 @@ void PoolClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
 }
 
 int32_t PoolClient::prefetch(const std::vector<std::string>& keys) {
-  if (keys.empty()) return 0;
+  if (keys.empty() || closed_.load()) return 0;
   Call c = begin_call();
   Plan p(keys.size());
   Round r(c.view->targets().size());

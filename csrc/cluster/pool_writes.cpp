@@ -105,7 +105,7 @@ void PoolClient::book_writes(const Round& r, const std::vector<std::vector<int32
 
 void PoolClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                            const std::vector<uint32_t>& depths, int32_t* results) {
-  if (keys.empty()) return;
+  if (keys.empty() || refuse_closed(results, keys.size())) return;
   ctr_.puts++;
   Call c = begin_call();
   Plan p(keys.size());
@@ -166,7 +166,7 @@ void PoolClient::put_round(Call& c, Round& r, const std::vector<std::string>& ke
 
 int32_t PoolClient::remove(const std::string& key) {
   int32_t st = key_code(key);
-  if (st != kOk) return st;
+  if (st != kOk || refuse_closed(&st, 1)) return st;
   Call c = begin_call();
   std::vector<uint16_t> cands;
   c.view->read_candidates(key, opt_.replicas, opt_.spill_depth, Clock::now(), [](uint16_t) { return int64_t{0}; },
@@ -185,9 +185,10 @@ int32_t PoolClient::remove(const std::string& key) {
 
 // Every member of the view removes everything (SGLang's clear() flushes the whole pool).
 int32_t PoolClient::remove_all() {
+  int32_t rc = kOk;
+  if (refuse_closed(&rc, 1)) return rc;
   Call c = begin_call();
   Round r(c.view->targets().size());
-  int32_t rc = kOk;
   for (size_t t = 0; t < r.ex.size(); t++) {
     if (c.is_local(static_cast<uint16_t>(t)) || !available(c, static_cast<uint16_t>(t))) continue;
     r.ex[t] = std::make_unique<Exchange>();

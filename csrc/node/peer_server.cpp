@@ -110,7 +110,10 @@ void PeerServer::start() {
 void PeerServer::stop() {
   if (!running_.load()) return;
   node_.set_peer_stats(nullptr);
-  stopping_.store(true);
+  {
+    std::lock_guard<std::mutex> lk(mu_);  // a worker between its check and its wait sees it
+    stopping_.store(true);
+  }
   uint64_t one = 1;
   ssize_t wr = write(wake_fd_, &one, sizeof one);  // stays readable: wakes the poller and blocked I/O
   (void)wr;
