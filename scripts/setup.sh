@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the cluster membership tests start a real etcd on free loopback ports (on a host
 # with systemd, Debian also enables an etcd service on :2379: 'systemctl disable --now etcd' if
-# it is not wanted). libgtest-dev: the C++ unit tests (tests/cpp).
-APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libgtest-dev fio etcd-server)
+# it is not wanted). libssl-dev: HMAC-SHA256 for the cluster handshake (OpenSSL libcrypto).
+# libgtest-dev: the C++ unit tests (tests/cpp).
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libssl-dev libgtest-dev fio etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

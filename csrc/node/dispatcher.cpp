@@ -111,6 +111,9 @@ Outcome Dispatcher::handle(Session& s, const Header& h, Reader r) {
     case kRemove: return remove(s, h, r);
     case kRemoveAll: return remove_all(s, h, r);
     case kStats: return stats(s, h, r);
+    case kView:
+      if (views_) return view(s, h, r);
+      return unknown_op(s, h);
     default: return unknown_op(s, h);
   }
 }
@@ -280,6 +283,13 @@ Outcome Dispatcher::stats(Session& s, const Header& h, Reader& r) {
   std::string json = stats_json_();
   s.w.begin(kStats, h.request_id, kFlagReply, s.version);
   s.w.str(json);
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::view(Session& s, const Header& h, Reader& r) {
+  if (!r.done()) return bad_body(s, h);
+  s.w.begin(kView, h.request_id, kFlagReply, s.version);
+  views_->encode(s.w);
   return Outcome::kReply;
 }
 

@@ -96,6 +96,10 @@ class NodeClient {
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
   int64_t value_size(const std::string& key);
   bool ping();
+  // A request this class does not know by name (the cluster layer's VIEW): sends `op` with
+  // `body`, puts the reply body in *reply. false when the node is unavailable or does not know
+  // the op (last_error() says which; an unknown op does not count as the node being down).
+  bool call(uint16_t op, const std::string& body, std::string* reply);
   // Drops every connection; later calls return CLOSED. Calls in flight finish normally.
   void close();
 
