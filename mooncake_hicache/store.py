@@ -204,8 +204,10 @@ class Store:
         self._check_open()
         return self._backend.remove(_as_key(key))
 
-    def remove_all(self) -> int:
-        """Delete every key. Returns 0 or a negative ErrorCode."""
+    def remove_all(self, force: bool = False) -> int:
+        """Delete every key. Returns 0 or a negative ErrorCode. ``force`` is Mooncake's argument
+        (skip lease checks); it is accepted for compatibility and changes nothing here: a removal
+        never waits for readers, whose pinned copies stay valid until they finish."""
         self._check_open()
         return self._backend.remove_all()
 

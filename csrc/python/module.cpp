@@ -45,8 +45,13 @@ void bind_common(py::module_& m) {
   m.attr("BLOCK_SIZE") = kBlock;
   // The per-key result codes: [(name, value, doc)], the source of mooncake_hicache.ErrorCode.
   py::list codes;
-  for (const StatusInfo& s : kStatusTable) codes.append(py::make_tuple(s.name, s.value, s.doc));
+  py::dict mooncake;  // {name: Mooncake ErrorCode name of the same meaning and number, or None}
+  for (const StatusInfo& s : kStatusTable) {
+    codes.append(py::make_tuple(s.name, s.value, s.doc));
+    mooncake[s.name] = *s.mooncake ? py::object(py::str(s.mooncake)) : py::object(py::none());
+  }
   m.attr("STATUS_CODES") = codes;
+  m.attr("STATUS_MOONCAKE_NAMES") = mooncake;
   m.def("metric_kinds", &metric_kinds,
         "{section: {field: 'counter' | 'gauge' | 'flag' | 'info' | 'counter:<label>' | 'list'}} for every "
         "stats section; mooncake_hicache.metrics types the Prometheus series with it.");
