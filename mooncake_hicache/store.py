@@ -33,7 +33,7 @@ import bisect
 import logging
 import os
 import threading
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from . import _native
 from .config import Config, load_config
@@ -133,6 +133,7 @@ class Store:
         """Store ``sizes[i]`` bytes at ``ptrs[i]`` under ``keys[i]``. Returns 0 or a negative
         ErrorCode per key. ``depths`` (optional) gives each page's position in its prefix chain,
         which the ``prefix_lru`` eviction policy uses."""
+        ptrs, sizes = _as_list(ptrs), _as_list(sizes)
         keys = self._check_lists(keys, ptrs, sizes)
         return self._flat_call(self._backend.batch_put, keys, ptrs, sizes, depths)
 
@@ -140,6 +141,7 @@ class Store:
         """Read each key's value into the buffer ``(ptrs[i], sizes[i])``. Returns the bytes read,
         ``NOT_FOUND`` for a miss (or a record that failed its checksum), ``BUFFER_TOO_SMALL``,
         or another negative ErrorCode, per key."""
+        ptrs, sizes = _as_list(ptrs), _as_list(sizes)
         keys = self._check_lists(keys, ptrs, sizes)
         return self._flat_call(self._backend.batch_get, keys, ptrs, sizes)
 
@@ -148,12 +150,14 @@ class Store:
                                      depths: Optional[Sequence[int]] = None) -> list[int]:
         """Scatter-gather put: key ``i``'s value is the concatenation of the buffers
         ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record."""
+        all_ptrs, all_sizes = _as_list(all_ptrs), _as_list(all_sizes)
         keys = self._check_lists(keys, all_ptrs, all_sizes)
         return self._sg_call(self._backend.batch_put_sg, keys, all_ptrs, all_sizes, depths)
 
     def batch_get_into_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]]) -> list[int]:
         """Scatter-gather get: key ``i``'s value is spread over its buffers in order."""
+        all_ptrs, all_sizes = _as_list(all_ptrs), _as_list(all_sizes)
         keys = self._check_lists(keys, all_ptrs, all_sizes)
         return self._sg_call(self._backend.batch_get_sg, keys, all_ptrs, all_sizes)
 
@@ -218,8 +222,12 @@ class Store:
         ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode). Keys include
         entries, value_bytes, hits, misses, checksum_failures, evictions,
         index_bytes_per_entry and recovery_seconds."""
+        self._check_open()
         self._log_notes()
-        return backend_stats(self._backend)
+        try:
+            return backend_stats(self._backend)
+        except _native.EngineError as e:  # the node is not reachable
+            raise StoreError(f"cannot read the store's figures: {e.args[-1]}") from None
 
     def close(self) -> None:
         """Seal the open region, flush, release the data file. Idempotent."""
@@ -246,16 +254,18 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError("the store is closed")
+            raise StoreError("the store is closed; open a new one with Store.from_config")
 
-    def _check_lists(self, keys: Sequence[str], *lists: Sequence[Any]) -> list[str]:
+    def _check_lists(self, keys: Iterable[Key], *lists: Iterable[Any]) -> list[Key]:
+        """The keys as a list of str/bytes the native layer takes, after checking that every
+        other list has one entry per key. Any iterable works (a generator is read once); a plain
+        string or bytes object is refused rather than taken as one-letter keys."""
         self._check_open()
+        keys = _key_list(keys)
         for other in lists:
             if len(other) != len(keys):
                 raise StoreError(f"got {len(keys)} keys but a list of {len(other)} pointers/sizes; pass one entry per key")
-        if all(type(k) is str for k in keys):  # the common case, without a per-key call
-            return keys if isinstance(keys, list) else list(keys)
-        return [_as_key(k) for k in keys]
+        return keys
 
     def _call(self, fn, keys, ptrs, sizes, depths, live):
         """Run ``fn`` on the keys at indexes ``live``; depths go along when given (backends
@@ -294,9 +304,37 @@ class Store:
         log_notes(self._backend, log)
 
 
-def _as_key(key: Any) -> str:
-    if isinstance(key, bytes):
-        key = key.decode("utf-8", "surrogateescape")
-    if not isinstance(key, str):
-        raise StoreError(f"keys must be str, got {type(key).__name__}")
-    return key
+Key = Union[str, bytes]
+
+
+def _as_list(items: Iterable[Any]) -> Sequence[Any]:
+    return items if isinstance(items, (list, tuple)) else list(items)
+
+
+def _key_list(keys: Iterable[Any]) -> list[Key]:
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise StoreError(f"expected a list of keys, got one {type(keys).__name__}; to pass a single key "
+                         f"write [key]")
+    try:
+        keys = _as_list(keys)
+    except TypeError:
+        raise StoreError(f"expected a list of keys, got {type(keys).__name__}") from None
+    if all(type(k) is str and k.isascii() for k in keys):  # the common case: no per-key call
+        return keys if isinstance(keys, list) else list(keys)
+    return [_as_key(k, i) for i, k in enumerate(keys)]
+
+
+def _as_key(key: Any, index: Optional[int] = None) -> Key:
+    """``key`` as the native layer takes it: a str (stored as its UTF-8 bytes) or bytes (stored
+    as they are, so a key need not be text)."""
+    which = "key" if index is None else f"key {index}"
+    if isinstance(key, str):
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise StoreError(f"{which} {key[:40]!r} cannot be stored as UTF-8 ({e.reason} at {e.start}); "
+                             f"pass it as bytes instead") from None
+        return key
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise StoreError(f"keys must be str or bytes, got {type(key).__name__} for {which}")
