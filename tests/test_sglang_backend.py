@@ -604,7 +604,7 @@ def node():
     d = tempfile.mkdtemp(prefix="mchsg", dir="/tmp")
     cfg = {"mode": "node",
            "tiers": {"dram": {"capacity": "64MiB", "slab_size": "4MiB", "hugepages": False},
-                     "nvme": {"path": os.path.join(d, "nvme.data"), "capacity": "256MiB", "region_size": "4MiB"}},
+                     "nvme": {"path": os.path.join(d, "nvme.data"), "capacity": "256MiB", "region_size": "8MiB"}},
            "node": {"socket": os.path.join(d, "n.sock"), "autostart": False, "timeout_ms": 2000},
            "metrics": {"port": 0}}
     with open(os.path.join(d, "node.yaml"), "w") as f:

@@ -5,12 +5,23 @@
 #include "common/aligned_buffer.h"
 #include "common/error.h"
 #include "common/status.h"
+#include "common/text.h"
 
 namespace mch {
 
-DramTier::DramTier(const Options& opt) : opt_(opt), arena_(opt.capacity, opt.hugepages) {
-  if (opt_.slab_size < kBlock || !is_aligned(opt_.slab_size))
+const DramTier::Options& DramTier::checked(const Options& opt) {
+  if (opt.slab_size < kBlock || !is_aligned(opt.slab_size))
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size must be a positive multiple of 4 KiB");
+  if (opt.slab_size > kMaxSlabSize)
+    throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size " + format_bytes(opt.slab_size) +
+                                                 " is above the maximum of " + format_bytes(kMaxSlabSize) + "; lower it");
+  if (opt.capacity > kMaxCapacity)
+    throw EngineError(EngineError::kInvalid, "tiers.dram.capacity " + format_bytes(opt.capacity) +
+                                                 " is above the maximum of " + format_bytes(kMaxCapacity) + "; lower it");
+  return opt;
+}
+
+DramTier::DramTier(const Options& opt) : opt_(checked(opt)), arena_(opt.capacity, opt.hugepages) {
   if (opt_.slab_size > arena_.size())
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size is larger than tiers.dram.capacity; lower it");
   EvictionPolicy::make(opt_.eviction);  // validates the name early

@@ -25,6 +25,11 @@ namespace mch {
 
 class DramTier {
  public:
+  // Slot lengths are 32-bit and slot ids are (slab page, slot) packed into 32 bits, so a slab
+  // holds at most kMaxSlabSize bytes and the arena at most 2^32 slots of 4 KiB.
+  static constexpr uint64_t kMaxSlabSize = 2ull << 30;
+  static constexpr uint64_t kMaxCapacity = 16ull << 40;
+
   struct Options {
     uint64_t capacity = 1ull << 30;
     uint64_t slab_size = 32ull << 20;
@@ -54,6 +59,8 @@ class DramTier {
   };
 
   explicit DramTier(const Options& opt);  // throws EngineError
+  // Throws EngineError (kInvalid, naming the setting) for options the tier cannot honour.
+  static const Options& checked(const Options& opt);
 
   // Ready slot holding `d`, or -1.
   int64_t find(const KeyDigest& d) const;

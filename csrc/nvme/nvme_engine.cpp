@@ -56,7 +56,7 @@ struct NvmeEngine::PutItem {
 
 NvmeEngine::NvmeEngine(const NvmeOptions& opt) : opt_(opt) {
   validate_options();
-  max_value_ = opt_.region_size - 3 * kBlock;
+  max_value_ = disk::max_value_in_region(opt_.region_size);
   dev_ = std::make_unique<Device>(opt_);
   opt_.capacity = dev_->capacity();
   ctxs_ = std::make_unique<IoContextPool>(dev_->fd(), opt_.queue_depth, opt_.max_parallel_calls, opt_.io_backend,
@@ -78,6 +78,10 @@ void NvmeEngine::validate_options() {
   if (opt_.path.empty()) throw EngineError(EngineError::kInvalid, "tiers.nvme.path is empty");
   if (opt_.region_size < (1u << 20) || !disk::is_aligned(opt_.region_size))
     throw EngineError(EngineError::kInvalid, "tiers.nvme.region_size must be a multiple of 4 KiB and at least 1 MiB");
+  if (opt_.region_size > disk::kMaxRegionSize)
+    throw EngineError(EngineError::kInvalid, "tiers.nvme.region_size " + format_bytes(opt_.region_size) +
+                                                 " is above the maximum of " + format_bytes(disk::kMaxRegionSize) +
+                                                 "; lower it (64 MiB is a good default)");
   if (opt_.queue_depth < 1 || opt_.queue_depth > 4096)
     throw EngineError(EngineError::kInvalid, "tiers.nvme.queue_depth must be between 1 and 4096");
   if (opt_.max_parallel_calls < 1) opt_.max_parallel_calls = 1;

@@ -16,6 +16,8 @@
 #include "nvme/nvme_engine.h"
 #include "common/keys.h"
 #include "common/sg_list.h"
+#include "common/text.h"
+#include "nvme/record_format.h"
 
 namespace mch {
 
@@ -57,6 +59,14 @@ struct TieredStore::Impl {
     if (opt.admission != "always" && opt.admission != "never" && opt.admission != "second_hit")
       throw EngineError(EngineError::kInvalid,
                         "tiers.dram.admission must be always, never or second_hit, not '" + opt.admission + "'");
+    if (opt.has_nvme && opt.slab_size <= DramTier::kMaxSlabSize &&
+        opt.slab_size > disk::max_value_in_region(opt.nvme.region_size))
+      throw EngineError(EngineError::kInvalid,
+                        "tiers.dram.slab_size " + format_bytes(opt.slab_size) + " holds pages larger than a region of " +
+                            format_bytes(opt.nvme.region_size) + " (tiers.nvme.region_size) can store (at most " +
+                            format_bytes(disk::max_value_in_region(opt.nvme.region_size)) +
+                            "), so such pages would be dropped when they leave DRAM; lower tiers.dram.slab_size or "
+                            "raise tiers.nvme.region_size");
     DramTier::Options d;
     d.capacity = opt.dram_capacity;
     d.slab_size = opt.slab_size;
