@@ -40,7 +40,11 @@ void Device::close() {
   fd_ = -1;
 }
 
-void Device::sync() const { fdatasync(fd_); }
+int Device::sync() const {
+  int err = 0;
+  if (faults_ && faults_->fire(FaultInjector::kSync, &err)) return err;
+  return fdatasync(fd_) == 0 ? 0 : errno;
+}
 
 void Device::open_locked_fd(bool direct_io) {
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (direct_io ? O_DIRECT : 0), 0644);
@@ -141,10 +145,11 @@ void Device::create_layout() {
   if (!is_blockdev_) {
     int rc = posix_fallocate(fd_, 0, static_cast<off_t>(file_bytes));
     if (rc == ENOSPC) {
-      if (ftruncate(fd_, 0) != 0) {
-      }
+      // Give back what the failed allocation took; if even that fails, say so.
+      std::string left = ftruncate(fd_, 0) == 0 ? "" : std::string(" (and it could not be shrunk back: ") +
+                                                           strerror(errno) + "; remove it)";
       fail(EngineError::kInvalid, "not enough free space for tiers.nvme.capacity " + format_bytes(capacity()) +
-                                      " at '" + path_ + "'; lower capacity or free disk space");
+                                      " at '" + path_ + "'; lower capacity or free disk space" + left);
     }
     if (rc != 0 && ftruncate(fd_, static_cast<off_t>(file_bytes)) != 0)
       fail(EngineError::kIo, "cannot size '" + path_ + "': " + strerror(errno));

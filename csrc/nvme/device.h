@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "nvme/fault_injector.h"
 #include "nvme/options.h"
 #include "nvme/record_format.h"
 
@@ -30,7 +31,10 @@ class Device {
   // First region and record sequence numbers of this life (above every earlier life's).
   uint64_t first_region_seq() const { return first_region_seq_; }
   uint64_t first_record_seq() const { return first_record_seq_; }
-  void sync() const;  // fdatasync
+  // fdatasync: 0, or the errno value of a failure (the caller reports it).
+  int sync() const;
+  // Test hook (fault_injector.h): sync() consults it. Set once, before any other thread runs.
+  void set_faults(FaultInjector* f) { faults_ = f; }
   void close();
 
  private:
@@ -50,6 +54,7 @@ class Device {
   uint64_t region_count_ = 0;
   uint64_t first_region_seq_ = 1;
   uint64_t first_record_seq_ = 1;
+  FaultInjector* faults_ = nullptr;
 };
 
 }  // namespace mch

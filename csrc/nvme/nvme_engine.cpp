@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -58,13 +59,16 @@ NvmeEngine::NvmeEngine(const NvmeOptions& opt) : opt_(opt) {
   validate_options();
   max_value_ = disk::max_value_in_region(opt_.region_size);
   dev_ = std::make_unique<Device>(opt_);
+  dev_->set_faults(&faults_);
   opt_.capacity = dev_->capacity();
   ctxs_ = std::make_unique<IoContextPool>(dev_->fd(), opt_.queue_depth, opt_.max_parallel_calls, opt_.io_backend,
-                                          notes_);
+                                          notes_, &faults_);
   reinsertion_ = ReinsertionPolicy::make(opt_.reinsertion);
   regions_ = std::make_unique<RegionManager>(*dev_, opt_.sync_on_seal, notes_, ctr_.io_errors);
   readers_.assign(dev_->region_count(), 0);
   recover_from_disk();
+  backend_name_ = ctxs_->backend();  // fixed from here on (the first context exists)
+  fixed_buffers_ = ctxs_->fixed_buffers();
 }
 
 NvmeEngine::~NvmeEngine() {
@@ -88,7 +92,8 @@ void NvmeEngine::validate_options() {
 }
 
 void NvmeEngine::recover_from_disk() {
-  IoContextPool::Lease ctx(*ctxs_);
+  IoContextPool::Lease ctx(*ctxs_, "recovery");
+  if (!ctx) throw EngineError(EngineError::kIo, "tiers.nvme: cannot set up an I/O queue (" + ctx.error() + ")");
   RecoveryResult r = recover(*ctx, *dev_, *regions_, index_);
   value_bytes_ = r.value_bytes;
   recovered_entries_ = r.entries;
@@ -120,7 +125,9 @@ void NvmeEngine::put_done(IoContext& ctx, const IoCompletion& c, std::vector<Put
   IoContext::Slot& s = ctx.slots[c.tag];
   PutItem& it = items[s.item];
   int64_t res = c.result;
-  if (inject_write_errors_.load() > 0 && inject_write_errors_.fetch_sub(1) > 0) res = -EIO;
+  int err = 0, ms = 0;
+  if (faults_.fire(FaultInjector::kWrite, &err)) res = -err;
+  if (faults_.fire(FaultInjector::kStall, nullptr, &ms)) usleep(static_cast<useconds_t>(ms) * 1000);
   if (res == s.expect) {
     regions_->at(s.loc.region).entries.push_back(s.entry);
     index_record(s.digest, s.loc);
@@ -197,8 +204,9 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
     if (!regions_->open_fits(rec)) {
       drain();  // a region switch needs every write to the old region finished
       // Reinsertions never reclaim: they fill the region just opened for them.
-      if (it.reinsert ? !regions_->open_fits(rec) : !ensure_room(ctx, rec)) {
-        *it.result = status_code(Status::kNoSpace);
+      Status room = it.reinsert ? (regions_->open_fits(rec) ? Status::kOk : Status::kNoSpace) : ensure_room(ctx, rec);
+      if (room != Status::kOk) {
+        *it.result = status_code(room);
         continue;
       }
     }
@@ -208,15 +216,17 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
   drain();
 }
 
-bool NvmeEngine::ensure_room(IoContext& ctx, uint64_t rec_bytes) {
-  if (regions_->open_fits(rec_bytes)) return true;
+// kOk when the open region has room for rec_bytes (opening one, reclaiming the oldest if none is
+// free); kNoSpace when nothing can be reclaimed; kIoError when a region could not be opened.
+Status NvmeEngine::ensure_room(IoContext& ctx, uint64_t rec_bytes) {
+  if (regions_->open_fits(rec_bytes)) return Status::kOk;
   if (regions_->open_region() >= 0) regions_->seal(ctx, static_cast<uint32_t>(regions_->open_region()));
   std::vector<HotRecord> hot;
   int64_t r = regions_->take_free();
-  if (r < 0 && (r = reclaim_oldest(ctx, &hot)) < 0) return false;
-  if (!regions_->open(ctx, static_cast<uint32_t>(r))) return false;
+  if (r < 0 && (r = reclaim_oldest(ctx, &hot)) < 0) return Status::kNoSpace;
+  if (!regions_->open(ctx, static_cast<uint32_t>(r))) return Status::kIoError;
   reinsert(ctx, hot);
-  return regions_->open_fits(rec_bytes);
+  return regions_->open_fits(rec_bytes) ? Status::kOk : Status::kNoSpace;
 }
 
 void NvmeEngine::reinsert(IoContext& ctx, std::vector<HotRecord>& hot) {
@@ -316,7 +326,7 @@ void NvmeEngine::drop_region(uint32_t r, const std::vector<disk::SummaryEntry>& 
 }
 
 bool NvmeEngine::write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d) {
-  if (!ensure_room(ctx, kBlock)) return false;
+  if (ensure_room(ctx, kBlock) != Status::kOk) return false;
   const uint32_t r = static_cast<uint32_t>(regions_->open_region());
   disk::RecordHeader h{};
   h.flags = disk::kTombstone;
@@ -333,6 +343,16 @@ bool NvmeEngine::write_tombstone(IoContext& ctx, const std::string& key, const K
   disk::SummaryEntry e = summary_entry(h, static_cast<uint32_t>(off / kBlock));
   regions_->at(r).entries.push_back(e);
   return true;
+}
+
+// fdatasync; a failure is counted and logged (naming `what`). True when it succeeded.
+bool NvmeEngine::synced(const char* what) {
+  int err = dev_->sync();
+  if (err == 0) return true;
+  ctr_.io_errors++;
+  notes_.warn(std::string("fdatasync during ") + what + " failed (" + strerror(err) +
+              "); what was written since the last sync may not survive a power loss");
+  return false;
 }
 
 // ---- public API -----------------------------------------------------------------------------
@@ -375,16 +395,12 @@ void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vect
   std::vector<PutItem> items = put_items(keys, values, results);
   if (items.empty()) return;
   std::lock_guard<std::mutex> wl(write_mu_);
-  IoContext* ctx;
-  try {
-    ctx = ctxs_->acquire();
-  } catch (const std::exception& e) {
-    notes_.warn(std::string("cannot set up an I/O queue: ") + e.what());
+  IoContextPool::Lease ctx(*ctxs_, "a put");
+  if (!ctx) {
     for (auto& it : items) *it.result = status_code(Status::kIoError);
     return;
   }
   put_records(*ctx, items);
-  ctxs_->release(ctx);
 }
 
 void NvmeEngine::unpin(uint32_t region) {
@@ -480,14 +496,9 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
                            int64_t* results) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return std::fill(results, results + keys.size(), int64_t{status_code(Status::kClosed)});
-  IoContext* ctxp;
-  try {
-    ctxp = ctxs_->acquire();
-  } catch (const std::exception& e) {
-    notes_.warn(std::string("cannot set up an I/O queue: ") + e.what());
-    return std::fill(results, results + keys.size(), int64_t{status_code(Status::kIoError)});
-  }
-  IoContext& ctx = *ctxp;
+  IoContextPool::Lease lease(*ctxs_, "a get");
+  if (!lease) return std::fill(results, results + keys.size(), int64_t{status_code(Status::kIoError)});
+  IoContext& ctx = *lease;
   auto done = [&](const IoCompletion& c) { get_done(ctx, c, buffers, results); };
   for (size_t i = 0; i < keys.size(); i++) {
     KeyDigest d;
@@ -499,7 +510,6 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
   }
   while (ctx.q->inflight() > 0) ctx.reap(1, done);
   ctr_.gets += keys.size();
-  ctxs_->release(ctxp);
 }
 
 void NvmeEngine::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
@@ -531,6 +541,8 @@ int32_t NvmeEngine::remove(const std::string& key) {
   if (st != status_code(Status::kOk)) return st;
   KeyDigest d = KeyDigest::of(key);
   std::lock_guard<std::mutex> wl(write_mu_);
+  IoContextPool::Lease ctx(*ctxs_, "a remove");
+  if (!ctx) return status_code(Status::kIoError);  // nothing changed
   {
     std::lock_guard<std::mutex> lk(index_mu_);
     PageLocation* p = index_.find(d);
@@ -539,7 +551,6 @@ int32_t NvmeEngine::remove(const std::string& key) {
     index_.erase(d);
   }
   ctr_.removes++;
-  IoContextPool::Lease ctx(*ctxs_);
   // The tombstone keeps a restart from bringing the page back.
   if (write_tombstone(*ctx, key, d)) return status_code(Status::kOk);
   notes_.warn("could not persist the removal of a key; it may reappear after a restart");
@@ -550,6 +561,8 @@ int32_t NvmeEngine::remove_all() {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return status_code(Status::kClosed);
   std::lock_guard<std::mutex> wl(write_mu_);
+  IoContextPool::Lease ctx(*ctxs_, "remove_all");
+  if (!ctx) return status_code(Status::kIoError);  // nothing changed
   {
     std::unique_lock<std::mutex> lk(index_mu_);
     index_.clear();
@@ -557,17 +570,14 @@ int32_t NvmeEngine::remove_all() {
     unpinned_cv_.wait(lk, [&] { return std::all_of(readers_.begin(), readers_.end(), [](uint32_t n) { return n == 0; }); });
   }
   int32_t rc = status_code(Status::kOk);
-  {
-    IoContextPool::Lease ctx(*ctxs_);
-    memset(ctx->scratch, 0, kBlock);
-    for (uint32_t r = 0; r < regions_->region_count(); r++) {
-      if (regions_->at(r).state == RegionState::kFree) continue;
-      uint64_t trailer = dev_->region_base(r) + opt_.region_size - kBlock;
-      if (ctx->sync_io(IoOp::kWrite, trailer, ctx->scratch, kBlock) != static_cast<int64_t>(kBlock))
-        rc = status_code(Status::kIoError);
-    }
+  memset(ctx->scratch, 0, kBlock);
+  for (uint32_t r = 0; r < regions_->region_count(); r++) {
+    if (regions_->at(r).state == RegionState::kFree) continue;
+    uint64_t trailer = dev_->region_base(r) + opt_.region_size - kBlock;
+    if (ctx->sync_io(IoOp::kWrite, trailer, ctx->scratch, kBlock) != static_cast<int64_t>(kBlock))
+      rc = status_code(Status::kIoError);
   }
-  dev_->sync();
+  if (!synced("remove_all")) rc = status_code(Status::kIoError);
   regions_->reset_all();
   return rc;
 }
@@ -579,13 +589,14 @@ void NvmeEngine::close() {
     std::lock_guard<std::mutex> wl(write_mu_);
     int64_t open = regions_->open_region();
     if (open >= 0 && !regions_->at(static_cast<uint32_t>(open)).entries.empty()) {
-      IoContextPool::Lease ctx(*ctxs_);
-      regions_->seal(*ctx, static_cast<uint32_t>(open));
+      IoContextPool::Lease ctx(*ctxs_, "sealing the open region at close");
+      if (ctx)
+        regions_->seal(*ctx, static_cast<uint32_t>(open));
+      else
+        notes_.warn("could not seal the open region at close; the next start scans it (nothing is lost)");
     }
-    dev_->sync();
+    synced("close");
   }
-  closed_backend_ = ctxs_->backend();
-  closed_fixed_buffers_ = ctxs_->fixed_buffers();
   ctxs_.reset();  // queues drain what the kernel still owns first
   dev_->close();
   closed_ = true;
@@ -594,9 +605,9 @@ void NvmeEngine::close() {
 NvmeStats NvmeEngine::stats() {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   NvmeStats s;
-  s.io_backend = ctxs_ ? ctxs_->backend() : closed_backend_;
+  s.io_backend = backend_name_;
   s.direct_io = opt_.direct_io;
-  s.fixed_buffers = ctxs_ ? ctxs_->fixed_buffers() : closed_fixed_buffers_;
+  s.fixed_buffers = fixed_buffers_;
   s.capacity = opt_.capacity;
   s.region_size = opt_.region_size;
   s.region_count = readers_.size();

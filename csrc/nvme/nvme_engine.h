@@ -34,6 +34,7 @@
 #include "common/sg_list.h"
 #include "common/status.h"
 #include "nvme/device.h"
+#include "nvme/fault_injector.h"
 #include "nvme/io_context.h"
 #include "nvme/options.h"
 #include "nvme/page_index.h"
@@ -110,7 +111,9 @@ class NvmeEngine {
   // Lines worth logging once (backend fallbacks, recovery summary). Cleared when taken.
   std::vector<Note> take_notes() { return notes_.take(); }
   // Test hook: the next n write completions are treated as device errors (-EIO).
-  void inject_write_errors(int n) { inject_write_errors_.store(n); }
+  void inject_write_errors(int n) { faults_.arm(FaultInjector::kWrite, n); }
+  // Test hook: the next `times` operations of kind k fail with err (or stall for ms).
+  void inject_faults(FaultInjector::Kind k, int times, int err, int ms) { faults_.arm(k, times, err, ms); }
 
  private:
   struct PutItem;
@@ -121,6 +124,7 @@ class NvmeEngine {
   };
 
   void validate_options();
+  bool synced(const char* what);
   void recover_from_disk();
   std::vector<PutItem> put_items(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                                  int32_t* results);
@@ -130,7 +134,7 @@ class NvmeEngine {
   bool submit_put(IoContext& ctx, PutItem& it, size_t i, std::vector<PutItem>& items);
   void put_done(IoContext& ctx, const IoCompletion& c, std::vector<PutItem>& items);
   void index_record(const KeyDigest& d, const PageLocation& loc);
-  bool ensure_room(IoContext& ctx, uint64_t rec_bytes);
+  Status ensure_room(IoContext& ctx, uint64_t rec_bytes);
   int64_t reclaim_oldest(IoContext& ctx, std::vector<HotRecord>* hot);
   std::vector<disk::SummaryEntry> read_summary(IoContext& ctx, uint32_t r, bool* ok);
   std::vector<std::pair<KeyDigest, PageLocation>> pick_hot(uint32_t r, const std::vector<disk::SummaryEntry>& entries);
@@ -151,6 +155,7 @@ class NvmeEngine {
   NvmeOptions opt_;
   uint64_t max_value_ = 0;
   NoteLog notes_;
+  FaultInjector faults_;  // test hooks; outlives the device and the queues that consult it
   std::unique_ptr<Device> dev_;
   std::unique_ptr<IoContextPool> ctxs_;
   std::unique_ptr<ReinsertionPolicy> reinsertion_;
@@ -158,8 +163,9 @@ class NvmeEngine {
   // Lifetime: calls hold it shared; close() takes it exclusively.
   std::shared_mutex life_mu_;
   bool closed_ = false;
-  std::string closed_backend_;  // what stats() reports once the contexts are gone
-  bool closed_fixed_buffers_ = false;
+  // What stats() reports about the I/O backend: fixed once the engine is open.
+  std::string backend_name_;
+  bool fixed_buffers_ = false;
 
   // Writer state, guarded by write_mu_: the region table (placement, sealing, sequences).
   std::mutex write_mu_;
@@ -172,7 +178,6 @@ class NvmeEngine {
   std::vector<uint32_t> readers_;
   uint64_t value_bytes_ = 0;
 
-  std::atomic<int> inject_write_errors_{0};
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, put_errors{0}, gets{0}, hits{0}, misses{0}, get_bytes{0},
         checksum_failures{0}, io_errors{0}, evicted_regions{0}, evicted_pages{0}, reinserted_pages{0}, removes{0};

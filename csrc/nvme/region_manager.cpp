@@ -87,7 +87,12 @@ void RegionManager::seal(IoContext& ctx, uint32_t r) {
     notes_.warn("sealing region " + std::to_string(r) + " failed (" + errstr(rc) +
                "); its pages stay readable, a restart will scan it");
   }
-  if (sync_on_seal_) dev_.sync();
+  int err = sync_on_seal_ ? dev_.sync() : 0;
+  if (err) {
+    io_errors_++;
+    notes_.warn("fdatasync after sealing region " + std::to_string(r) + " failed (" + strerror(err) +
+                "); pages written since the last sync may not survive a power loss");
+  }
   s.state = RegionState::kSealed;
   s.summary_off = t.summary_offset;
   s.summary_count = n;

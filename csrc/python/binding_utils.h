@@ -26,6 +26,7 @@
 
 #include "common/note_log.h"
 #include "common/sg_list.h"
+#include "nvme/fault_injector.h"
 #include "nvme/options.h"
 
 namespace mch::binding {
@@ -166,6 +167,14 @@ void def_take_notes(pybind11::class_<Target>& cls) {
   cls.def("take_notes", [](Target& t, bool with_levels) { return notes_to_py(t.take_notes(), with_levels); },
           pybind11::arg("with_levels") = false,
           "Lines worth logging once (cleared when taken); with_levels: (logging level, line) pairs.");
+}
+
+// A fault kind by its test-facing name (nvme/fault_injector.h); ValueError for another name.
+inline FaultInjector::Kind fault_kind(const std::string& name) {
+  static const char* names[FaultInjector::kKinds] = {"write", "submit", "sync", "acquire", "stall"};
+  for (int k = 0; k < FaultInjector::kKinds; k++)
+    if (name == names[k]) return static_cast<FaultInjector::Kind>(k);
+  throw pybind11::value_error("unknown fault kind '" + name + "'; use write, submit, sync, acquire or stall");
 }
 
 inline pybind11::object json_dict(const std::string& json) {

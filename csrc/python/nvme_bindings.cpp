@@ -69,5 +69,12 @@ void bind_nvme(py::module_& m) {
       .def("stats", &stats)
       .def_property_readonly("max_value_size", &NvmeEngine::max_value_size)
       .def("_inject_write_errors", &NvmeEngine::inject_write_errors,
-           "Test hook: the next n write completions count as device errors (-EIO).");
+           "Test hook: the next n write completions count as device errors (-EIO).")
+      .def("_inject_faults",
+           [](NvmeEngine& e, const std::string& kind, int times, int err, int ms) {
+             e.inject_faults(fault_kind(kind), times, err, ms);
+           },
+           py::arg("kind"), py::arg("times"), py::arg("err") = EIO, py::arg("ms") = 0,
+           "Test hook: the next `times` operations of `kind` (write, submit, sync, acquire, stall) fail with "
+           "errno `err` (stall: are delayed by `ms`).");
 }

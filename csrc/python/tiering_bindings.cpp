@@ -72,6 +72,12 @@ void bind_tiering(py::module_& m) {
       .def("remove_all", &TieredStore::remove_all, release_gil())
       .def("close", &TieredStore::close, release_gil())
       .def("stats_json", &TieredStore::stats_json, release_gil())
+      .def("_inject_nvme_faults",
+           [](TieredStore& t, const std::string& kind, int times, int err, int ms) {
+             t.inject_nvme_faults(fault_kind(kind), times, err, ms);
+           },
+           py::arg("kind"), py::arg("times"), py::arg("err") = EIO, py::arg("ms") = 0,
+           "Test hook: NvmeEngine._inject_faults on this store's NVMe tier.")
       .def_property_readonly("arena_fd", &TieredStore::arena_fd)
       .def_property_readonly("arena_size", &TieredStore::arena_size);
 }

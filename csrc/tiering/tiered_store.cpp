@@ -666,6 +666,10 @@ std::vector<Note> TieredStore::take_notes() {
   return out;
 }
 
+void TieredStore::inject_nvme_faults(FaultInjector::Kind k, int times, int err, int ms) {
+  if (impl_->nvme) impl_->nvme->inject_faults(k, times, err, ms);
+}
+
 TieredStats TieredStore::stats() {
   Impl& m = *impl_;
   TieredStats st;

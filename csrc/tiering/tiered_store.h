@@ -26,6 +26,7 @@
 #include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
+#include "nvme/fault_injector.h"
 #include "nvme/options.h"
 #include "tiering/tiered_stats.h"
 
@@ -96,6 +97,8 @@ class TieredStore {
   // stats() as a JSON object string: {"dram": {...}, "tiering": {...}, "nvme": {...}}.
   std::string stats_json();
   std::vector<Note> take_notes();  // the NVMe tier's, prefixed "nvme: "
+  // Test hook: NvmeEngine::inject_faults on the NVMe tier (no-op without one).
+  void inject_nvme_faults(FaultInjector::Kind k, int times, int err, int ms);
 
  struct Impl;  // public so the file-local helpers in tiered_store.cpp can take it
 
