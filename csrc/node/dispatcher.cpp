@@ -87,6 +87,7 @@ Outcome Dispatcher::handle(Session& s, const Header& h, Reader r) {
     case kRemove: return remove(s, h, r);
     case kRemoveAll: return remove_all(s, h, r);
     case kStats: return stats(s, h, r);
+    case kValueSize: return value_size(s, h, r);
     default: return unknown_op(s, h);
   }
 }
@@ -239,6 +240,16 @@ Outcome Dispatcher::remove_all(Session& s, const Header& h, Reader& r) {
   int32_t rc = store_.remove_all();
   s.w.begin(kRemoveAll, h.request_id, kFlagReply, s.version);
   s.w.i32(rc);
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::value_size(Session& s, const Header& h, Reader& r) {
+  int64_t n = decode_keys(r, &s.keys);
+  if (n < 0 || !r.done()) return bad_body(s, h);
+  s.w.begin(kValueSize, h.request_id, kFlagReply, s.version);
+  s.w.reserve(4 + 8 * static_cast<size_t>(n));
+  s.w.u32(static_cast<uint32_t>(n));
+  for (int64_t i = 0; i < n; i++) s.w.i64(store_.value_size(s.keys.vec()[static_cast<size_t>(i)]));
   return Outcome::kReply;
 }
 

@@ -50,6 +50,7 @@ class Dispatcher {
   Outcome remove(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome remove_all(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome stats(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome value_size(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome unknown_op(Session& s, const proto::Header& h);
   // Takes the commit tokens this session owns out of its table; false for a malformed body.
   bool take_commit_tokens(Session& s, proto::Reader& r, uint32_t n);

@@ -542,29 +542,37 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
   return q;
 }
 
-int32_t NodeClient::remove(const std::string& key) {
-  int32_t st = key_code(key);
-  if (st != status_code(Status::kOk)) return st;
+// A request whose body is a one-key list and whose reply is a one-entry list, read by read(r).
+// Returns that entry, or `unavailable` (CLOSED once closed) when the node could not be asked.
+template <class T, class Read>
+T NodeClient::single_key(uint16_t op, const std::string& key, const char* what, T unavailable, Read read) {
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return status_code(why == Fail::kClosed ? Status::kClosed : Status::kNodeUnavailable);
-  c->begin(kRemove);
+  if (!c) return why == Fail::kClosed ? T(status_code(Status::kClosed)) : unavailable;
+  c->begin(op);
   c->w.u32(1);
   c->w.str(key);
   Reader r;
   int e = roundtrip(*c, &r);
-  int32_t rc = 0;
+  T v{};
   if (e == 0) {
     uint32_t m = r.u32();
-    rc = r.i32();
+    v = read(r);
     if (m != 1 || !r.done()) e = EPROTO;
   }
   if (e) {
-    fail(std::move(c), e, "remove");
-    return status_code(Status::kNodeUnavailable);
+    fail(std::move(c), e, what);
+    return unavailable;
   }
   release(std::move(c));
-  return rc;
+  return v;
+}
+
+int32_t NodeClient::remove(const std::string& key) {
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  return single_key<int32_t>(kRemove, key, "remove", status_code(Status::kNodeUnavailable),
+                             [](Reader& r) { return r.i32(); });
 }
 
 int32_t NodeClient::remove_all() {
@@ -653,7 +661,12 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
   return result;
 }
 
-int64_t NodeClient::value_size(const std::string& key) { return get_value(key, nullptr); }
+int64_t NodeClient::value_size(const std::string& key) {
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  return single_key<int64_t>(kValueSize, key, "value_size", status_code(Status::kNotFound),
+                             [](Reader& r) { return r.i64(); });
+}
 
 bool NodeClient::ping() {
   Fail why = Fail::kNone;

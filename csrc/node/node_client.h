@@ -80,6 +80,8 @@ class NodeClient {
   // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
   // Status. alloc may return nullptr (then status_code(Status::kInvalidParams)).
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
+  // The value's length or a negative Status (NOT_FOUND also when the node is unavailable); moves
+  // no page and counts no hit on the node (VALUE_SIZE).
   int64_t value_size(const std::string& key);
   bool ping();
   // Drops every connection; later calls return CLOSED. Calls in flight finish normally.
@@ -106,6 +108,8 @@ class NodeClient {
   void release(std::unique_ptr<Conn> c);
   void fail(std::unique_ptr<Conn> c, int err, const std::string& what);
   struct PutOps;
+  template <class T, class Read>
+  T single_key(uint16_t op, const std::string& key, const char* what, T unavailable, Read read);
   void connect_first();
   std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
   int say_hello(Conn& c, proto::HelloReply* hr, int* arena_fd);

@@ -35,7 +35,8 @@ enum Op : uint16_t {
   kRemoveAll = 9,
   kStats = 10,
   kPing = 11,
-  kOpCount = 12,  // one past the last request op (array sizes)
+  kValueSize = 12,
+  kOpCount = 13,  // one past the last request op (array sizes)
   kError = 255,   // node -> client only: the request `request_id` failed
 };
 
@@ -63,6 +64,7 @@ inline const char* op_name(uint16_t op) {
     case kRemoveAll: return "remove_all";
     case kStats: return "stats";
     case kPing: return "ping";
+    case kValueSize: return "value_size";
     case kError: return "error";
     default: return "unknown";
   }
@@ -210,6 +212,8 @@ constexpr size_t kPinResultWire = 25;
 // EXISTS reply: u32 n, n x i32 (1 present, 0 absent, < 0 bad key).
 // PREFETCH reply: i32 keys queued for promotion.
 // REMOVE reply: u32 n, n x i32 (0 or NOT_FOUND). REMOVE_ALL request: empty; reply: i32.
+// VALUE_SIZE request: a key list; reply: u32 n, n x i64 (the value's length, or a Status). The
+//   node only looks at its indexes: no page moves, no hit is counted.
 // STATS request: empty; reply: str (a JSON object).
 // PING: any body; the reply echoes it.
 // ERROR (node -> client, flags kFlagReply, request_id of the failed request):

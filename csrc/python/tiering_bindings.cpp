@@ -45,14 +45,6 @@ py::object get_bytes(TieredStore& s, const std::string& key) {
   return out;
 }
 
-int64_t value_size(TieredStore& s, const std::string& key) {
-  std::vector<GetTicket> t;
-  py::gil_scoped_release nogil;
-  s.get_pin({key}, &t);
-  if (t[0].status >= 0) s.get_unpin({t[0].token});
-  return t[0].status;
-}
-
 }  // namespace
 
 void bind_tiering(py::module_& m) {
@@ -67,7 +59,7 @@ void bind_tiering(py::module_& m) {
   def_take_notes(cls);
   cls.def("prefetch", &TieredStore::prefetch, release_gil())
       .def("get_bytes", &get_bytes)
-      .def("value_size", &value_size)
+      .def("value_size", &TieredStore::value_size, release_gil())
       .def("remove", &TieredStore::remove, release_gil())
       .def("remove_all", &TieredStore::remove_all, release_gil())
       .def("close", &TieredStore::close, release_gil())

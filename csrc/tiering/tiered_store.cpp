@@ -595,6 +595,21 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
   for (size_t j = 0; j < idx.size(); j++) results[idx[j]] = r[j] == 1 ? 1 : 0;
 }
 
+int64_t TieredStore::value_size(const std::string& key) {
+  Impl& m = *impl_;
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  const KeyDigest d = KeyDigest::of(key);
+  {
+    std::unique_lock<std::mutex> lk(m.mu);
+    if (m.closed) return status_code(Status::kClosed);
+    m.wait_settled(lk, {d});  // a page on its way to NVMe is sized once it is there
+    int64_t s = m.dram->find(d);
+    if (s >= 0) return m.dram->slot(static_cast<uint32_t>(s)).len;
+  }
+  return m.nvme ? m.nvme->value_size(key) : status_code(Status::kNotFound);
+}
+
 int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   Impl& m = *impl_;
   if (!m.nvme) return 0;

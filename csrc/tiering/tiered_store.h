@@ -82,6 +82,9 @@ class TieredStore {
 
   // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  // The value's length, or a negative Status. Only looks at the indexes: it moves no page
+  // (no promotion, no eviction) and counts no hit or miss.
+  int64_t value_size(const std::string& key);
   // Starts copying NVMe-only pages of `keys` into DRAM (in the background); returns how many.
   int32_t prefetch(const std::vector<std::string>& keys);
   int32_t remove(const std::string& key);
