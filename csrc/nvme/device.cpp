@@ -155,11 +155,11 @@ void Device::create_layout() {
       fail(EngineError::kIo, "cannot size '" + path_ + "': " + strerror(errno));
   }
   AlignedBuffer block(kBlock);
-  if (had_data) {  // old bytes may hold trailers of an earlier life: invalidate them
+  if (had_data) {  // old bytes may hold trailers and records of an earlier life: invalidate them
     for (uint64_t r = 0; r < region_count_; r++)
-      if (pwrite(fd_, block.data(), kBlock, static_cast<off_t>(region_base(r) + region_size_ - kBlock)) !=
-          static_cast<ssize_t>(kBlock))
-        fail(EngineError::kIo, "cannot initialise '" + path_ + "': " + strerror(errno));
+      for (uint64_t off : {region_size_ - kBlock, uint64_t{0}})  // the trailer, the first record
+        if (pwrite(fd_, block.data(), kBlock, static_cast<off_t>(region_base(r) + off)) != static_cast<ssize_t>(kBlock))
+          fail(EngineError::kIo, "cannot initialise '" + path_ + "': " + strerror(errno));
   }
   disk::Superblock sb{};
   memcpy(sb.magic, disk::kSuperMagic, 8);

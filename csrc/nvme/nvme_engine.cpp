@@ -95,6 +95,7 @@ void NvmeEngine::recover_from_disk() {
   IoContextPool::Lease ctx(*ctxs_, "recovery");
   if (!ctx) throw EngineError(EngineError::kIo, "tiers.nvme: cannot set up an I/O queue (" + ctx.error() + ")");
   RecoveryResult r = recover(*ctx, *dev_, *regions_, index_);
+  rewrite_orphan_tombstones(*ctx, r);
   value_bytes_ = r.value_bytes;
   recovered_entries_ = r.entries;
   recovered_scanned_ = r.regions_scanned;
@@ -105,6 +106,35 @@ void NvmeEngine::recover_from_disk() {
            format_bytes(value_bytes_).c_str(), regions_->sealed_count(), recovery_seconds_,
            static_cast<unsigned long long>(recovered_scanned_));
   notes_.add(line);
+}
+
+// Removals that recovery found only in free regions (their trailer was lost) are written again
+// into the log, then the first block of each of those regions is cleared: from now on the removal
+// lives in a trusted region and the free region is not scanned again. Runs in the constructor.
+void NvmeEngine::rewrite_orphan_tombstones(IoContext& ctx, const RecoveryResult& r) {
+  size_t written = 0;
+  for (const auto& o : r.orphan_tombstones) written += write_tombstone(ctx, o.key, o.digest);
+  if (written < r.orphan_tombstones.size() || !synced("recovery")) {
+    notes_.warn("could not write again " + std::to_string(r.orphan_tombstones.size() - written) +
+                " removals found in damaged regions; they hold for this run only");
+    return;  // keep the untrusted regions as they are: the next start finds the removals again
+  }
+  if (written)
+    notes_.warn("wrote again " + std::to_string(written) + " removals whose region trailer was lost");
+  std::vector<uint32_t> still_free;  // the rewrite may have opened one of them: leave that one alone
+  for (uint32_t u : r.untrusted_regions)
+    if (regions_->at(u).state == RegionState::kFree) still_free.push_back(u);
+  clear_first_blocks(ctx, still_free);
+  synced("recovery");
+}
+
+// Zeroes the first block of each region in rs (a free region whose first block is not a record
+// is never scanned at start). False if a write failed.
+bool NvmeEngine::clear_first_blocks(IoContext& ctx, const std::vector<uint32_t>& rs) {
+  bool ok = true;
+  memset(ctx.scratch, 0, kBlock);
+  for (uint32_t r : rs) ok &= ctx.sync_io(IoOp::kWrite, dev_->region_base(r), ctx.scratch, kBlock) == static_cast<int64_t>(kBlock);
+  return ok;
 }
 
 // ---- writer path ----------------------------------------------------------------------------
@@ -569,14 +599,19 @@ int32_t NvmeEngine::remove_all() {
     value_bytes_ = 0;
     unpinned_cv_.wait(lk, [&] { return std::all_of(readers_.begin(), readers_.end(), [](uint32_t n) { return n == 0; }); });
   }
+  // Every used region becomes free: its trailer is zeroed (not trusted at the next start) and so
+  // is its first block (not scanned for tombstones either: every record before this is gone).
   int32_t rc = status_code(Status::kOk);
+  std::vector<uint32_t> used;
+  for (uint32_t r = 0; r < regions_->region_count(); r++)
+    if (regions_->at(r).state != RegionState::kFree) used.push_back(r);
   memset(ctx->scratch, 0, kBlock);
-  for (uint32_t r = 0; r < regions_->region_count(); r++) {
-    if (regions_->at(r).state == RegionState::kFree) continue;
+  for (uint32_t r : used) {
     uint64_t trailer = dev_->region_base(r) + opt_.region_size - kBlock;
     if (ctx->sync_io(IoOp::kWrite, trailer, ctx->scratch, kBlock) != static_cast<int64_t>(kBlock))
       rc = status_code(Status::kIoError);
   }
+  if (!clear_first_blocks(*ctx, used)) rc = status_code(Status::kIoError);
   if (!synced("remove_all")) rc = status_code(Status::kIoError);
   regions_->reset_all();
   return rc;

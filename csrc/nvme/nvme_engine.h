@@ -38,6 +38,7 @@
 #include "nvme/io_context.h"
 #include "nvme/options.h"
 #include "nvme/page_index.h"
+#include "nvme/recovery.h"
 #include "nvme/region_manager.h"
 #include "nvme/reinsertion_policy.h"
 
@@ -126,6 +127,8 @@ class NvmeEngine {
   void validate_options();
   bool synced(const char* what);
   void recover_from_disk();
+  void rewrite_orphan_tombstones(IoContext& ctx, const RecoveryResult& r);
+  bool clear_first_blocks(IoContext& ctx, const std::vector<uint32_t>& rs);
   std::vector<PutItem> put_items(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                                  int32_t* results);
 
