@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "dram/dram_tier.h"
+#include "tiering/removal_fence.h"
 #include "nvme/nvme_engine.h"
 #include "common/keys.h"
 #include "common/sg_list.h"
@@ -39,7 +40,10 @@ struct TieredStore::Impl {
   std::unordered_map<KeyDigest, int, DigestHash> demoting;
   // Pages being copied from NVMe into DRAM (guarded by mu): a get of one waits for it to land.
   std::unordered_map<KeyDigest, int, DigestHash> promoting;
-  std::condition_variable settled_cv;  // signalled when a demotion or promotion finishes
+  std::condition_variable settled_cv;  // signalled when a demotion, promotion or NVMe write finishes
+  // Removals in progress and the NVMe writes of pages leaving DRAM (guarded by mu; see
+  // removal_fence.h): a removed page never comes back from a copy that was in flight.
+  RemovalFence fence;
 
   // Background promotion of prefetched keys: one worker, a bounded queue (guarded by pf_mu).
   std::mutex pf_mu;
@@ -106,21 +110,30 @@ struct TieredStore::Impl {
     DramTier::Victim v;
     uint32_t slot;
   };
+  // The victims of one call, and the fence ticket of their NVMe write (0: nothing to write).
+  struct Demotion {
+    std::vector<Pending> items;
+    uint64_t ticket = 0;
+  };
 
   // Calls dram->reserve and records its victims as pending demotion. Caller holds mu.
-  int64_t reserve_locked(uint64_t len, std::vector<Pending>* pending) {
+  int64_t reserve_locked(uint64_t len, Demotion* pending) {
     std::vector<DramTier::Victim> victims;
     int64_t s = dram->reserve(len, &victims);
     for (auto& v : victims) {
-      if (nvme && admit(v)) demoting[v.digest]++;
+      if (nvme && admit(v)) {
+        demoting[v.digest]++;
+        if (!pending->ticket) pending->ticket = fence.begin_transfer();
+      }
       uint32_t where = v.copy.data() ? Pending::kNone : static_cast<uint32_t>(s);
-      pending->push_back(Pending{std::move(v), where});
+      pending->items.push_back(Pending{std::move(v), where});
     }
     return s;
   }
 
   // Writes evicted entries to NVMe (before their slots are reused), then marks them settled.
-  void demote(std::vector<Pending>& pending) {
+  void demote(Demotion& demotion) {
+    std::vector<Pending>& pending = demotion.items;
     if (pending.empty()) return;
     std::vector<std::string> keys;
     std::vector<SgList> sg;
@@ -156,8 +169,16 @@ struct TieredStore::Impl {
     {
       std::lock_guard<std::mutex> lk(mu);
       for (const auto& d : settled) settle(demoting, d);
+      fence.end_transfer(demotion.ticket);
     }
     settled_cv.notify_all();
+  }
+
+  // Step 2 of a removal (removal_fence.h), mu held through lk: the fence must already cover the
+  // keys and they must be out of DRAM; waits for the transfers that started before.
+  void wait_transfers_in_flight(std::unique_lock<std::mutex>& lk) {
+    const uint64_t horizon = fence.now();
+    settled_cv.wait(lk, [&] { return !fence.transfers_before(horizon); });
   }
 
   // Waits (mu held via lk) until none of `digests` is being demoted or promoted, at most 10 s.
@@ -188,12 +209,13 @@ struct TieredStore::Impl {
     for (size_t i = 0; i < keys.size(); i++) sizes[i] = nvme->value_size(keys[i]);
     std::vector<size_t> idx;
     std::vector<uint32_t> slot_of;
-    std::vector<Pending> pending;
+    Demotion pending;
+    uint64_t ticket = 0;  // this promotion's fence ticket
     {
       std::lock_guard<std::mutex> lk(mu);
       if (closed) return;
       for (size_t i = 0; i < keys.size(); i++) {
-        if (sizes[i] < 0) continue;
+        if (sizes[i] < 0 || fence.covers(ds[i], keys[i])) continue;  // absent, or being removed
         if (dram->find(ds[i]) >= 0 || promoting.count(ds[i])) {
           (*out)[i].status = status_code(Status::kNoSpace);  // landed meanwhile (or landing): the caller looks again
           continue;
@@ -207,6 +229,7 @@ struct TieredStore::Impl {
         idx.push_back(i);
         slot_of.push_back(static_cast<uint32_t>(s));
       }
+      if (!idx.empty()) ticket = fence.begin_transfer();
     }
     demote(pending);
     std::vector<std::string> k;
@@ -223,7 +246,7 @@ struct TieredStore::Impl {
       GetTicket& t = (*out)[idx[j]];
       const KeyDigest& d = ds[idx[j]];
       settle(promoting, d);
-      if (res[j] != sizes[idx[j]]) {
+      if (res[j] != sizes[idx[j]] || fence.covers(d, keys[idx[j]])) {  // unreadable, or removed meanwhile
         dram->abort(s);
         continue;
       }
@@ -238,6 +261,7 @@ struct TieredStore::Impl {
       t.token = make_token(s, dram->slot(s).gen);
       t.tier = 2;
     }
+    fence.end_transfer(ticket);
     settled_cv.notify_all();
   }
 
@@ -279,7 +303,7 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
   out->assign(keys.size(), PutTicket{});
   std::vector<KeyDigest> digests(keys.size());
   for (size_t i = 0; i < keys.size(); i++) digests[i] = KeyDigest::of(keys[i]);
-  std::vector<Impl::Pending> pending;
+  Impl::Demotion pending;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     if (m.closed) {
@@ -316,6 +340,7 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
 void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results) {
   Impl& m = *impl_;
   std::vector<uint32_t> through;  // slots to also write to NVMe (pinned meanwhile)
+  uint64_t ticket = 0;            // the fence ticket of that write
   {
     std::lock_guard<std::mutex> lk(m.mu);
     for (size_t i = 0; i < tokens.size(); i++) {
@@ -341,6 +366,7 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
         through.push_back(s);
       }
     }
+    if (!through.empty()) ticket = m.fence.begin_transfer();
   }
   if (through.empty()) return;
   std::vector<std::string> keys;
@@ -351,11 +377,15 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
   }
   std::vector<int32_t> res(keys.size());
   m.nvme->batch_put(keys, sg, res.data());
-  std::lock_guard<std::mutex> lk(m.mu);
-  for (size_t i = 0; i < through.size(); i++) {
-    if (res[i] == status_code(Status::kOk)) m.ctr.written_through++;
-    m.dram->unpin(through[i]);
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    for (size_t i = 0; i < through.size(); i++) {
+      if (res[i] == status_code(Status::kOk)) m.ctr.written_through++;
+      m.dram->unpin(through[i]);
+    }
+    m.fence.end_transfer(ticket);
   }
+  m.settled_cv.notify_all();
 }
 
 void TieredStore::abort_puts(const std::vector<uint64_t>& tokens) {
@@ -637,26 +667,47 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   return n;
 }
 
+// A removal (removal_fence.h): fence the key, take it out of DRAM, wait for the NVMe writes in
+// flight (one may carry the page), remove it from NVMe, lift the fence.
 int32_t TieredStore::remove(const std::string& key) {
   Impl& m = *impl_;
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
+  const KeyDigest d = KeyDigest::of(key);
   bool found;
   {
-    std::lock_guard<std::mutex> lk(m.mu);
-    found = m.dram->erase(KeyDigest::of(key));
+    std::unique_lock<std::mutex> lk(m.mu);
+    m.fence.add(d);
+    found = m.dram->erase(d);
+    m.wait_transfers_in_flight(lk);
   }
-  if (m.nvme && m.nvme->remove(key) == status_code(Status::kOk)) found = true;
-  return found ? status_code(Status::kOk) : status_code(Status::kNotFound);
+  const int32_t not_found = status_code(Status::kNotFound);
+  int32_t rc = m.nvme ? m.nvme->remove(key) : not_found;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    m.fence.drop(d);
+  }
+  if (rc == not_found) return found ? status_code(Status::kOk) : not_found;
+  return rc;  // 0, or the NVMe tier's error (the removal may not survive a restart)
 }
 
+// remove() for every key; queued prefetches are dropped too.
 int32_t TieredStore::remove_all() {
   Impl& m = *impl_;
   {
-    std::lock_guard<std::mutex> lk(m.mu);
-    m.dram->clear();
+    std::lock_guard<std::mutex> lk(m.pf_mu);
+    m.pf_queue.clear();
   }
-  return m.nvme ? m.nvme->remove_all() : status_code(Status::kOk);
+  {
+    std::unique_lock<std::mutex> lk(m.mu);
+    m.fence.add_all();
+    m.dram->clear();
+    m.wait_transfers_in_flight(lk);
+  }
+  int32_t rc = m.nvme ? m.nvme->remove_all() : status_code(Status::kOk);
+  std::lock_guard<std::mutex> lk(m.mu);
+  m.fence.drop_all();
+  return rc;
 }
 
 void TieredStore::close() {
