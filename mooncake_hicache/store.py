@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 import threading
@@ -129,13 +130,18 @@ class Store:
     # ---- zero-copy batch API -------------------------------------------------------------
 
     def batch_put_from(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int], *,
-                       depths: Optional[Sequence[int]] = None) -> list[int]:
+                       depths: Optional[Sequence[int]] = None, keep_existing: bool = False) -> list[int]:
         """Store ``sizes[i]`` bytes at ``ptrs[i]`` under ``keys[i]``. Returns 0 or a negative
         ErrorCode per key. ``depths`` (optional) gives each page's position in its prefix chain,
-        which the ``prefix_lru`` eviction policy uses."""
+        which the ``prefix_lru`` eviction policy uses.
+
+        A key that is stored already gets the new value: every later get sees it, on every tier,
+        also after eviction and restart (Mooncake's ``upsert``). With ``keep_existing=True`` a
+        stored key keeps its value instead and reports 0 without a copy (Mooncake's ``put``; for
+        content-addressed keys, whose value never changes)."""
         ptrs, sizes = _as_list(ptrs), _as_list(sizes)
         keys = self._check_lists(keys, ptrs, sizes)
-        return self._flat_call(self._backend.batch_put, keys, ptrs, sizes, depths)
+        return self._flat_call(self._put_fn("batch_put", keep_existing), keys, ptrs, sizes, depths)
 
     def batch_get_into(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
         """Read each key's value into the buffer ``(ptrs[i], sizes[i])``. Returns the bytes read,
@@ -147,12 +153,14 @@ class Store:
 
     def batch_put_from_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]], *,
-                                     depths: Optional[Sequence[int]] = None) -> list[int]:
+                                     depths: Optional[Sequence[int]] = None,
+                                     keep_existing: bool = False) -> list[int]:
         """Scatter-gather put: key ``i``'s value is the concatenation of the buffers
-        ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record."""
+        ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record. ``keep_existing`` as in
+        :meth:`batch_put_from`."""
         all_ptrs, all_sizes = _as_list(all_ptrs), _as_list(all_sizes)
         keys = self._check_lists(keys, all_ptrs, all_sizes)
-        return self._sg_call(self._backend.batch_put_sg, keys, all_ptrs, all_sizes, depths)
+        return self._sg_call(self._put_fn("batch_put_sg", keep_existing), keys, all_ptrs, all_sizes, depths)
 
     def batch_get_into_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]]) -> list[int]:
@@ -175,18 +183,20 @@ class Store:
 
     # ---- single-key convenience ----------------------------------------------------------
 
-    def put(self, key: str, value: Union[bytes, bytearray, memoryview]) -> int:
+    def put(self, key: str, value: Union[bytes, bytearray, memoryview], *, keep_existing: bool = False) -> int:
         """Store ``value`` under ``key`` (copies; no registration needed). Returns 0 or a
-        negative ErrorCode."""
+        negative ErrorCode. A stored key gets the new value unless ``keep_existing`` (see
+        :meth:`batch_put_from`)."""
         self._check_open()
         mv = memoryview(value).cast("B")
         if not mv.contiguous:
             raise StoreError("put needs a contiguous buffer")
         import ctypes
+        put = self._put_fn("batch_put", keep_existing)
         if len(mv) == 0:
-            return self._backend.batch_put([_as_key(key)], [1], [0])[0]
+            return put([_as_key(key)], [1], [0])[0]
         holder = (ctypes.c_char * len(mv)).from_buffer_copy(mv) if mv.readonly else (ctypes.c_char * len(mv)).from_buffer(mv)
-        return self._backend.batch_put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
+        return put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
 
     def get(self, key: str) -> bytes:
         """The value stored under ``key``, or ``b""`` when it is missing (as Mooncake's ``get``)."""
@@ -266,6 +276,9 @@ class Store:
             if len(other) != len(keys):
                 raise StoreError(f"got {len(keys)} keys but a list of {len(other)} pointers/sizes; pass one entry per key")
         return keys
+
+    def _put_fn(self, name: str, keep_existing: bool):
+        return functools.partial(getattr(self._backend, name), keep_existing=bool(keep_existing))
 
     def _call(self, fn, keys, ptrs, sizes, depths, live):
         """Run ``fn`` on the keys at indexes ``live``; depths go along when given (backends

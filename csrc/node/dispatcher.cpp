@@ -135,7 +135,8 @@ Outcome Dispatcher::ping(Session& s, const Header& h, Reader& r) {
 Outcome Dispatcher::put_reserve(Session& s, const Header& h, Reader& r) {
   int64_t n = decode_put_reserve(r, &s.keys, &s.sizes, &s.depths);
   if (n < 0 || !r.done()) return bad_body(s, h);
-  store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t);
+  const PutMode mode = (h.flags & kFlagKeepExisting) ? PutMode::kKeepExisting : PutMode::kReplace;
+  store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t, mode);
   reply_tickets(s, h, s.put_t, kReserveResultWire, s.reservations, ctr_.reservations_held);
   return Outcome::kReply;
 }

@@ -60,10 +60,10 @@ struct NodeClient::Conn {
   std::vector<uint64_t> sizes, tokens;
   PutWaveScratch waves;
 
-  uint32_t begin(uint16_t op) {
+  uint32_t begin(uint16_t op, uint32_t flags = 0) {
     sent_op = op;
     sent_id = next_id++;
-    w.begin(op, sent_id, 0, version);
+    w.begin(op, sent_id, flags, version);
     return sent_id;
   }
 };
@@ -353,6 +353,7 @@ struct NodeClient::PutOps {
   const std::vector<SgList>& values;
   const std::vector<uint32_t>& depths;
   int32_t* results;
+  PutMode mode;
 
   bool lost(int e, const char* what, const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
     for (uint32_t i : a) results[i] = status_code(Status::kNodeUnavailable);
@@ -361,7 +362,7 @@ struct NodeClient::PutOps {
     return false;
   }
   bool reserve(const std::vector<uint32_t>& todo, std::vector<Reservation>* out) {
-    c->begin(kPutReserve);
+    c->begin(kPutReserve, mode == PutMode::kKeepExisting ? kFlagKeepExisting : 0);
     encode_put_reserve(c->w, keys, todo, c->sizes, depths);
     Reader r;
     int e = client.roundtrip(*c, &r);
@@ -401,7 +402,7 @@ struct NodeClient::PutOps {
 };
 
 void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           const std::vector<uint32_t>& depths, int32_t* results) {
+                           const std::vector<uint32_t>& depths, int32_t* results, PutMode mode) {
   if (keys.empty()) return;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
@@ -423,7 +424,7 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
     todo.erase(todo.begin() + static_cast<long>(k));
   }
   if (!c) return;
-  PutOps ops{*this, c, keys, values, depths, results};
+  PutOps ops{*this, c, keys, values, depths, results, mode};
   run_put_waves(todo, results, ops, c->waves);
   if (c) release(std::move(c));
 }

@@ -63,10 +63,10 @@ class NodeClient {
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
 
-  // results[i]: 0 or a negative Status. A value already stored (same key and size) is not
-  // copied again and reports 0. depths may be empty.
+  // results[i]: 0 or a negative Status. depths may be empty. mode (common/put_waves.h):
+  // kReplace, or kKeepExisting (a key already stored reports 0 and is not copied).
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 const std::vector<uint32_t>& depths, int32_t* results);
+                 const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   // results[i]: bytes copied into buffers[i] (spread over its segments in order), or a negative
   // Status: NOT_FOUND, BUFFER_TOO_SMALL (the value is larger than the segments), ...
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);

@@ -188,9 +188,12 @@ inline int64_t decode_put_reserve(Reader& r, KeyList* keys, std::vector<uint64_t
   return n;
 }
 
+// PUT_RESERVE header flag kFlagKeepExisting: PutMode::kKeepExisting (a stored key keeps its
+//   value); without it a committed value replaces the stored one everywhere.
+constexpr uint32_t kFlagKeepExisting = 1u << 1;
 // PUT_RESERVE reply: u32 n, n x {i32 status, u64 offset, u64 token}.
-//   status 0: copy the value to arena+offset, then commit the token; 1: the same key with the
-//   same size is stored already (nothing to copy, no token); < 0: a Status (common/status.h).
+//   status 0: copy the value to arena+offset, then commit the token; 1: kKeepExisting and the key
+//   is stored already (nothing to copy, no token); < 0: a Status (common/status.h).
 using ReserveResult = Reservation;  // common/put_waves.h
 constexpr size_t kReserveResultWire = 20;
 

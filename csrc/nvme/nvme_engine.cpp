@@ -418,11 +418,26 @@ std::vector<NvmeEngine::PutItem> NvmeEngine::put_items(const std::vector<std::st
   return items;
 }
 
+// kKeepExisting: items whose key is indexed already report 0 and are not written.
+void NvmeEngine::drop_existing(std::vector<PutItem>* items) {
+  std::lock_guard<std::mutex> lk(index_mu_);
+  size_t kept = 0;
+  for (PutItem& it : *items) {
+    if (index_.find(it.digest)) {
+      *it.result = status_code(Status::kOk);
+      continue;
+    }
+    (*items)[kept++] = it;
+  }
+  items->resize(kept);
+}
+
 void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           int32_t* results) {
+                           int32_t* results, PutMode mode) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return std::fill(results, results + keys.size(), status_code(Status::kClosed));
   std::vector<PutItem> items = put_items(keys, values, results);
+  if (mode == PutMode::kKeepExisting) drop_existing(&items);
   if (items.empty()) return;
   std::lock_guard<std::mutex> wl(write_mu_);
   IoContextPool::Lease ctx(*ctxs_, "a put");

@@ -31,6 +31,7 @@
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/note_log.h"
+#include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
 #include "nvme/device.h"
@@ -94,8 +95,10 @@ class NvmeEngine {
   NvmeEngine(const NvmeEngine&) = delete;
   NvmeEngine& operator=(const NvmeEngine&) = delete;
 
-  // results[i] = 0 or a negative Status.
-  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values, int32_t* results);
+  // results[i] = 0 or a negative Status. kKeepExisting: a key already indexed is left as it is
+  // (result 0, nothing written).
+  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values, int32_t* results,
+                 PutMode mode = PutMode::kReplace);
   // results[i] = bytes read or a negative Status (kNotFound for a miss or a corrupt record).
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
   // results[i] = 1 present, 0 absent, negative Status on error.
@@ -131,6 +134,7 @@ class NvmeEngine {
   bool clear_first_blocks(IoContext& ctx, const std::vector<uint32_t>& rs);
   std::vector<PutItem> put_items(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                                  int32_t* results);
+  void drop_existing(std::vector<PutItem>* items);
 
   // --- writer path (write_mu_ held) ---
   void put_records(IoContext& ctx, std::vector<PutItem>& items);

@@ -174,6 +174,18 @@ struct TieredStore::Impl {
     settled_cv.notify_all();
   }
 
+  // Whether the key has a value in some tier (or on its way there). Caller holds mu; the NVMe
+  // lookup is an index lookup (no I/O).
+  bool stored(const KeyDigest& d, const std::string& key) {
+    return dram->find(d) >= 0 || demoting.count(d) || (nvme && nvme->value_size(key) >= 0);
+  }
+
+  struct WriteThrough;
+  void publish_committed(uint32_t s, WriteThrough* wt);
+  void write_through(WriteThrough& wt);
+  void replace(const std::vector<uint64_t>& tokens, const std::vector<size_t>& replacing, int32_t* results,
+               WriteThrough* wt);
+
   // Step 2 of a removal (removal_fence.h), mu held through lk: the fence must already cover the
   // keys and they must be out of DRAM; waits for the transfers that started before.
   void wait_transfers_in_flight(std::unique_lock<std::mutex>& lk) {
@@ -298,7 +310,7 @@ TieredStore::~TieredStore() {
 }
 
 void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
-                              const std::vector<uint32_t>& depths, std::vector<PutTicket>* out) {
+                              const std::vector<uint32_t>& depths, std::vector<PutTicket>* out, PutMode mode) {
   Impl& m = *impl_;
   out->assign(keys.size(), PutTicket{});
   std::vector<KeyDigest> digests(keys.size());
@@ -314,9 +326,8 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
       PutTicket& t = (*out)[i];
       t.status = key_code(keys[i]);
       if (t.status != status_code(Status::kOk)) continue;
-      int64_t have = m.dram->find(digests[i]);
-      if (have >= 0 && m.dram->slot(static_cast<uint32_t>(have)).len == sizes[i]) {
-        t.status = kAlreadyStored;  // the same page is stored already: nothing to copy
+      if (mode == PutMode::kKeepExisting && m.stored(digests[i], keys[i])) {
+        t.status = kAlreadyStored;  // its value stays: nothing to copy
         m.ctr.skipped_existing++;
         continue;
       }
@@ -337,12 +348,57 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
   m.demote(pending);  // before the caller overwrites the victims' slots
 }
 
+// Slots published with write-through on: written to NVMe after the mutex is let go (pinned
+// meanwhile), under the fence tickets taken when they were published.
+struct TieredStore::Impl::WriteThrough {
+  std::vector<uint32_t> slots;
+  std::vector<uint64_t> tickets;
+};
+
+// The committed slot s (kWriting, filled by the caller) becomes the key's value. Caller holds mu.
+void TieredStore::Impl::publish_committed(uint32_t s, WriteThrough* wt) {
+  DramTier::Slot& slot = dram->slot(s);
+  std::string key = slot.key;
+  dram->publish(s, key, slot.digest, slot.len, slot.depth);
+  ctr.puts++;
+  ctr.put_bytes += slot.len;
+  if (!opt.write_through || !nvme) return;
+  dram->pin(s);
+  wt->tickets.push_back(fence.begin_transfer());
+  wt->slots.push_back(s);
+}
+
+void TieredStore::Impl::write_through(WriteThrough& wt) {
+  if (wt.slots.empty()) return;
+  std::vector<std::string> keys;
+  std::vector<SgList> sg;
+  for (uint32_t s : wt.slots) {
+    keys.push_back(dram->slot(s).key);
+    sg.push_back({Segment{dram->data(s), dram->slot(s).len}});
+  }
+  std::vector<int32_t> res(keys.size());
+  nvme->batch_put(keys, sg, res.data());
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    for (size_t i = 0; i < wt.slots.size(); i++) {
+      if (res[i] == status_code(Status::kOk)) ctr.written_through++;
+      dram->unpin(wt.slots[i]);
+    }
+    for (uint64_t t : wt.tickets) fence.end_transfer(t);
+  }
+  settled_cv.notify_all();
+}
+
+// Publishes the committed slots. A key with an older copy somewhere (another DRAM entry, a
+// transfer in flight, the NVMe tier) is replaced the way a removal removes it (removal_fence.h):
+// its old copies are taken out first, so once the put has returned no get can see the old value,
+// not after eviction and not after a restart.
 void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results) {
   Impl& m = *impl_;
-  std::vector<uint32_t> through;  // slots to also write to NVMe (pinned meanwhile)
-  uint64_t ticket = 0;            // the fence ticket of that write
+  Impl::WriteThrough wt;
+  std::vector<size_t> replacing;  // tokens whose key has an older copy
   {
-    std::lock_guard<std::mutex> lk(m.mu);
+    std::unique_lock<std::mutex> lk(m.mu);
     for (size_t i = 0; i < tokens.size(); i++) {
       uint32_t s = token_slot(tokens[i]);
       if (!m.dram->valid_slot(s) || m.dram->slot(s).gen != token_gen(tokens[i]) ||
@@ -356,36 +412,39 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
         results[i] = status_code(Status::kIoError);
         continue;
       }
-      std::string key = slot.key;
-      m.dram->publish(s, key, slot.digest, slot.len, slot.depth);
-      m.ctr.puts++;
-      m.ctr.put_bytes += slot.len;
       results[i] = status_code(Status::kOk);
-      if (m.opt.write_through && m.nvme) {
-        m.dram->pin(s);
-        through.push_back(s);
+      if (m.stored(slot.digest, slot.key)) {
+        m.fence.add(slot.digest);
+        m.dram->erase(slot.digest);  // the older DRAM entry; this slot is not indexed yet
+        replacing.push_back(i);
+        continue;
       }
+      m.publish_committed(s, &wt);
     }
-    if (!through.empty()) ticket = m.fence.begin_transfer();
+    if (!replacing.empty()) m.wait_transfers_in_flight(lk);
   }
-  if (through.empty()) return;
-  std::vector<std::string> keys;
-  std::vector<SgList> sg;
-  for (uint32_t s : through) {
-    keys.push_back(m.dram->slot(s).key);
-    sg.push_back({Segment{m.dram->data(s), m.dram->slot(s).len}});
-  }
-  std::vector<int32_t> res(keys.size());
-  m.nvme->batch_put(keys, sg, res.data());
-  {
-    std::lock_guard<std::mutex> lk(m.mu);
-    for (size_t i = 0; i < through.size(); i++) {
-      if (res[i] == status_code(Status::kOk)) m.ctr.written_through++;
-      m.dram->unpin(through[i]);
+  if (!replacing.empty()) m.replace(tokens, replacing, results, &wt);
+  m.write_through(wt);
+}
+
+// Removes the NVMe copies of the keys of tokens[replacing[j]], then publishes their new values
+// (or, if the old copy could not be removed, gives the slot back: the put fails with IO_ERROR).
+void TieredStore::Impl::replace(const std::vector<uint64_t>& tokens, const std::vector<size_t>& replacing,
+                                int32_t* results, WriteThrough* wt) {
+  std::vector<int32_t> removed(replacing.size(), status_code(Status::kNotFound));
+  for (size_t j = 0; j < replacing.size() && nvme; j++)
+    removed[j] = nvme->remove(dram->slot(token_slot(tokens[replacing[j]])).key);
+  std::lock_guard<std::mutex> lk(mu);
+  for (size_t j = 0; j < replacing.size(); j++) {
+    uint32_t s = token_slot(tokens[replacing[j]]);
+    fence.drop(dram->slot(s).digest);
+    if (removed[j] == status_code(Status::kOk) || removed[j] == status_code(Status::kNotFound)) {
+      publish_committed(s, wt);
+    } else {
+      dram->abort(s);
+      results[replacing[j]] = removed[j];
     }
-    m.fence.end_transfer(ticket);
   }
-  m.settled_cv.notify_all();
 }
 
 void TieredStore::abort_puts(const std::vector<uint64_t>& tokens) {
@@ -494,6 +553,7 @@ struct TieredPutOps {
   const std::vector<uint32_t>& depths;
   const std::vector<uint64_t>& sizes;
   uint8_t* arena;
+  PutMode mode;
   std::vector<std::string> k;
   std::vector<uint64_t> sz;
   std::vector<uint32_t> dp;
@@ -505,7 +565,7 @@ struct TieredPutOps {
       sz.push_back(sizes[i]);
       dp.push_back(i < depths.size() ? depths[i] : 0);
     }
-    store.put_reserve(k, sz, dp, out);
+    store.put_reserve(k, sz, dp, out, mode);
     return true;
   }
   int32_t copy(uint32_t i, const Reservation& r) {
@@ -521,7 +581,7 @@ struct TieredPutOps {
 };
 
 void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                            const std::vector<uint32_t>& depths, int32_t* results) {
+                            const std::vector<uint32_t>& depths, int32_t* results, PutMode mode) {
   std::vector<uint32_t> todo;
   std::vector<uint64_t> sizes(keys.size());
   for (size_t i = 0; i < keys.size(); i++) {
@@ -532,7 +592,7 @@ void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vec
     else
       todo.push_back(static_cast<uint32_t>(i));
   }
-  TieredPutOps ops{*this, keys, values, depths, sizes, impl_->dram->arena().base(), {}, {}, {}};
+  TieredPutOps ops{*this, keys, values, depths, sizes, impl_->dram->arena().base(), mode, {}, {}, {}};
   PutWaveScratch scratch;
   run_put_waves(todo, results, ops, scratch);
 }

@@ -49,7 +49,7 @@ struct TieredOptions {
 };
 
 // put_reserve's answer per key: status kOk (copy to arena + offset, then commit the token),
-// kAlreadyStored (same key and size stored already: skip) or a negative Status.
+// kAlreadyStored (PutMode::kKeepExisting and the key is stored: skip) or a negative Status.
 using PutTicket = Reservation;
 
 struct GetTicket {
@@ -67,9 +67,13 @@ class TieredStore {
 
   // ---- zero-copy steps ----
   // depth: the page's position in its prefix chain (0 = unknown); used by prefix_lru.
+  // mode (common/put_waves.h): kReplace (the default) or kKeepExisting.
   void put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
-                   const std::vector<uint32_t>& depths, std::vector<PutTicket>* out);
+                   const std::vector<uint32_t>& depths, std::vector<PutTicket>* out,
+                   PutMode mode = PutMode::kReplace);
   // ok[i] false aborts ticket i. results[i]: status_code(Status::kOk) or a negative Status.
+  // A committed value replaces every older copy of its key (DRAM, NVMe, a transfer in flight)
+  // before this returns.
   void put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results);
   void abort_puts(const std::vector<uint64_t>& tokens);
   void get_pin(const std::vector<std::string>& keys, std::vector<GetTicket>* out);
@@ -77,7 +81,7 @@ class TieredStore {
 
   // ---- whole operations (reserve/pin + memcpy + commit/unpin, for in-process callers) ----
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 const std::vector<uint32_t>& depths, int32_t* results);
+                 const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
 
   // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
