@@ -1,42 +1,38 @@
 #!/usr/bin/env python3
-"""Server mode: real SGLang servers, one per L3 backend, driven by the same long-context workload.
+"""Server mode: real SGLang servers on a GPU, one per L3 backend and layout, driven by the same
+requests, compared on TTFT, throughput, L3 hits and output identity.
 
-For each backend in ``--backends`` (``none`` = HiCache with no L3 storage, ``file`` = SGLang's
-HiCacheFile, ``mooncake`` = ours, selected by the plugin this package installs) it:
+For each run (model x TP size x backend x layout; ``none`` = HiCache without L3 storage,
+``file`` = SGLang's HiCacheFile, ``mooncake`` = ours through the plugin this package installs):
 
-1. starts ``python -m sglang.launch_server`` with the model's config and ``--load-format dummy``
-   (random weights: no download of weights, same compute), ``--page-size 64``,
-   ``--enable-hierarchical-cache`` and the backend's ``--hicache-storage-backend`` flags, and waits
-   for ``/health_generate``;
-2. runs the workload ``--passes`` times (default 2) with ``/flush_cache`` before each pass, so the
-   second pass finds the prefixes only in what survives a flush: the L3 storage (the GPU radix
-   cache and the host tier are flushed);
-3. stops the server and moves to the next backend with fresh storage.
+1. its own storage: a fresh data directory, and for ``mooncake`` its own node (fresh socket,
+   fresh NVMe file, started by this script and stopped at the end of the run);
+2. ``python -m sglang.launch_server`` with ``--load-format dummy --skip-tokenizer-init`` (random
+   weights, token ids in and out: nothing to download), HiCache on, every tier sized from the
+   workload's working set and the machine (GPU pool, SGLang's host tier ``--hicache-size`` and
+   our DRAM tier below the working set, our NVMe tier above it), until ``/health_generate``;
+3. ``--passes`` passes of the same requests with ``/flush_cache`` before each, so a later pass
+   finds its prefixes only in L3; every pass sends exactly the token ids of the first;
+4. with ``--restart`` (``mooncake`` runs): the server and the node are stopped and started again
+   on the same NVMe file, and one more pass shows which hits survive a restart.
 
-Workloads:
+Requests longer than the model's context (input + output) are truncated (``--long-requests
+truncate``, keeping the shared prefix) or skipped, and counted; a request SGLang refuses anyway
+is counted as rejected. Nothing aborts the run but a server that does not come up.
 
-* multi-turn (default; like SGLang's ``bench_multiturn``): ``--clients`` conversations, each
-  ``--rounds`` rounds; round r sends the whole history (previous prompts, the tokens the server
-  generated, and a new ``--request-length``-token user turn) and waits for ``--output-length``
-  tokens. All clients run concurrently; each round starts when every client finished the last.
-* ``--trace FILE``: a Mooncake-format trace replayed at ``--speed`` x its timestamps with
-  synthetic token ids that reproduce its shared prefixes: every prefix-chain block gets 512
-  deterministic ids, so two requests that share hash ids share tokens. Rounds are time windows.
+Output: a table, one JSON line, ``serve.json`` and every server's and node's log in ``--output``.
+Checks printed at the end (exit 1 if one fails): SGLang names our class as the storage backend
+of ``mooncake`` runs, later passes hit L3 with ``file`` and ``mooncake`` (not with ``none``),
+the greedy outputs of a later pass equal the first pass's, hits survive a restart.
 
-Reported per backend, pass and round: TTFT (mean, p50, p99; time to the first streamed token),
-throughput (input + output tokens per second), and ``cached_tokens / prompt tokens`` as the server
-reports it (``--enable-cache-report``). Output: a table, ``serve.json`` and PNG plots (TTFT per
-round, cache-hit ratio per round, TTFT CDF) in ``--output``.
-
-Needs a CUDA GPU: without one it prints ``skipped: no GPU (torch.cuda unavailable)`` and exits 0.
-The model's config (and tokenizer files) must be reachable: a local directory or a Hugging Face
-name with network access.
+Needs a GPU SGLang environment (CUDA torch, sglang 0.5.23 with its kernels): anywhere else it
+prints ``skipped: ...`` with what is missing and exits 3.
 
 Examples::
 
-    .venv/bin/python bench/serve.py                                      # 0.5b shape, all three backends
-    .venv/bin/python bench/serve.py --model-path /models/Llama-3.1-8B-Instruct --clients 32 --rounds 8
-    .venv/bin/python bench/serve.py --backends none,mooncake --mooncake-config configs/single-host.yaml
+    .venv/bin/python bench/serve.py                                  # mha model, TP1, none/file/mooncake
+    .venv/bin/python bench/serve.py --models mha,mla --tp 1,2 --restart
+    .venv/bin/python bench/serve.py --models /models/Llama-3.1-8B-Instruct --clients 32 --rounds 6
     .venv/bin/python bench/serve.py --trace bench/traces/conversation_sample.jsonl --max-requests 300 --speed 4
 """
 
@@ -44,377 +40,243 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import http.client
+import dataclasses
 import json
 import os
-import random
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
-from typing import Optional
+from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import replay_model as rm  # noqa: E402
+import serve_env as env  # noqa: E402
+import serve_report as report  # noqa: E402
+import serve_workload as wl  # noqa: E402
+from serve_server import IO_BACKEND, RunStorage, Server, ServerSpec, generate, server_command  # noqa: E402
 
 BACKENDS = ("none", "file", "mooncake")
-SKIP_MESSAGE = "skipped: no GPU (torch.cuda unavailable)"
+SKIPPED_EXIT = 3
 
 
-def gpu_available() -> Optional[str]:
-    """None if a CUDA device is usable, else why not."""
-    try:
-        import torch
-    except Exception as e:
-        return f"torch not importable ({type(e).__name__})"
-    try:
-        if not torch.cuda.is_available():
-            return "torch.cuda unavailable"
-    except Exception as e:
-        return f"torch.cuda failed ({e})"
-    return None
+def _csv(kind, choices=None):
+    def parse(text: str):
+        items = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        bad = [x for x in items if choices is not None and x not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(map(str, choices or ['values']))}"
+                                             + (f"; not {', '.join(map(str, bad))}" if bad else ""))
+        return items
+    return parse
 
 
-# ---- the server --------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    a = p.add_argument
+    a("--models", type=_csv(str), default=["mha"], help="mha, mla (generated dummy models) or model directories (default mha)")
+    a("--tp", type=_csv(int), default=[1], help="TP sizes, e.g. 1,2 (default 1)")
+    a("--backends", type=_csv(str, BACKENDS), default=list(BACKENDS), help="none, file, mooncake (default all)")
+    a("--layouts", type=_csv(str, tuple(IO_BACKEND)), default=["page_first", "page_first_direct"],
+      help="host layouts for mooncake runs, each with its IO backend (page_first: kernel, page_first_direct: "
+           "direct); none and file run with the first (default page_first,page_first_direct)")
+    a("--clients", type=int, default=16, help="concurrent conversations (default 16)")
+    a("--rounds", type=int, default=4, help="rounds per conversation (default 4)")
+    a("--request-length", type=int, default=2048, help="new tokens per user turn (default 2048)")
+    a("--output-length", type=int, default=64, help="tokens generated per request (default 64)")
+    a("--passes", type=int, default=2, help="passes of the same requests, /flush_cache before each (default 2)")
+    a("--restart", action="store_true", help="mooncake runs: restart server and node, then one more pass")
+    a("--trace", default=None, help="replay this Mooncake-format trace instead of the multi-turn workload")
+    a("--max-requests", type=int, default=None, help="with --trace: its first N requests")
+    a("--speed", type=float, default=1.0, help="with --trace: X times its timestamps; 0 = all at once")
+    a("--window-s", type=float, default=60.0, help="with --trace: seconds of trace time per round")
+    a("--long-requests", choices=("truncate", "skip"), default="truncate",
+      help="requests longer than the context: truncate (default) or skip; both are counted")
+    a("--context-length", type=int, default=None, help="model context (default: the model's max_position_embeddings)")
+    a("--vocab", type=int, default=32000, help="synthetic token ids are drawn below this (default 32000)")
+    a("--storage-dir", default="/var/tmp", help="where each run's NVMe file / file-backend directory goes")
+    a("--port", type=int, default=30123)
+    a("--server-timeout", type=float, default=900, help="seconds to wait for a server to come up")
+    a("--request-timeout", type=float, default=600)
+    a("--server-arg", action="append", default=[], help="extra launch_server argument (repeatable)")
+    a("--output", default=os.path.join(HERE, "out", "serve"), help="serve.json and logs (default bench/out/serve)")
+    args = p.parse_args(argv)
+    for name in ("clients", "rounds", "request_length", "output_length", "passes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
 
-class Server:
-    """One ``sglang.launch_server`` process (its own process group), its log in ``log_path``."""
 
-    def __init__(self, args, backend: str, storage_dir: str, log_path: str):
-        self.url = f"http://127.0.0.1:{args.port}"
-        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model_path,
-               "--load-format", "dummy", "--host", "127.0.0.1", "--port", str(args.port),
-               "--page-size", str(rm.TOKENS_PER_PAGE), "--enable-cache-report",
-               "--mem-fraction-static", str(args.mem_fraction_static),
-               "--enable-hierarchical-cache", "--hicache-ratio", str(args.hicache_ratio),
-               "--hicache-write-policy", args.hicache_write_policy]
-        env = dict(os.environ)
-        if backend == "file":
-            cmd += ["--hicache-storage-backend", "file", "--hicache-storage-backend-extra-config",
-                    json.dumps({"file_storage_path": storage_dir})]
-            env.pop("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", None)
-        elif backend == "mooncake":
-            extra = {"config": os.path.abspath(args.mooncake_config)}
-            if args.mooncake_nvme_path:
-                extra["tiers"] = {"nvme": {"path": args.mooncake_nvme_path}}
-            cmd += ["--hicache-storage-backend", "mooncake", "--hicache-storage-backend-extra-config", json.dumps(extra)]
-        if args.context_length:
-            cmd += ["--context-length", str(args.context_length)]
-        cmd += args.server_arg
-        self.cmd = cmd
-        self.log = open(log_path, "w")
-        self.log.write("$ " + " ".join(cmd) + "\n")
-        self.log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                     start_new_session=True)
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    model: str
+    tp: int
+    backend: str
+    layout: str
 
-    def wait_ready(self, timeout: float) -> None:
-        t_end = time.monotonic() + timeout
-        while time.monotonic() < t_end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                status, _ = request("GET", self.url + "/health_generate", None, timeout=10)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(2)
-        raise RuntimeError(f"server not ready after {timeout:.0f}s; see {self.log.name}")
+    @property
+    def name(self) -> str:
+        return f"{os.path.basename(self.model.rstrip('/'))} tp{self.tp} {self.backend} {self.layout}"
 
-    def flush(self) -> None:
-        status, body = request("POST", self.url + "/flush_cache", None, timeout=120)
-        if status != 200:
-            raise RuntimeError(f"/flush_cache answered {status}: {body[:200]!r}")
+
+def plan_runs(args: argparse.Namespace, gpus: int):
+    """The runs to make, and the names of those this machine cannot (too few GPUs)."""
+    runs, skipped = [], []
+    for model in args.models:
+        for tp in args.tp:
+            for backend in args.backends:
+                for layout in (args.layouts if backend == "mooncake" else args.layouts[:1]):
+                    run = RunPlan(model, tp, backend, layout)
+                    (runs if tp <= gpus else skipped).append(run)
+    return runs, [f"{r.name} (needs {r.tp} GPUs, found {gpus})" for r in skipped]
+
+
+def build_requests(args, context_len: int):
+    if args.trace:
+        rounds = wl.from_trace(args.trace, args.max_requests, args.output_length, args.vocab, args.speed, args.window_s)
+    else:
+        rounds = wl.multiturn(args.clients, args.rounds, args.request_length, args.output_length, args.vocab)
+    return wl.fit_to_context(rounds, context_len, args.long_requests)
+
+
+def run_pass(url: str, rounds: List[List[wl.Request]], timeout: float) -> Dict[str, dict]:
+    """Every request, round after round (a round's requests at once, or at their trace times)."""
+    results: Dict[str, dict] = {}
+    width = max((len(b) for b in rounds), default=1)
+    start = time.perf_counter()
+    with cf.ThreadPoolExecutor(max_workers=min(width, 256)) as pool:
+        for batch in rounds:
+            futures = {}
+            for q in batch:
+                delay = start + q.at_s - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                futures[q.rid] = pool.submit(generate, url, q.input_ids, q.max_new_tokens, timeout)
+            for rid, fut in futures.items():
+                results[rid] = fut.result()
+    return results
+
+
+class Run:
+    """One run's storage and server; ``passes()`` runs the workload on them."""
+
+    def __init__(self, plan: RunPlan, args, model_path: str, sizes: env.Sizes, context_len: int, port: int):
+        self.plan, self.args = plan, args
+        self.storage = RunStorage(plan.backend, args.storage_dir, dram_bytes=sizes.dram_bytes, nvme_bytes=sizes.nvme_bytes)
+        spec = ServerSpec(model_path, plan.backend, plan.layout, plan.tp, port, wl.PAGE_SIZE, context_len,
+                          sizes.device_tokens, sizes.hicache_size_gb, extra_args=tuple(args.server_arg))
+        self.cmd = server_command(spec, self.storage.extra_config())
+        self.log_base = os.path.join(args.output, plan.name.replace(" ", "_"))
+        self.server: Optional[Server] = None
+
+    def start(self) -> None:
+        self.storage.start(self.log_base + ".node.log")
+        self.server = Server(self.cmd, self.args.port, self.log_base + ".server.log")
+        self.server.wait_ready(self.args.server_timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)   # the group this script started
-                self.proc.wait(timeout=60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=30)
-        self.log.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.storage.stop()
+
+    def one_pass(self, name: str, rounds, first: Optional[Dict[str, dict]], flush: bool = True):
+        """One pass of ``rounds``: ``(report entry, results by request id)``."""
+        if flush:
+            self.server.flush()
+        t0 = time.perf_counter()
+        results = run_pass(self.server.url, rounds, self.args.request_timeout)
+        entry = {"name": name, "summary": report.summarize(list(results.values()), time.perf_counter() - t0)}
+        if first is not None:
+            entry["outputs_vs_first"] = report.compare_outputs(first, results)
+        print(f"  [{self.plan.name}] {name}: {json.dumps(entry['summary'], default=str)}", file=sys.stderr, flush=True)
+        return entry, results
 
 
-def request(method: str, url: str, body: Optional[dict], timeout: float = 600):
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+def run_one(plan: RunPlan, args, model_path: str, sizes: env.Sizes, context_len: int, rounds, fit) -> dict:
+    run = Run(plan, args, model_path, sizes, context_len, args.port)
+    entry = {"name": plan.name, "plan": dataclasses.asdict(plan), "command": run.cmd, "sizes": dataclasses.asdict(sizes),
+             "fit": fit, "passes": []}
+    print(f"[{plan.name}] starting (logs {run.log_base}.*)", file=sys.stderr, flush=True)
     try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, u.path, body=data, headers={"Content-Type": "application/json"} if data else {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
+        run.start()
+        first = None
+        for n in range(args.passes):
+            p, results = run.one_pass(f"pass{n + 1}", rounds, first)
+            entry["passes"].append(p)
+            first = first or results
+        if args.restart and plan.backend == "mooncake":
+            run.stop()
+            run.start()  # same NVMe file: the node's warm restart
+            entry["passes"].append(run.one_pass("after restart", rounds, first, flush=False)[0])
+    except Exception as e:  # a server that does not come up ends this run, not the benchmark
+        entry["error"] = f"{type(e).__name__}: {e}"
+        print(f"[{plan.name}] failed: {entry['error']}", file=sys.stderr, flush=True)
     finally:
-        conn.close()
+        run.stop()
+        run.storage.remove()
+    return entry
 
 
-def generate(url: str, input_ids: list, max_new_tokens: int, timeout: float) -> dict:
-    """One streamed ``/generate``: TTFT, latency, prompt/output/cached tokens, output ids."""
-    u = urllib.parse.urlsplit(url)
-    body = json.dumps({"input_ids": input_ids, "stream": True,
-                       "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0,
-                                           "ignore_eos": True}}).encode()
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    t0 = time.perf_counter()
-    ttft = None
-    last, inc_ids = None, []
-    try:
-        conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise RuntimeError(f"/generate answered {resp.status}: {resp.read()[:300]!r}")
-        for raw in resp:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                break
-            chunk = json.loads(payload)
-            if ttft is None and chunk.get("output_ids"):
-                ttft = time.perf_counter() - t0
-            inc_ids.extend(chunk.get("output_ids") or [])
-            last = chunk
-    finally:
-        conn.close()
-    latency = time.perf_counter() - t0
-    meta = (last or {}).get("meta_info", {})
-    n_out = int(meta.get("completion_tokens", 0))
-    cum = (last or {}).get("output_ids") or []
-    out_ids = cum if len(cum) == n_out else inc_ids[:n_out]
-    return {"ttft_s": ttft if ttft is not None else latency, "latency_s": latency,
-            "prompt_tokens": int(meta.get("prompt_tokens", len(input_ids))), "output_tokens": n_out,
-            "cached_tokens": int(meta.get("cached_tokens", 0)), "output_ids": out_ids}
-
-
-# ---- workloads ---------------------------------------------------------------------------------
-
-def multiturn(url: str, args, seed: int) -> list:
-    """Per round: the results of every client's request in that round."""
-    rng = random.Random(seed)
-    histories = [[rng.randrange(100, args.vocab) for _ in range(args.request_length)] for _ in range(args.clients)]
-    rounds = []
-    with cf.ThreadPoolExecutor(max_workers=args.clients) as pool:
-        for r in range(args.rounds):
-            t0 = time.perf_counter()
-            futs = [pool.submit(generate, url, list(h), args.output_length, args.request_timeout) for h in histories]
-            res = [f.result() for f in futs]
-            dur = time.perf_counter() - t0
-            for h, x in zip(histories, res):
-                h.extend(x["output_ids"] or [rng.randrange(100, args.vocab) for _ in range(x["output_tokens"])])
-                h.extend(rng.randrange(100, args.vocab) for _ in range(args.request_length))
-            for x in res:
-                x.pop("output_ids", None)
-            rounds.append({"round": r, "duration_s": dur, "requests": res})
-            print(f"    round {r}: {summarize(res, dur)['line']}", file=sys.stderr, flush=True)
-    return rounds
-
-
-def trace_workload(url: str, args) -> list:
-    from replay_trace import Trace
-    trace = Trace(args.trace, args.max_requests)
-    block_ids: dict = {}
-
-    def block_tokens(node: int) -> list:
-        ids = block_ids.get(node)
-        if ids is None:
-            r = random.Random(node * 7919 + 17)
-            ids = block_ids[node] = [r.randrange(100, args.vocab) for _ in range(rm.TOKENS_PER_BLOCK)]
-        return ids
-
-    reqs = []
-    for q in trace.requests:
-        toks: list = []
-        for node in q.nodes:
-            toks.extend(block_tokens(node))
-        reqs.append((q.timestamp_ms, toks[:q.input_length], max(1, min(q.output_length, args.output_length))))
-    window = args.window_s
-    results: list = []
-    lock = threading.Lock()
-    t_start = time.perf_counter()
-    ts0 = reqs[0][0]
-
-    def run(i, ts, ids, out):
-        x = generate(url, ids, out, args.request_timeout)
-        x.pop("output_ids", None)
-        x["t_s"] = (ts - ts0) / 1000.0
-        with lock:
-            results.append(x)
-
-    with cf.ThreadPoolExecutor(max_workers=args.max_inflight) as pool:
-        futs = []
-        for i, (ts, ids, out) in enumerate(reqs):
-            if args.speed > 0:
-                wait = t_start + (ts - ts0) / 1000.0 / args.speed - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-            futs.append(pool.submit(run, i, ts, ids, out))
-        for f in futs:
-            f.result()
-    rounds = []
-    n_win = max(1, int(max(x["t_s"] for x in results) // window) + 1)
-    for w in range(n_win):
-        res = [x for x in results if int(x["t_s"] // window) == w]
-        if res:
-            rounds.append({"round": w, "duration_s": window / max(args.speed, 1e-9) if args.speed > 0 else None,
-                           "requests": res})
-    return rounds
-
-
-# ---- reporting ---------------------------------------------------------------------------------
-
-def _pct(vals, q):
-    s = sorted(vals)
-    if not s:
-        return None
-    k = (len(s) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def summarize(res: list, duration: Optional[float]) -> dict:
-    ttft = [x["ttft_s"] * 1e3 for x in res]
-    prompt = sum(x["prompt_tokens"] for x in res)
-    cached = sum(x["cached_tokens"] for x in res)
-    out = sum(x["output_tokens"] for x in res)
-    dur = duration or max((x["latency_s"] for x in res), default=0)
-    d = {"requests": len(res), "ttft_mean_ms": sum(ttft) / len(ttft) if ttft else None,
-         "ttft_p50_ms": _pct(ttft, 50), "ttft_p99_ms": _pct(ttft, 99),
-         "prompt_tokens": prompt, "cached_tokens": cached, "cache_hit": cached / prompt if prompt else None,
-         "throughput_tok_s": (prompt + out) / dur if dur else None}
-    d["line"] = (f"TTFT mean {d['ttft_mean_ms']:.0f} ms p99 {d['ttft_p99_ms']:.0f} ms, cached "
-                 f"{(d['cache_hit'] or 0) * 100:.1f}%, {d['throughput_tok_s'] or 0:.0f} tok/s") if ttft else "no requests"
-    return d
-
-
-def report(doc: dict, outdir: str) -> None:
-    rows = []
-    for b in doc["backends"]:
-        for p in b.get("passes", []):
-            for r in p["rounds"]:
-                s = r["summary"]
-                rows.append([b["backend"], p["pass"], r["round"], s["requests"], f"{s['ttft_mean_ms']:.0f}",
-                             f"{s['ttft_p50_ms']:.0f}", f"{s['ttft_p99_ms']:.0f}",
-                             f"{(s['cache_hit'] or 0) * 100:.1f}", f"{s['throughput_tok_s'] or 0:.0f}"])
-    headers = ["backend", "pass", "round", "reqs", "TTFT mean ms", "p50", "p99", "cached %", "tok/s"]
-    w = [max(len(str(x[i])) for x in rows + [headers]) for i in range(len(headers))]
-    print("  ".join(h.rjust(n) for h, n in zip(headers, w)))
-    print("  ".join("-" * n for n in w))
-    for row in rows:
-        print("  ".join(str(c).rjust(n) for c, n in zip(row, w)))
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for b in doc["backends"]:
-        for p in b.get("passes", []):
-            xs = [r["round"] for r in p["rounds"]]
-            lbl = f"{b['backend']} pass {p['pass']}"
-            axes[0].plot(xs, [r["summary"]["ttft_mean_ms"] for r in p["rounds"]], marker="o", label=lbl)
-            axes[1].plot(xs, [(r["summary"]["cache_hit"] or 0) * 100 for r in p["rounds"]], marker="o", label=lbl)
-            allt = sorted(x["ttft_s"] * 1e3 for r in p["rounds"] for x in r["requests"])
-            if allt:
-                axes[2].plot(allt, [(i + 1) / len(allt) for i in range(len(allt))], label=lbl)
-    axes[0].set(xlabel="round", ylabel="TTFT mean (ms)", title="TTFT per round")
-    axes[1].set(xlabel="round", ylabel="cached tokens %", title="cache hit per round")
-    axes[2].set(xlabel="TTFT (ms)", ylabel="fraction of requests", title="TTFT CDF", xscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "serve.png"), dpi=110)
-    plt.close(fig)
+def checks(doc: dict) -> List[tuple]:
+    """``(holds, text)`` for what every run must show."""
+    out = []
+    for r in doc["runs"]:
+        name, backend = r["name"], r["plan"]["backend"]
+        if r.get("error"):
+            out.append((False, f"{name}: {r['error']}"))
+            continue
+        later = r["passes"][1:]
+        backends = {b for p in r["passes"] for b in p["summary"]["storage_backends"]}
+        if backend == "mooncake":
+            out.append((backends == {"MooncakeHiCacheStorage"}, f"{name}: SGLang names the storage backend {sorted(backends)}"))
+        for p in later:
+            hits = p["summary"]["l3_hit_tokens"]
+            want = "no L3 hits" if backend == "none" else "L3 hits"
+            out.append(((hits == 0) if backend == "none" else hits > 0, f"{name} {p['name']}: {want} ({hits} tokens)"))
+            same = p.get("outputs_vs_first") or {}
+            out.append((same.get("identical") == same.get("compared"),
+                        f"{name} {p['name']}: {same.get('identical')}/{same.get('compared')} greedy outputs identical to pass1"))
+    return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--model-path", default=rm.MODELS["0.5b"].hf_name, help="model (config + tokenizer); weights are dummy (default %(default)s)")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: none, file, mooncake (default all)")
-    p.add_argument("--clients", type=int, default=16, help="concurrent conversations (default 16)")
-    p.add_argument("--rounds", type=int, default=6, help="rounds per conversation (default 6)")
-    p.add_argument("--request-length", type=int, default=4096, help="new tokens per user turn (default 4096)")
-    p.add_argument("--output-length", type=int, default=64, help="tokens generated per request (default 64; caps trace output lengths)")
-    p.add_argument("--passes", type=int, default=2, help="workload passes per backend, /flush_cache before each (default 2)")
-    p.add_argument("--trace", default=None, help="replay this Mooncake-format trace instead of the multi-turn workload")
-    p.add_argument("--max-requests", type=int, default=None, help="with --trace: first N requests")
-    p.add_argument("--speed", type=float, default=1.0, help="with --trace: X times faster than its timestamps; 0 = all at once")
-    p.add_argument("--window-s", type=float, default=60.0, help="with --trace: seconds of trace time per reported round (default 60)")
-    p.add_argument("--max-inflight", type=int, default=64, help="with --trace: requests in flight at most (default 64)")
-    p.add_argument("--mooncake-config", default=os.path.join(ROOT, "configs", "single-host.yaml"), help="our YAML config for the mooncake backend")
-    p.add_argument("--mooncake-nvme-path", default=None, help="override tiers.nvme.path of that config (fresh file per run recommended)")
-    p.add_argument("--hicache-ratio", type=float, default=2.0, help="host tier size as a multiple of the GPU KV pool (default 2)")
-    p.add_argument("--hicache-write-policy", default="write_through", help="SGLang --hicache-write-policy (default write_through)")
-    p.add_argument("--mem-fraction-static", type=float, default=0.8)
-    p.add_argument("--context-length", type=int, default=None)
-    p.add_argument("--vocab", type=int, default=32000, help="synthetic token ids are drawn below this (default 32000)")
-    p.add_argument("--port", type=int, default=30123)
-    p.add_argument("--server-timeout", type=float, default=900, help="seconds to wait for a server to come up")
-    p.add_argument("--request-timeout", type=float, default=900)
-    p.add_argument("--server-arg", action="append", default=[], help="extra argument for launch_server (repeatable)")
-    p.add_argument("--output", default=os.path.join(HERE, "out", "serve"), help="directory for serve.json, serve.png and server logs")
-    args = p.parse_args(argv)
-
-    why = gpu_available()
-    if why:
-        print(f"skipped: no GPU ({why})" if why != "torch.cuda unavailable" else SKIP_MESSAGE)
-        return 0
-
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in backends if b not in BACKENDS]
-    if bad:
-        print(f"serve: unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    problems = env.missing(min(args.tp))
+    if problems:
+        print("skipped: not a full GPU SGLang environment; missing: " + "; ".join(problems))
+        return SKIPPED_EXIT
+    runs, skipped = plan_runs(args, env.gpu_count())
+    for s in skipped:
+        print(f"skipped run: {s}")
+    if not runs:
+        print("skipped: no run fits this machine")
+        return SKIPPED_EXIT
     os.makedirs(args.output, exist_ok=True)
-    doc = {"bench": "serve", "args": vars(args), "backends": []}
-    status = 0
-    for b in backends:
-        storage = tempfile.mkdtemp(prefix=f"serve-{b}-", dir="/var/tmp")
-        if b == "mooncake" and not args.mooncake_nvme_path:
-            args.mooncake_nvme_path = os.path.join(storage, "nvme.data")
-        log = os.path.join(args.output, f"server-{b}.log")
-        print(f"[{b}] starting sglang.launch_server (log {log})", file=sys.stderr, flush=True)
-        srv = Server(args, b, storage, log)
-        entry = {"backend": b, "command": srv.cmd, "passes": []}
-        try:
-            srv.wait_ready(args.server_timeout)
-            for pn in range(args.passes):
-                srv.flush()
-                print(f"[{b}] pass {pn} (after /flush_cache)", file=sys.stderr, flush=True)
-                rounds = trace_workload(srv.url, args) if args.trace else multiturn(srv.url, args, seed=1234)
-                for r in rounds:
-                    r["summary"] = summarize(r["requests"], r["duration_s"])
-                    r["summary"].pop("line", None)
-                entry["passes"].append({"pass": pn, "rounds": rounds})
-        except Exception as e:
-            entry["error"] = str(e)
-            print(f"[{b}] failed: {e}", file=sys.stderr)
-            status = 1
-        finally:
-            srv.stop()
-            if b == "mooncake" and args.mooncake_nvme_path and args.mooncake_nvme_path.startswith(storage):
-                args.mooncake_nvme_path = None
-            shutil.rmtree(storage, ignore_errors=True)
-        doc["backends"].append(entry)
+    doc = {"bench": "serve", "args": vars(args), "runs": []}
+    for model in args.models:
+        model_path = wl.model_path(model, args.output)
+        config = wl.read_config(model_path)
+        context_len = wl.context_length(config, args.context_length)
+        rounds, fit = build_requests(args, context_len)
+        print(f"[{model}] requests: {sum(map(len, rounds))} in {len(rounds)} rounds; over-long: {fit}", file=sys.stderr)
+        ws_tokens = wl.working_set_tokens(rounds)
+        longest = max((len(q.input_ids) + q.max_new_tokens for b in rounds for q in b), default=0)
+        for plan in [r for r in runs if r.model == model]:
+            sizes = env.plan_sizes(ws_tokens, wl.kv_bytes_per_token(config, plan.tp), plan.tp,
+                                   mem_free=env.mem_available(), disk_free=env.disk_free(args.storage_dir),
+                                   longest_request=longest)
+            for note in sizes.notes:
+                print(f"[{plan.name}] note: {note}", file=sys.stderr)
+            doc["runs"].append(run_one(plan, args, model_path, sizes, context_len, rounds, fit))
     with open(os.path.join(args.output, "serve.json"), "w") as f:
-        json.dump(doc, f, indent=1)
-    if any(b.get("passes") for b in doc["backends"]):
-        report(doc, args.output)
-    print(f"wrote {os.path.join(args.output, 'serve.json')} and serve.png", file=sys.stderr)
-    return status
+        json.dump(doc, f, indent=1, default=str)
+    print(report.table(doc))
+    results = checks(doc)
+    for holds, text in results:
+        print(("holds  " if holds else "FAILS  ") + text)
+    print(report.json_line(doc))
+    return 0 if all(h for h, _ in results) else 1
 
 
 if __name__ == "__main__":

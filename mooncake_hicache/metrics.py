@@ -1,6 +1,6 @@
 """Metrics: the one stats dict (``Store.stats()`` / ``Node.stats()`` / ``mooncake-hicache stats``)
 rendered for Prometheus, and the small HTTP endpoint the node serves it on (``GET /metrics``;
-``GET /stats`` gives JSON).
+``GET /stats`` gives JSON), bounded in connections and time (``MetricsServer``).
 
 Every field ``stats[section][name]`` becomes ``mooncake_hicache_<section>_<name>``, typed by the
 kind the C++ component declares for it (``_native.metric_kinds()``, from the same field list that
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -108,35 +108,53 @@ def to_prometheus(stats: dict) -> str:
     return generate_latest(registry).decode()
 
 
+def public_stats(stats: dict) -> dict:
+    """``stats`` without what identifies the node's clients (``node.client_pids``): the figures
+    the metrics port serves to anyone who can reach it."""
+    node = stats.get("node")
+    if not isinstance(node, dict) or "client_pids" not in node:
+        return stats
+    return {**stats, "node": {k: v for k, v in node.items() if k != "client_pids"}}
+
+
 class MetricsServer:
-    """Serves ``stats_fn()`` on ``http://host:port/metrics`` (Prometheus) and ``/stats`` (JSON)
-    from a daemon thread. Raises OSError if the port is taken."""
+    """Serves ``stats_fn()`` on ``http://host:port/metrics`` (Prometheus) and ``/stats`` (JSON),
+    both without client pids (``public_stats``), from one thread.
 
-    def __init__(self, host: str, port: int, stats_fn: Callable[[], dict]):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server naming)
-                if self.path.split("?")[0] == "/metrics":
-                    body, kind = to_prometheus(stats_fn()).encode(), CONTENT_TYPE_LATEST
-                elif self.path.split("?")[0] == "/stats":
-                    body, kind = json.dumps(stats_fn()).encode(), "application/json"
-                else:
-                    self.send_error(404, "try /metrics or /stats")
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    The HTTP server is waitress: one event loop for every connection (no thread per
+    connection) and a small pool of worker threads; at most ``max_connections`` connections are
+    open at once (more wait in the listen backlog), a connection idle for ``timeout_s`` is closed
+    (checked every second), request headers are limited to 8 KiB and bodies are not read. So a
+    flood of the port can delay scrapes, never exhaust the node's threads or memory. Raises
+    OSError if the port is taken."""
 
-            def log_message(self, *args):  # keep the node's log for the cache's own lines
-                pass
+    def __init__(self, host: str, port: int, stats_fn: Callable[[], dict], max_connections: int = 16,
+                 timeout_s: int = 5):
+        from waitress.server import create_server
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                body, kind = to_prometheus(public_stats(stats_fn())).encode(), CONTENT_TYPE_LATEST
+                status = "200 OK"
+            elif path == "/stats":
+                body, kind, status = json.dumps(public_stats(stats_fn())).encode(), "application/json", "200 OK"
+            else:
+                body, kind, status = b"try /metrics or /stats\n", "text/plain", "404 Not Found"
+            start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
+            return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
+
+        # Its "connection limit reached" line would repeat at every swing of a flood.
+        logging.getLogger("waitress").setLevel(logging.ERROR)
+        # connection_limit counts the listening socket and the wake-up pipe too.
+        self._server = create_server(app, host=host, port=port, threads=2, connection_limit=max_connections + 2,
+                                     channel_timeout=timeout_s, cleanup_interval=1, max_request_header_size=8192,
+                                     max_request_body_size=0, ident="mooncake-hicache", expose_tracebacks=False,
+                                     asyncore_use_poll=True)
+        self.port = self._server.effective_port
+        self._thread = threading.Thread(target=self._server.run, name="metrics", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.close()
+        self._thread.join(timeout=5)

@@ -36,10 +36,14 @@ def open_tiers(config: Config):
                           nvme_reinsertion=nv.reinsertion)
         return _native.TieredStore(**kwargs)
     except _native.EngineError as e:
-        kind, message = e.args if len(e.args) == 2 else ("io", str(e))  # (kind code, message)
-        if kind == "invalid":
-            raise ConfigError("", message) from None
-        raise StoreError(message) from None
+        raise native_error(e) from None
+
+
+def native_error(e: "_native.EngineError") -> Exception:
+    """The package's exception for an EngineError: ConfigError for its 'invalid' kind (a setting
+    to change), StoreError otherwise. Decided on the kind, never on the message."""
+    kind, message = e.args if len(e.args) == 2 else ("io", str(e))  # (kind code, message)
+    return ConfigError("", message) if kind == "invalid" else StoreError(message)
 
 
 def backend_stats(backend) -> dict:

@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml "prometheus-client>=0.17" pytest numpy matplotlib tqdm \
+.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml "prometheus-client>=0.17" "waitress>=3.0" pytest numpy matplotlib tqdm \
   "etcd3gw>=2.4"
 # SGLang integration and its tests: CPU torch, the sglang wheel without its (GPU) dependencies,
 # and the few pure-Python packages its mem_cache modules import.

@@ -134,7 +134,9 @@ def test_members_see_each_others_join_and_clean_leave(shared_etcd, prefix, membe
     for m in (a, b):
         took = wait_for(lambda: ids(m) == ["a", "b"], TTL + 1, "clean leave seen")
         print(f"clean leave seen in {took * 1000:.0f} ms")
-    assert changes[-1] == (["a", "b", "c"], ["a", "b"], True) and all(up for _, _, up in changes)
+    # Listeners run after the view is published: wait for the callback too, not only the view.
+    wait_for(lambda: changes and changes[-1] == (["a", "b", "c"], ["a", "b"], True), TTL + 1, "listener told")
+    assert all(up for _, _, up in changes)
     assert a.healthy and a.stats()["registrations"] == 1
 
 

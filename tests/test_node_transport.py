@@ -10,6 +10,7 @@ client timeout). Bandwidth and exists latency through the node, against memcpy: 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import mmap
 import os
@@ -58,11 +59,12 @@ class Buf:
 
 
 NODE_SCRIPT = textwrap.dedent("""
-    import sys
+    import json, sys
     from mooncake_hicache import _native
     path, dram, slab, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    server_options = json.loads(sys.argv[5])  # keyword arguments of NodeServer
     store = _native.TieredStore(dram_capacity=dram, slab_size=slab, hugepages=False)
-    server = _native.NodeServer(store, path, timeout)
+    server = _native.NodeServer(store, path, timeout, **server_options)
     try:
         server.start()
     except Exception as e:
@@ -76,12 +78,16 @@ NODE_SCRIPT = textwrap.dedent("""
 
 
 class Node:
-    """A node in a child process."""
+    """A node in a child process. ``server``: keyword arguments of ``NodeServer``; ``popen``:
+    of ``subprocess.Popen`` (another user, a umask, a cgroup)."""
 
-    def __init__(self, path: str, dram: int = 64 * MiB, slab: int = 4 * MiB, timeout_ms: int = 5000):
+    def __init__(self, path: str, dram: int = 64 * MiB, slab: int = 4 * MiB, timeout_ms: int = 5000,
+                 server: dict | None = None, **popen):
         self.path = path
-        self.proc = subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, path, str(dram), str(slab), str(timeout_ms)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, path, str(dram), str(slab), str(timeout_ms),
+                                      json.dumps(server or {})],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     **popen)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             self.proc.kill()
@@ -756,25 +762,29 @@ def test_garbage_frames_close_only_that_connection(start_node):
     wait_for(lambda: node_stats(good)["node"]["connections"] == 1, what="bad connections to close")
 
 
-def test_connections_beyond_the_cap_are_refused_with_a_message(start_node):
-    node = start_node()
+def test_connections_beyond_the_cap_are_refused_with_a_message_when_all_are_busy(start_node):
+    """At the cap a new connection takes the place of a silent or idle one (test_limits.py); when
+    every connection holds tokens it is refused with ERROR 7, which names the cap."""
+    node = start_node(server={"max_connections": 2})
     c = _native.NodeClient(node.path, 5000)
-    cap = _native.NodeServer.MAX_CONNECTIONS
-    socks = []
-    try:
-        for _ in range(cap - 1):  # c holds one connection
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(node.path)
-            socks.append(s)
-        wait_for(lambda: node_stats(c)["node"]["connections"] == cap, timeout=30, what="the cap to be reached")
-        extra = _native.NodeClient(node.path, 2000)
-        assert not extra.healthy and "connections already" in extra.last_error
-        assert node_stats(c)["node"]["refused_connections"] == 1
-    finally:
-        for s in socks:
-            s.close()
-    wait_for(lambda: node_stats(c)["node"]["connections"] == 1, timeout=30, what="the connections to close")
-    assert extra.ping() and extra.healthy
+    b = Buf(4096)
+    assert c.batch_put(["k"], [b.addr], [4096]) == [0]
+    c.close()
+    holders = []
+    for _ in range(2):  # each holds a pin: busy, never closed to make room
+        raw = RawClient(node.path)
+        raw.hello()
+        raw.send(OP_GET_PIN, wire_keys(["k"]))
+        assert raw.recv()[0] == OP_GET_PIN
+        holders.append(raw)
+    extra = _native.NodeClient(node.path, 2000)
+    assert not extra.healthy and "too many connections" in extra.last_error and "2 connections" in extra.last_error
+    assert extra.last_error_code == errno.EUSERS
+    holders.pop().close()
+    wait_for(lambda: extra.ping(), timeout=10, what="a free connection")
+    assert node_stats(extra)["node"]["refused_connections"] >= 1
+    for raw in holders:
+        raw.close()
 
 
 # ---- concurrency --------------------------------------------------------------------------

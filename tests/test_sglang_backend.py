@@ -12,9 +12,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,7 +39,7 @@ from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory  
 
 from mooncake_hicache import StoreError  # noqa: E402
 from mooncake_hicache.sglang import MooncakeHiCacheStorage  # noqa: E402
-from mooncake_hicache.sglang import plugin  # noqa: E402
+from mooncake_hicache.sglang import hooks, plugin  # noqa: E402
 from mooncake_hicache.sglang.options import parse_extra_config  # noqa: E402
 
 KINDS = ["mha", "mla"]
@@ -119,18 +116,23 @@ def test_load_plugins_makes_the_factory_build_our_backend_for_mooncake(nvme):
         backend.close()
 
 
-def test_plugin_opt_out_env_leaves_mooncake_to_sglangs_builtin_store(monkeypatch):
+def test_plugin_opt_out_env_leaves_mooncake_to_sglangs_builtin_store(monkeypatch, caplog):
     saved = dict(StorageBackendFactory._registry["mooncake"])
     builtin = ("sglang.srt.mem_cache.storage.mooncake_store.mooncake_store", "MooncakeStore")
     try:
         StorageBackendFactory.register_backend("mooncake", *builtin)
         monkeypatch.setenv(plugin.DISABLE_ENV, "1")
+        monkeypatch.setenv(hooks.REUSE_TE_ENV, "1")  # SGLang's store shares the TransferEngine
         assert plugin.register() is False
         entry = StorageBackendFactory._registry["mooncake"]
         assert (entry["module_path"], entry["class_name"]) == builtin
+        assert os.environ[hooks.REUSE_TE_ENV] == "1"  # untouched for SGLang's own store
         monkeypatch.setenv(plugin.DISABLE_ENV, "0")
-        assert plugin.register() is True
+        with caplog.at_level(logging.WARNING, logger="mooncake_hicache.sglang"):
+            assert plugin.register() is True
         assert StorageBackendFactory._registry["mooncake"]["module_path"] == "mooncake_hicache.sglang"
+        assert os.environ[hooks.REUSE_TE_ENV] == "false"  # ours needs no TransferEngine
+        assert f"{hooks.REUSE_TE_ENV}=1 ignored" in caplog.text  # the user's own value: said, not silent
     finally:
         StorageBackendFactory._registry["mooncake"] = saved
 
@@ -384,6 +386,7 @@ def test_sglang_failure_injector_env_vars_do_not_break_the_backend(monkeypatch, 
     monkeypatch.setenv("SGLANG_TEST_HICACHE_BACKEND_RANDOM_FAILURE", "0.3")
     monkeypatch.setenv("SGLANG_TEST_HICACHE_BACKEND_RANDOM_DELAY", "0.0005")
     monkeypatch.setattr(plugin, "_disabled", lambda: False)
+    monkeypatch.delenv(hooks.REUSE_TE_ENV, raising=False)  # restored after the test
     plugin.register()
     pool = h.mha_host_pool("page_first", 2 * BATCH)
     h.fill(pool, 29)
@@ -534,14 +537,21 @@ def test_get_stats_returns_sglang_storage_metrics_once(nvme, backends):
     assert again.backup_pgs == [] and again.prefetch_pgs == []
 
 
-def test_clear_drops_the_stored_pages(nvme, backends):
+def test_clear_never_removes_other_tenants_pages_and_says_it_removed_nothing(node, backends, caplog):
+    # Two servers (tenants a and b) on one node. The store has no removal by key prefix yet, so
+    # clearing tenant a must neither wipe the node (b's pages) nor report success.
     pool = h.mha_host_pool("page_first", 16)
-    backend = backends(h.storage_config(extra=nvme()), pool)
+    extra, _ = node
+    a = backends(h.storage_config(extra=dict(extra, extra_backend_tag="a")), pool)
+    b = backends(h.storage_config(extra=dict(extra, extra_backend_tag="b")), pool)
     keys = h.hash_keys(5)
-    _set_all(backend, pool, keys)
-    assert backend.batch_exists(keys) == 5
-    assert backend.clear() is True
-    assert backend.batch_exists(keys) == 0
+    _set_all(a, pool, keys)
+    _set_all(b, pool, keys)
+    with caplog.at_level(logging.WARNING, logger="mooncake_hicache.sglang"):
+        assert a.clear() is False
+    assert b.batch_exists(keys) == 5 and a.batch_exists(keys) == 5
+    assert a.key_prefixes() == [a._kv_view.names[0].prefix + "_"] and a.key_prefixes()[0].startswith("a/")
+    assert "removed nothing" in caplog.text and a.key_prefixes()[0] in caplog.text
 
 
 # ---- v2: hybrid pools ----------------------------------------------------------------------------
@@ -595,43 +605,15 @@ def test_v2_side_pools_store_pages_and_apply_sglangs_hit_policies_like_its_file_
 
 @pytest.fixture
 def node():
-    """A mooncake-hicache node (small DRAM + NVMe) in a child process; yields (extra_config, proc).
-    The socket lives in a short /tmp directory (a Unix socket path holds at most 107 bytes)."""
-    import yaml
-
-    from mooncake_hicache import _native
-
+    """A mooncake-hicache node (small DRAM + NVMe) in a child process; yields (extra_config, proc)."""
     d = tempfile.mkdtemp(prefix="mchsg", dir="/tmp")
-    cfg = {"mode": "node",
-           "tiers": {"dram": {"capacity": "64MiB", "slab_size": "4MiB", "hugepages": False},
-                     "nvme": {"path": os.path.join(d, "nvme.data"), "capacity": "256MiB", "region_size": "8MiB"}},
-           "node": {"socket": os.path.join(d, "n.sock"), "autostart": False, "timeout_ms": 2000},
-           "metrics": {"port": 0}}
-    with open(os.path.join(d, "node.yaml"), "w") as f:
-        yaml.safe_dump(cfg, f)
-    with open(os.path.join(d, "node.log"), "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", os.path.join(d, "node.yaml")],
-                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _native.NodeClient(cfg["node"]["socket"], 1000).healthy:
-                    break
-            except Exception:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the node did not start: " + open(os.path.join(d, "node.log")).read()[-2000:])
-            time.sleep(0.05)
-        yield cfg, proc
+        cfg, proc = h.start_node(d)
+        try:
+            yield cfg, proc
+        finally:
+            h.stop_node(proc)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -723,3 +705,114 @@ def test_a_node_killed_mid_prefetch_gives_misses_and_sglangs_threads_keep_runnin
     assert after_kill["exists"] and after_kill["exists"][-1] == 0
     assert after_kill["get"] and after_kill["get"][-1] is False
     assert after_kill["set"] and after_kill["set"][-1] is False
+
+
+# ---- key identity: the model fingerprint ---------------------------------------------------------
+
+def test_two_checkpoints_served_under_one_name_do_not_read_each_others_pages(tmp_path, nvme):
+    from sglang.srt.runtime_context import reset_context
+
+    keys = h.hash_keys(4)
+    extra = nvme()
+
+    def stored_pages(model_path, pool, write=False):
+        """A server's backend for ``model_path`` served as 'same': how many of ``keys`` it finds."""
+        if model_path:
+            h.publish_server_args(model_path, served_model_name="same")
+        try:
+            backend = MooncakeHiCacheStorage(h.storage_config(model="same", extra=extra), pool)
+            try:
+                if write:
+                    _set_all(backend, pool, keys)
+                return backend.batch_exists(keys)
+            finally:
+                backend.close()
+        finally:
+            reset_context()
+
+    a, b = h.model_dir(tmp_path, "mha", "-a"), h.model_dir(tmp_path, "mha", "-b")  # same shapes
+    pool = h.mha_host_pool("page_first", 8)
+    h.fill(pool, 3)
+    assert stored_pages(a, pool, write=True) == 4
+    assert stored_pages(b, pool) == 0  # another checkpoint under the same name: a miss
+    assert stored_pages(a, pool) == 4  # the same checkpoint after a restart: a hit
+    assert stored_pages(a, h.mha_host_pool("page_first", 8, dtype=torch.float16)) == 0  # other dtype
+    assert stored_pages(a, h.mha_host_pool("page_first", 8, head_dim=32)) == 0  # other head geometry
+    assert stored_pages(a, h.mha_host_pool("page_first", 4, page_size=8)) == 0  # other page size
+    assert stored_pages(None, pool) == 0  # outside a server no model path is known: its own keys
+
+
+# ---- errors never reach SGLang's threads -------------------------------------------------------
+
+def test_v2_error_paths_return_sglangs_own_result_types(nvme, backends):
+    import dataclasses
+
+    from sglang.srt.mem_cache.hicache_storage import PoolTransferResult, count_pool_hits
+
+    kv, side = h.mha_host_pool("page_first", 8), h.mha_host_pool("page_first", 8, layers=1)
+    backend = backends(h.storage_config(extra=nvme()), kv)
+    backend.register_mem_host_pool_v2(side, PoolName.SWA)
+    keys = h.hash_keys(3)
+    _set_all(backend, kv, keys)
+    unregistered = [PoolTransfer(name=PoolName.MAMBA, keys=keys)]
+    for result in (backend.batch_exists_v2(keys, unregistered),   # a pool that was never registered
+                   backend.batch_exists_v2(keys, [None])):        # a malformed transfer list
+        assert type(result) is PoolTransferResult
+        assert dataclasses.asdict(result) == {"kv_hit_pages": 0, "extra_pool_hit_pages": {},
+                                              "restorable_prefix_pages": []}
+        result.update_kv_hit_pages(0)  # what the controller does with it next
+    for call in (backend.batch_get_v2, backend.batch_set_v2):
+        assert call(None) == {}
+        assert call([None]) == {}
+        got = call([PoolTransfer(name=PoolName.SWA, keys=keys)])  # no host_indices
+        assert got == {PoolName.SWA: [False] * 3} and count_pool_hits(got) == {PoolName.SWA: 0}
+    backend.close()
+    assert dataclasses.asdict(backend.batch_exists_v2(keys, [])) == {
+        "kv_hit_pages": 0, "extra_pool_hit_pages": {}, "restorable_prefix_pages": []}
+
+
+# ---- prefix_lru needs SGLang's prefix keys -------------------------------------------------------
+
+@pytest.mark.parametrize("eviction", ["prefix_lru", "lru"])
+def test_prefix_lru_without_prefix_keys_is_said_once_in_the_log(eviction, tmp_path, backends, caplog):
+    extra = {"mode": "in_process",
+             "tiers": {"dram": {"capacity": "16MiB", "slab_size": "1MiB", "hugepages": False, "eviction": eviction},
+                       "nvme": {"path": str(tmp_path / "n.data"), "capacity": "64MiB", "region_size": "4MiB"}}}
+    pool = h.mha_host_pool("page_first", 16)
+    backend = backends(h.storage_config(extra=extra), pool)
+    keys = h.hash_keys(9)
+    with caplog.at_level(logging.WARNING, logger="mooncake_hicache.sglang"):
+        assert backend.batch_set_v1(keys[:3], h.page_indices(pool, range(3)),
+                                    HiCacheStorageExtraInfo(prefix_keys=[])) == [True] * 3
+        assert "hicache_storage_pass_prefix_keys" not in caplog.text  # depths arrive: nothing to say
+        for i in (3, 6):
+            assert backend.batch_set_v1(keys[i:i + 3], h.page_indices(pool, range(i, i + 3))) == [True] * 3
+    said = caplog.text.count('"hicache_storage_pass_prefix_keys": true')
+    assert said == (1 if eviction == "prefix_lru" else 0)
+
+
+# ---- describe_l3_object_layout -------------------------------------------------------------------
+
+def test_l3_object_layout_describes_the_keys_mla_pages_are_stored_under(nvme, backends):
+    from sglang.srt.mem_cache.hicache_storage import merge_l3_layouts
+
+    pool = h.mla_host_pool("page_first_direct", 8)
+    backend = backends(h.storage_config(mla=True, extra=nvme(extra_backend_tag="t")), pool)
+    keys = h.hash_keys(2)
+    _set_all(backend, pool, keys)
+    layout = backend.describe_l3_object_layout(sidecar_pool_specs=(), swa_trailing_pages=None, page_size=h.PAGE_SIZE)
+    assert layout["enabled"] is True and layout["backend"] == "mooncake-hicache" and layout["page_size"] == h.PAGE_SIZE
+    inner = layout["hicache_object_layout"]
+    assert inner["key_prefix"].startswith("t/org-test-model@") and inner["key_prefix"].endswith("/mla")
+    [kv] = inner["pools"]
+    assert kv["pool"] == "kv" and kv["hit_policy"] == "all_pages"
+    # A router builds SGLang's object keys as {key_prefix}_{hash}{suffix}: exactly our keys.
+    built = [f"{inner['key_prefix']}_{k}{s}" for k in keys for s in kv["suffixes"]]
+    assert backend.store.batch_is_exist(built) == [1, 1]
+    assert merge_l3_layouts([layout]) == layout  # SGLang's merge accepts it as one stage
+
+    mha = backends(h.storage_config(extra=nvme("mha")), h.mha_host_pool("page_first", 8))
+    off = mha.describe_l3_object_layout(page_size=h.PAGE_SIZE)
+    assert off["enabled"] is False and "rank-replicated" in off["reason"]
+    backend.register_mem_host_pool_v2(h.mha_host_pool("page_first", 8), PoolName.DRAFT)  # rank-specific keys
+    assert backend.describe_l3_object_layout(page_size=h.PAGE_SIZE)["enabled"] is False

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 
+#include "node/limits.h"
+#include "node/settings_check.h"
+
 namespace mch {
 
 using namespace proto;
@@ -61,13 +64,34 @@ Outcome Dispatcher::check_session(Session& s, const Header& h) {
     ctr_.bad_frames++;
     return fail(s, h.request_id, kErrBadFrame, "clients send requests, not replies");
   }
-  if (!s.hello && h.op != kHello && h.op != kPing)
-    return fail(s, h.request_id, kErrHelloFirst, std::string("send HELLO before ") + op_name(h.op));
   if (s.hello && h.op != kHello && h.version != s.version) {
     ctr_.version_mismatches++;
     return fail(s, h.request_id, kErrVersion,
                 "frame version " + std::to_string(h.version) + " differs from the version agreed at HELLO (" +
                     std::to_string(s.version) + ")");
+  }
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::check_header(Session& s, const Header& h) {
+  if (h.magic != kMagic) {
+    ctr_.bad_frames++;
+    return fail(s, h.request_id, kErrBadFrame, "bad frame magic: not a mooncake-hicache client");
+  }
+  if (h.version < kMinVersion || h.version > kVersion) {
+    ctr_.version_mismatches++;
+    return fail(s, h.request_id, kErrVersion,
+                "protocol version mismatch: this node speaks versions " + std::to_string(kMinVersion) + ".." +
+                    std::to_string(kVersion) + ", the client sent a version " + std::to_string(h.version) +
+                    " frame; run client and node from the same mooncake-hicache release");
+  }
+  if (!s.hello && !limits::allowed_before_hello(h.op))
+    return fail(s, h.request_id, kErrHelloFirst, std::string("send HELLO before ") + op_name(h.op));
+  if (h.body_len > limits::max_request_body(h.op)) {
+    ctr_.bad_frames++;
+    return fail(s, h.request_id, kErrBadFrame,
+                std::string(op_name(h.op)) + " frame body of " + std::to_string(h.body_len) +
+                    " bytes exceeds the limit of " + std::to_string(limits::max_request_body(h.op)) + " for that op");
   }
   return Outcome::kReply;
 }
@@ -101,7 +125,9 @@ Outcome Dispatcher::unknown_op(Session& s, const Header& h) {
 Outcome Dispatcher::hello(Session& s, const Header& h, Reader& r) {
   uint16_t cmin = r.u16(), cmax = r.u16();
   r.u32();  // client pid (the transport's peer credentials are what we trust)
-  r.str(4096);
+  r.str(limits::kMaxClientInfo);
+  // Appended field: the client's settings fingerprint (absent from older clients: not checked).
+  std::string_view settings = r.remaining() ? r.str(limits::kMaxSettings) : std::string_view();
   if (!r.ok()) return bad_body(s, h);
   uint16_t chosen = std::min(cmax, kVersion);
   if (chosen < std::max(cmin, kMinVersion)) {
@@ -110,6 +136,13 @@ Outcome Dispatcher::hello(Session& s, const Header& h, Reader& r) {
                 "protocol version mismatch: this node speaks versions " + std::to_string(kMinVersion) + ".." +
                     std::to_string(kVersion) + ", the client speaks " + std::to_string(cmin) + ".." +
                     std::to_string(cmax) + "; run client and node from the same mooncake-hicache release");
+  }
+  std::string differ = differing_settings(settings_, std::string(settings));
+  if (!differ.empty()) {
+    ctr_.settings_mismatches++;
+    return fail(s, h.request_id, kErrSettings,
+                "the node on this socket was started with other settings: " + differ +
+                    "; stop that node (it restarts with yours) or use its settings");
   }
   HelloReply hr;
   hr.version = chosen;

@@ -27,11 +27,21 @@ class Dispatcher {
     kFailed,          // send s.w (an ERROR frame), then close the connection
   };
 
+  // settings: this node's settings fingerprint (node/settings_check.h; "" checks nothing).
   // stats_json: the node's whole STATS reply (store and node sections).
-  Dispatcher(TieredStore& store, NodeCounters& ctr, uint64_t instance, std::string info,
+  Dispatcher(TieredStore& store, NodeCounters& ctr, uint64_t instance, std::string info, std::string settings,
              std::function<std::string()> stats_json)
-      : store_(store), ctr_(ctr), instance_(instance), info_(std::move(info)), stats_json_(std::move(stats_json)) {}
+      : store_(store),
+        ctr_(ctr),
+        instance_(instance),
+        info_(std::move(info)),
+        settings_(std::move(settings)),
+        stats_json_(std::move(stats_json)) {}
 
+  // Checks a header before any of its body is read: magic, version, the ops allowed before
+  // HELLO and the op's body bound (node/limits.h). kFailed (an ERROR frame in s.w) refuses it;
+  // kReply lets the caller read the body and call handle().
+  Outcome check_header(Session& s, const proto::Header& h);
   Outcome handle(Session& s, const proto::Header& h, proto::Reader body);
   // Puts an ERROR frame in s.w; returns kFailed.
   static Outcome fail(Session& s, uint32_t request_id, int32_t code, const std::string& message);
@@ -59,6 +69,7 @@ class Dispatcher {
   NodeCounters& ctr_;
   const uint64_t instance_;
   const std::string info_;
+  const std::string settings_;
   const std::function<std::string()> stats_json_;
 };
 

@@ -11,6 +11,7 @@
 
 #include "common/put_waves.h"
 #include "common/status.h"
+#include "node/limits.h"
 #include "transport/frame_reader.h"
 #include "transport/uds.h"
 
@@ -73,11 +74,77 @@ struct NodeClient::Conn {
 NodeClient::NodeClient(std::string socket_path, int timeout_ms, uint16_t protocol_version)
     : NodeClient(std::make_unique<UnixEndpoint>(std::move(socket_path)), timeout_ms, protocol_version) {}
 
+namespace {
+NodeClientOptions plain(int timeout_ms, uint16_t protocol_version) {
+  NodeClientOptions o;
+  o.timeout_ms = timeout_ms;
+  o.protocol_version = protocol_version;
+  return o;
+}
+
+// The errno a refused HELLO stands for (node_client.h, last_error_code).
+int hello_refusal_errno(int32_t error_code) {
+  switch (error_code) {
+    case kErrVersion: return EPROTONOSUPPORT;
+    case kErrTooManyConnections: return EUSERS;
+    case kErrNotAllowed: return EACCES;
+    case kErrSettings: return ESTALE;
+    default: return EPROTO;
+  }
+}
+
+// idx cut into parts that each fit one request frame of `op`: at most kMaxBatch keys and at
+// most limits::max_request_body(op) bytes, a key costing `per_key` bytes plus its length.
+std::vector<std::pair<size_t, size_t>> frame_parts(const std::vector<std::string>& keys,
+                                                   const std::vector<uint32_t>& idx, uint16_t op, size_t per_key) {
+  std::vector<std::pair<size_t, size_t>> parts;
+  const uint64_t max_body = limits::max_request_body(op);
+  size_t begin = 0;
+  uint64_t body = 4;
+  for (size_t j = 0; j < idx.size(); j++) {
+    uint64_t cost = per_key + keys[idx[j]].size();
+    if (j > begin && (j - begin >= kMaxBatch || body + cost > max_body)) {
+      parts.emplace_back(begin, j);
+      begin = j;
+      body = 4;
+    }
+    body += cost;
+  }
+  if (begin < idx.size()) parts.emplace_back(begin, idx.size());
+  return parts;
+}
+
+// Runs run(part) (false: the connection was lost) over each part of idx; after a loss, lost(part)
+// for the rest. One part (the usual case) runs on idx itself, without a copy.
+template <class Run, class Lost>
+void run_in_parts(std::vector<uint32_t>& idx, const std::vector<std::pair<size_t, size_t>>& parts, Run run,
+                  Lost lost) {
+  if (parts.size() <= 1) {
+    run(idx);
+    return;
+  }
+  std::vector<uint32_t> all(idx), part;  // idx may belong to the connection a failure drops
+  bool alive = true;
+  for (auto [a, b] : parts) {
+    part.assign(all.begin() + static_cast<long>(a), all.begin() + static_cast<long>(b));
+    if (alive)
+      alive = run(part);
+    else
+      lost(part);
+  }
+}
+}  // namespace
+
 NodeClient::NodeClient(std::unique_ptr<Endpoint> endpoint, int timeout_ms, uint16_t protocol_version)
+    : NodeClient(std::move(endpoint), plain(timeout_ms, protocol_version)) {}
+
+NodeClient::NodeClient(std::unique_ptr<Endpoint> endpoint, NodeClientOptions options)
     : endpoint_(std::move(endpoint)),
       path_(endpoint_->address()),
-      timeout_ms_(timeout_ms > 0 ? timeout_ms : 5000),
-      version_(protocol_version) {
+      timeout_ms_(options.timeout_ms > 0 ? options.timeout_ms : 5000),
+      version_(options.protocol_version),
+      peers_(std::move(options.allowed_uids)),
+      settings_(std::move(options.settings)) {
   connect_first();
 }
 
@@ -204,6 +271,7 @@ int NodeClient::say_hello(Conn& c, HelloReply* hr, int* arena_fd) {
   c.w.u16(version_);
   c.w.u32(static_cast<uint32_t>(getpid()));
   c.w.str("mooncake-hicache client");
+  c.w.str(settings_);
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   Reader r;
   int e = send_request(c);
@@ -258,6 +326,11 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
   c->fork_gen = fork_gen();
   c->stream = endpoint_->connect(timeout_ms_, err, msg);
   if (!c->stream) return nullptr;
+  if (!peers_.allows(c->stream->peer_uid())) {  // never hand pages to a node of another user
+    *err = EACCES;
+    *msg = peers_.refusal(c->stream->peer_uid(), "the node", path_);
+    return nullptr;
+  }
   HelloReply hr;
   int afd = -1;
   int e = say_hello(*c, &hr, &afd);
@@ -268,7 +341,7 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
     }
   } guard{afd};
   if (e != 0) {
-    *err = (e == EPROTO && c->error_code == kErrVersion) ? EPROTONOSUPPORT : e;
+    *err = e == EPROTO ? hello_refusal_errno(c->error_code) : e;
     *msg = describe(e, c.get());
     return nullptr;
   }
@@ -425,7 +498,15 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
   }
   if (!c) return;
   PutOps ops{*this, c, keys, values, depths, results, mode};
-  run_put_waves(todo, results, ops, c->waves);
+  run_in_parts(
+      todo, frame_parts(keys, todo, kPutReserve, 4 + 8 + 4),
+      [&](std::vector<uint32_t>& part) {
+        run_put_waves(part, results, ops, c->waves);
+        return c != nullptr;
+      },
+      [&](const std::vector<uint32_t>& part) {
+        for (uint32_t i : part) results[i] = status_code(Status::kNodeUnavailable);
+      });
   if (c) release(std::move(c));
 }
 
@@ -486,12 +567,26 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
   for (size_t i = 0; i < keys.size(); i++)
     results[i] = codes[i] == status_code(Status::kOk) && !c ? down : codes[i];
   if (!c) return;
+  run_in_parts(
+      c->idx, frame_parts(keys, c->idx, kGetPin, 4),
+      [&](std::vector<uint32_t>& part) {
+        if (&part != &c->idx) c->idx = part;
+        return get_part(c, keys, buffers, results);
+      },
+      [&](const std::vector<uint32_t>& part) {
+        for (uint32_t i : part) results[i] = status_code(Status::kNotFound);
+      });
+  if (c) release(std::move(c));
+}
+
+bool NodeClient::get_part(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys,
+                          const std::vector<SgList>& buffers, int64_t* results) {
   while (!c->idx.empty()) {
     size_t before = c->idx.size();
-    if (!get_wave(c, keys, buffers, results)) return;
+    if (!get_wave(c, keys, buffers, results)) return false;
     if (c->idx.size() == before && c->tokens.empty()) break;  // nothing pinned: no progress
   }
-  release(std::move(c));
+  return true;
 }
 
 void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
@@ -506,17 +601,24 @@ void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
     return;
   }
   if (idx.empty()) return release(std::move(c));
-  c->begin(kExists);
-  encode_keys(c->w, keys, idx);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  if (e == 0 && (r.u32() != idx.size() || r.remaining() != 4ull * idx.size())) e = EPROTO;
-  if (e) {
-    for (uint32_t i : idx) results[i] = 0;
-    return fail(std::move(c), e, "exists");
-  }
-  for (uint32_t i : idx) results[i] = r.i32();
-  release(std::move(c));
+  auto absent = [&](const std::vector<uint32_t>& part) {
+    for (uint32_t i : part) results[i] = 0;
+  };
+  run_in_parts(idx, frame_parts(keys, idx, kExists, 4), [&](std::vector<uint32_t>& part) {
+    c->begin(kExists);
+    encode_keys(c->w, keys, part);
+    Reader r;
+    int e = roundtrip(*c, &r);
+    if (e == 0 && (r.u32() != part.size() || r.remaining() != 4ull * part.size())) e = EPROTO;
+    if (e) {
+      absent(part);
+      fail(std::move(c), e, "exists");
+      return false;
+    }
+    for (uint32_t i : part) results[i] = r.i32();
+    return true;
+  }, absent);
+  if (c) release(std::move(c));
 }
 
 int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
@@ -525,22 +627,24 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
   if (!c) return 0;
   std::vector<int32_t> codes(keys.size());
   check_keys(keys, keys.size(), codes.data(), &c->idx);
-  if (c->idx.empty()) {
-    release(std::move(c));
-    return 0;
-  }
-  c->begin(kPrefetch);
-  encode_keys(c->w, keys, c->idx);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  int32_t q = e == 0 ? r.i32() : 0;
-  if (e == 0 && !r.done()) e = EPROTO;
-  if (e) {
-    fail(std::move(c), e, "prefetch");
-    return 0;
-  }
-  release(std::move(c));
-  return q;
+  int32_t queued = 0;
+  run_in_parts(c->idx, frame_parts(keys, c->idx, kPrefetch, 4), [&](std::vector<uint32_t>& part) {
+    if (part.empty()) return true;
+    c->begin(kPrefetch);
+    encode_keys(c->w, keys, part);
+    Reader r;
+    int e = roundtrip(*c, &r);
+    int32_t q = e == 0 ? r.i32() : 0;
+    if (e == 0 && !r.done()) e = EPROTO;
+    if (e) {
+      fail(std::move(c), e, "prefetch");
+      return false;
+    }
+    queued += q;
+    return true;
+  }, [](const std::vector<uint32_t>&) {});
+  if (c) release(std::move(c));
+  return queued;
 }
 
 // A request whose body is a one-key list and whose reply is a one-entry list, read by read(r).

@@ -20,6 +20,11 @@
 // fail at once without trying (a hung node costs one timeout per window, not one per call).
 // healthy() says whether the last call reached the node.
 //
+// Trust: the client talks only to a node run by its own uid or one of allowed_uids (the kernel's
+// peer credentials; node/peer_policy.h), and sends its settings fingerprint in HELLO so a node
+// built from other settings refuses it. A batch larger than one frame may carry (node/limits.h:
+// 65,536 keys, or the op's body bound) is sent as several requests, never refused.
+//
 // Threading: every method may be called from any thread concurrently. pool_mu_ guards the idle
 // list, the current mapping, the cool-down, closed_ and last_error_; it is held only for those
 // list/field operations, never across socket I/O or memcpy. A Conn is used by one thread at a
@@ -34,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "node/peer_policy.h"
 #include "node/protocol.h"
 #include "transport/stream.h"
 #include "common/error.h"
@@ -42,6 +48,13 @@
 #include "common/sg_list.h"
 
 namespace mch {
+
+struct NodeClientOptions {
+  int timeout_ms = 5000;
+  uint16_t protocol_version = proto::kVersion;  // a test hook: a client of another version
+  std::vector<uint32_t> allowed_uids;           // node uids trusted besides this process's own
+  std::string settings;                         // this client's settings fingerprint ("": none)
+};
 
 struct NodeInfo {
   uint16_t version = 0;     // protocol version agreed at HELLO
@@ -59,6 +72,7 @@ class NodeClient {
   // try to connect. protocol_version is a test hook (a client of another version).
   NodeClient(std::string socket_path, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
   NodeClient(std::unique_ptr<Endpoint> endpoint, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
+  NodeClient(std::unique_ptr<Endpoint> endpoint, NodeClientOptions options);
   ~NodeClient();
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
@@ -90,7 +104,9 @@ class NodeClient {
   bool healthy() const { return healthy_.load(); }
   std::string last_error() const;
   // Why the last call did not reach the node, as an errno value (0: it did): ETIMEDOUT for a
-  // node that holds the socket but does not answer, ECONNREFUSED/ENOENT for no node, EPROTO ...
+  // node that holds the socket but does not answer, ECONNREFUSED/ENOENT for no node, EACCES for
+  // a node of another uid (or one that refuses ours), EUSERS when the node has too many
+  // connections, ESTALE for a node started with other settings, EPROTO ...
   int last_error_code() const;
   // Lines worth logging once (connected, node lost, reconnected to a new node). Cleared when
   // taken; at most 64 are kept.
@@ -118,6 +134,9 @@ class NodeClient {
   int recv_reply(Conn& c, proto::Reader* reply, Clock::time_point deadline, int* fd_out);
   int roundtrip(Conn& c, proto::Reader* reply);
   int send_unpin(Conn& c, const std::vector<uint64_t>& tokens);
+  // Pins, copies and unpins the keys in c->idx (in waves); false when the connection failed.
+  bool get_part(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
+                int64_t* results);
   // Pins, copies and unpins one wave of gets; false when the connection failed (results set).
   bool get_wave(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                 int64_t* results);
@@ -130,6 +149,8 @@ class NodeClient {
   const std::string path_;
   const int timeout_ms_;
   const uint16_t version_;
+  const PeerPolicy peers_;
+  const std::string settings_;
   std::atomic<bool> healthy_{false};
 
   mutable std::mutex pool_mu_;  // see the header comment for what it guards

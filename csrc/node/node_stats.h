@@ -15,8 +15,8 @@ namespace mch {
 
 struct NodeCounters {
   std::atomic<uint64_t> connections{0}, connections_total{0}, requests{0}, bad_frames{0}, version_mismatches{0},
-      refused_connections{0}, pins_held{0}, reservations_held{0}, released_pins{0}, released_reservations{0},
-      unknown_tokens{0};
+      refused_connections{0}, refused_peers{0}, hello_timeouts{0}, evicted_connections{0}, settings_mismatches{0},
+      pins_held{0}, reservations_held{0}, released_pins{0}, released_reservations{0}, unknown_tokens{0};
   std::atomic<uint64_t> by_op[proto::kOpCount] = {};
 
   void count_op(uint16_t op) {
@@ -36,7 +36,11 @@ struct NodeStats {
   LabeledCounts requests_by_op;      // op name -> frames
   uint64_t bad_frames = 0;           // connections closed for a malformed frame
   uint64_t version_mismatches = 0;   // connections refused for their protocol version
-  uint64_t refused_connections = 0;  // over kMaxConnections
+  uint64_t refused_connections = 0;  // at the connection cap with every connection busy
+  uint64_t refused_peers = 0;        // clients of a uid the node does not serve
+  uint64_t hello_timeouts = 0;       // connections closed for not saying HELLO in time
+  uint64_t evicted_connections = 0;  // idle connections closed to make room for new clients
+  uint64_t settings_mismatches = 0;  // clients refused for another settings fingerprint
   uint64_t pins_held = 0;            // pins clients hold now
   uint64_t reservations_held = 0;    // put slots reserved and not yet committed
   uint64_t released_pins = 0;        // unpinned by the node for clients that went away
@@ -48,7 +52,9 @@ struct NodeStats {
   void take(const NodeCounters& c) {
     connections = c.connections, connections_total = c.connections_total, requests = c.requests;
     bad_frames = c.bad_frames, version_mismatches = c.version_mismatches;
-    refused_connections = c.refused_connections, pins_held = c.pins_held;
+    refused_connections = c.refused_connections, refused_peers = c.refused_peers;
+    hello_timeouts = c.hello_timeouts, evicted_connections = c.evicted_connections;
+    settings_mismatches = c.settings_mismatches, pins_held = c.pins_held;
     reservations_held = c.reservations_held, released_pins = c.released_pins;
     released_reservations = c.released_reservations, unknown_tokens = c.unknown_tokens;
     requests_by_op.clear();
@@ -68,7 +74,9 @@ struct NodeStats {
     v.counter("requests", requests);
     v.by_label("requests_by_op", "op", requests_by_op);
     for (auto [k, x] : Fields{{"bad_frames", bad_frames}, {"version_mismatches", version_mismatches},
-                              {"refused_connections", refused_connections}})
+                              {"refused_connections", refused_connections}, {"refused_peers", refused_peers},
+                              {"hello_timeouts", hello_timeouts}, {"evicted_connections", evicted_connections},
+                              {"settings_mismatches", settings_mismatches}})
       v.counter(k, x);
     v.gauge("pins_held", pins_held);
     v.gauge("reservations_held", reservations_held);

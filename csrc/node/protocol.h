@@ -49,6 +49,8 @@ enum ErrorCode : int32_t {
   kErrInternal = 5,     // the node failed the request (connection closed)
   kErrShuttingDown = 6, // the node is stopping
   kErrTooManyConnections = 7,  // sent unasked (request_id 0) before closing a new connection
+  kErrNotAllowed = 8,   // the client's uid may not use this node (sent unasked, then closed)
+  kErrSettings = 9,     // the node was started with other settings than the client's (closed)
 };
 
 inline const char* op_name(uint16_t op) {
@@ -75,7 +77,8 @@ inline const char* op_name(uint16_t op) {
 // `idx` selects which of the caller's keys go into the request (the client leaves out keys it
 // rejects itself), so no key is copied into a temporary list.
 
-// HELLO request: u16 min_version, u16 max_version, u32 client pid, str client info.
+// HELLO request: u16 min_version, u16 max_version, u32 client pid, str client info, and
+//   (optional, appended) str settings: the client's settings fingerprint (node/settings_check.h).
 //   Sent with header version = the client's min_version.
 // HELLO reply: u16 version (chosen), u16 reserved, u32 node pid, u64 instance id (random per
 //   node start: a changed id means a new arena), u64 arena size, u32 max batch, u32 max key

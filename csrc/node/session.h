@@ -3,8 +3,9 @@
 // reusable buffers of its requests. A token a session did not get is never passed to the store,
 // and close() gives back everything the client still held, so a dead client leaks nothing.
 //
-// Used by the session's own thread only, except `done` (read by the accept thread) and
-// stream->shutdown() (called by NodeServer::stop to wake it).
+// Used by the session's own thread only, except the atomics the accept thread reads to choose a
+// connection to close at the cap (`done`, `greeted`, `idle_since_ns`, `holding`, `evicted`) and
+// stream->shutdown() (called by NodeServer::stop or at the cap to wake it).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -60,12 +61,26 @@ class TokenTable {
 };
 
 struct Session {
-  explicit Session(std::unique_ptr<Stream> s) : stream(std::move(s)), pid(stream->peer_pid()) {}
+  explicit Session(std::unique_ptr<Stream> s)
+      : stream(std::move(s)), pid(stream->peer_pid()), accepted(Clock::now()) {}
+
+  // Nanoseconds on the steady clock, for the atomics below.
+  static int64_t now_ns() { return Clock::now().time_since_epoch().count(); }
+  // Between requests: waiting since now, holding `held` tokens.
+  void mark_idle(uint64_t held) {
+    holding.store(held);
+    idle_since_ns.store(now_ns());
+  }
 
   std::unique_ptr<Stream> stream;
   const int32_t pid;
+  const Clock::time_point accepted;
   std::thread th;
   std::atomic<bool> done{false};
+  std::atomic<bool> greeted{false};       // said HELLO
+  std::atomic<int64_t> idle_since_ns{0};  // waiting for a request since; 0 while one is handled
+  std::atomic<uint64_t> holding{0};       // reservations + pins held between requests
+  std::atomic<bool> evicted{false};       // closed by the node to make room for a new client
 
   bool hello = false;
   uint16_t version = 0;

@@ -47,7 +47,7 @@ int Device::sync() const {
 }
 
 void Device::open_locked_fd(bool direct_io) {
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (direct_io ? O_DIRECT : 0), 0644);
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (direct_io ? O_DIRECT : 0), 0600);
   if (fd_ < 0) {
     int e = errno;
     if (e == EINVAL && direct_io)

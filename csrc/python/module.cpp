@@ -45,11 +45,10 @@ void bind_common(py::module_& m) {
   m.attr("FORMAT_VERSION") = disk::kFormatVersion;
   m.attr("BLOCK_SIZE") = kBlock;
   // Size limits (config.py validates against them): an NVMe region holds a value of at most
-  // region_size - NVME_REGION_OVERHEAD bytes; lengths and slot ids are 32-bit.
+  // region_size - NVME_REGION_OVERHEAD bytes; value lengths are 32-bit.
   m.attr("NVME_REGION_OVERHEAD") = disk::kRegionOverhead;
   m.attr("MAX_REGION_SIZE") = disk::kMaxRegionSize;
   m.attr("MAX_SLAB_SIZE") = DramTier::kMaxSlabSize;
-  m.attr("MAX_DRAM_CAPACITY") = DramTier::kMaxCapacity;
   // The per-key result codes: [(name, value, doc)], the source of mooncake_hicache.ErrorCode.
   py::list codes;
   py::dict mooncake;  // {name: Mooncake ErrorCode name of the same meaning and number, or None}

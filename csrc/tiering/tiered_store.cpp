@@ -76,6 +76,7 @@ struct TieredStore::Impl {
     d.slab_size = opt.slab_size;
     d.eviction = opt.eviction;
     d.hugepages = opt.hugepages;
+    d.keep_keys = opt.has_nvme;  // a demoted page is written under its key
     try {
       dram.reset(new DramTier(d));
     } catch (const std::invalid_argument& e) {
@@ -248,7 +249,7 @@ struct TieredStore::Impl {
     std::vector<SgList> sg;
     for (size_t j = 0; j < idx.size(); j++) {
       k.push_back(keys[idx[j]]);
-      sg.push_back({Segment{dram->data(slot_of[j]), align_up(static_cast<uint64_t>(sizes[idx[j]]))}});
+      sg.push_back({Segment{dram->data(slot_of[j]), dram->slot_size(slot_of[j])}});
     }
     std::vector<int64_t> res(k.size());
     if (!k.empty()) nvme->batch_get(k, sg, res.data());
@@ -262,7 +263,8 @@ struct TieredStore::Impl {
         dram->abort(s);
         continue;
       }
-      dram->publish(s, keys[idx[j]], d, static_cast<uint32_t>(res[j]), 0);
+      dram->prepare(s, keys[idx[j]], d, static_cast<uint64_t>(res[j]), 0);
+      dram->publish(s);
       ctr.promoted++;
       if (pin) {
         dram->pin(s);
@@ -336,13 +338,9 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
         t.status = static_cast<int32_t>(s);
         continue;
       }
-      DramTier::Slot& slot = m.dram->slot(static_cast<uint32_t>(s));
-      slot.key = keys[i];
-      slot.digest = digests[i];
-      slot.len = static_cast<uint32_t>(sizes[i]);
-      slot.depth = i < depths.size() ? depths[i] : 0;
+      m.dram->prepare(static_cast<uint32_t>(s), keys[i], digests[i], sizes[i], i < depths.size() ? depths[i] : 0);
       t.offset = m.dram->offset(static_cast<uint32_t>(s));
-      t.token = make_token(static_cast<uint32_t>(s), slot.gen);
+      t.token = make_token(static_cast<uint32_t>(s), m.dram->slot(static_cast<uint32_t>(s)).gen);
     }
   }
   m.demote(pending);  // before the caller overwrites the victims' slots
@@ -357,11 +355,9 @@ struct TieredStore::Impl::WriteThrough {
 
 // The committed slot s (kWriting, filled by the caller) becomes the key's value. Caller holds mu.
 void TieredStore::Impl::publish_committed(uint32_t s, WriteThrough* wt) {
-  DramTier::Slot& slot = dram->slot(s);
-  std::string key = slot.key;
-  dram->publish(s, key, slot.digest, slot.len, slot.depth);
+  dram->publish(s);
   ctr.puts++;
-  ctr.put_bytes += slot.len;
+  ctr.put_bytes += dram->slot(s).len;
   if (!opt.write_through || !nvme) return;
   dram->pin(s);
   wt->tickets.push_back(fence.begin_transfer());
@@ -373,7 +369,7 @@ void TieredStore::Impl::write_through(WriteThrough& wt) {
   std::vector<std::string> keys;
   std::vector<SgList> sg;
   for (uint32_t s : wt.slots) {
-    keys.push_back(dram->slot(s).key);
+    keys.push_back(dram->key_of(s));
     sg.push_back({Segment{dram->data(s), dram->slot(s).len}});
   }
   std::vector<int32_t> res(keys.size());
@@ -413,7 +409,7 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
         continue;
       }
       results[i] = status_code(Status::kOk);
-      if (m.stored(slot.digest, slot.key)) {
+      if (m.stored(slot.digest, m.dram->key_of(s))) {
         m.fence.add(slot.digest);
         m.dram->erase(slot.digest);  // the older DRAM entry; this slot is not indexed yet
         replacing.push_back(i);
@@ -433,7 +429,7 @@ void TieredStore::Impl::replace(const std::vector<uint64_t>& tokens, const std::
                                 int32_t* results, WriteThrough* wt) {
   std::vector<int32_t> removed(replacing.size(), status_code(Status::kNotFound));
   for (size_t j = 0; j < replacing.size() && nvme; j++)
-    removed[j] = nvme->remove(dram->slot(token_slot(tokens[replacing[j]])).key);
+    removed[j] = nvme->remove(dram->key_of(token_slot(tokens[replacing[j]])));
   std::lock_guard<std::mutex> lk(mu);
   for (size_t j = 0; j < replacing.size(); j++) {
     uint32_t s = token_slot(tokens[replacing[j]]);
@@ -809,6 +805,7 @@ TieredStats TieredStore::stats() {
   ds.eviction = m.opt.eviction, ds.entries = d.entries, ds.value_bytes = d.value_bytes, ds.slab_pages = d.slab_pages;
   ds.slab_pages_free = d.slab_pages_free, ds.size_classes = d.size_classes, ds.evictions = d.evictions;
   ds.dropped_for_rebalance = d.dropped_for_rebalance, ds.hits = m.ctr.dram_hits;
+  ds.metadata_bytes = d.metadata_bytes;
   const Impl::Counters& c = m.ctr;
   TieringSection& t = st.tiering;
   t.admission = m.opt.admission, t.write_through = m.opt.write_through;

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include <algorithm>
+
 namespace mch {
 
 using namespace proto;
@@ -42,13 +44,19 @@ int FrameReader::read_header(Stream& s, Header* h, bool idle_wait, Clock::time_p
   return 0;
 }
 
+// Room for more of a frame of `total` bytes: at most doubling the buffer, never past the frame,
+// so the memory a frame costs follows the bytes received, not the length its header announced.
+void FrameReader::make_room(size_t total) {
+  if (end_ < rx_.size()) return;
+  compact();
+  if (end_ < rx_.size()) return;
+  rx_.resize(std::min(total, std::max(rx_.size() * 2, initial_)));
+}
+
 int FrameReader::read_body(Stream& s, const Header& h, Clock::time_point deadline, int wake_fd) {
   const size_t total = kHeaderSize + static_cast<size_t>(h.body_len);
-  if (start_ + total > rx_.size()) {
-    compact();
-    if (total > rx_.size()) rx_.resize(total);
-  }
   while (end_ - start_ < total) {
+    make_room(total);
     int e = fill(s, deadline, wake_fd, nullptr);
     if (e) return e;
   }

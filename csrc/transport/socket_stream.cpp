@@ -19,7 +19,10 @@ SocketStream::SocketStream(int fd, bool unix_socket) : fd_(fd), unix_(unix_socke
   if (!unix_) return;
   ucred cred{};
   socklen_t len = sizeof cred;
-  if (getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) pid_ = cred.pid;
+  if (getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    pid_ = cred.pid;
+    uid_ = cred.uid;
+  }
 }
 
 SocketStream::~SocketStream() {

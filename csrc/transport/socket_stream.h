@@ -1,6 +1,7 @@
 // SocketStream: a Stream over a connected stream socket (AF_UNIX or AF_INET/6). Non-blocking
 // I/O with poll() deadlines. On a Unix socket a descriptor may ride on a message (SCM_RIGHTS)
-// and the peer's pid is known (SO_PEERCRED). Owns the socket; used by one thread at a time
+// and the peer's pid and uid are known (SO_PEERCRED: the client's at connect(), the server's at
+// listen(), as the kernel recorded them). Owns the socket; used by one thread at a time
 // (shutdown() may come from another, to wake it).
 #pragma once
 #include <poll.h>
@@ -24,6 +25,7 @@ class SocketStream final : public Stream {
   bool quiet() override;
   void shutdown() override;
   int32_t peer_pid() const override { return pid_; }
+  int64_t peer_uid() const override { return uid_; }
   bool passes_fds() const override { return unix_; }
 
  private:
@@ -34,6 +36,7 @@ class SocketStream final : public Stream {
   int fd_;
   bool unix_;
   int32_t pid_ = 0;
+  int64_t uid_ = -1;
 };
 
 }  // namespace mch

@@ -45,6 +45,8 @@ class Stream {
   virtual bool quiet() = 0;
   virtual void shutdown() = 0;  // wakes a thread blocked on this stream; further I/O fails
   virtual int32_t peer_pid() const { return 0; }  // where the transport knows it
+  // The peer's uid from the kernel (SO_PEERCRED), or -1 where the transport carries none (TCP).
+  virtual int64_t peer_uid() const { return -1; }
   virtual bool passes_fds() const = 0;
 };
 

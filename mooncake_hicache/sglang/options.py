@@ -5,7 +5,9 @@ the JSON string (or ``@file`` in JSON/YAML/TOML) given on its command line. Thre
 share it:
 
 * keys SGLang reads itself (``prefetch_threshold``, ``interface_v1``, ``backend_name``, ...):
-  :data:`SGLANG_KEYS`, ignored here;
+  :data:`SGLANG_KEYS`, ignored here. One of them matters to us: ``hicache_storage_pass_prefix_keys``
+  (SGLang's default false) makes SGLang pass each page's prefix chain, from which the backend
+  computes the depths the ``prefix_lru`` eviction policy needs;
 * keys of this backend: ``config`` (path of a mooncake-hicache YAML file), ``extra_backend_tag``
   (a namespace put in front of every key, to isolate tenants sharing one store) and
   ``prefetch_on_exists`` (start promoting NVMe pages to DRAM when ``batch_exists`` finds them;
@@ -113,16 +115,9 @@ def _parse_bool(value: Any, field: str) -> bool:
     raise ConfigError(field, f"expected true or false, got {value!r}")
 
 
-def parse_extra_config(extra_config: Optional[Mapping[str, Any]], ranks: Optional[Mapping[str, int]] = None,
-                       env: Optional[Mapping[str, str]] = None) -> BackendOptions:
-    """Split SGLang's extra config into the store's configuration and this backend's options.
-
-    ``ranks`` fills the rank placeholders of ``tiers.nvme.path``. Raises ``ConfigError`` for a
-    bad ``config`` file or a bad backend option; the store validates its own settings."""
-    env = os.environ if env is None else env
-    extra = dict(extra_config or {})
+def _inline_sections(extra: Mapping[str, Any]) -> dict:
+    """The store sections given inline; unknown keys are logged (with a did-you-mean) and dropped."""
     sections = store_sections()
-
     inline: dict = {}
     for key, value in extra.items():
         if key in SGLANG_KEYS or key in BACKEND_KEYS:
@@ -133,30 +128,45 @@ def parse_extra_config(extra_config: Optional[Mapping[str, Any]], ranks: Optiona
         close = difflib.get_close_matches(str(key), sections + sorted(BACKEND_KEYS), n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         log.warning("mooncake-hicache: ignoring extra-config key %r%s: it is neither a SGLang setting nor one of "
-                    "ours (config, extra_backend_tag, prefetch_on_exists, or a store section: %s)",
-                    key, hint, ", ".join(sections))
+                    "ours (%s, or a store section: %s)", key, hint, ", ".join(sorted(BACKEND_KEYS)), ", ".join(sections))
+    return inline
 
+
+def _config_path(extra: Mapping[str, Any], env: Mapping[str, str]) -> Optional[str]:
+    """The YAML file to read: extra-config key ``config``, else ``$MOONCAKE_HICACHE_CONFIG``."""
     config_path = extra.get("config")
     if config_path is not None and not isinstance(config_path, (str, os.PathLike)):
         raise ConfigError("config", f"extra-config key 'config' must be the path of a YAML file, got {config_path!r}")
     if config_path is None and env.get(CONFIG_ENV_VAR):
         config_path = env[CONFIG_ENV_VAR]
-    config_path = os.fspath(config_path) if config_path is not None else None
+    return os.fspath(config_path) if config_path is not None else None
 
-    if config_path is None and not inline:
-        store_config = None
-    else:
-        base = _read_yaml(config_path) if config_path is not None else {}
-        store_config = deep_merge(base, inline)
 
+def _key_tag(extra: Mapping[str, Any]) -> str:
+    tag = extra.get("extra_backend_tag")
+    if tag is None:
+        return ""
+    if not isinstance(tag, (str, int)) or isinstance(tag, bool) or "/" in str(tag) or not str(tag):
+        raise ConfigError("extra_backend_tag", f"extra_backend_tag must be a short non-empty string without '/', got {tag!r}")
+    return str(tag)
+
+
+def parse_extra_config(extra_config: Optional[Mapping[str, Any]], ranks: Optional[Mapping[str, int]] = None,
+                       env: Optional[Mapping[str, str]] = None) -> BackendOptions:
+    """Split SGLang's extra config into the store's configuration and this backend's options.
+
+    ``ranks`` fills the rank placeholders of ``tiers.nvme.path``. Raises ``ConfigError`` for a
+    bad ``config`` file or a bad backend option; the store validates its own settings."""
+    extra = dict(extra_config or {})
+    inline = _inline_sections(extra)
+    config_path = _config_path(extra, os.environ if env is None else env)
+    store_config = None
+    if config_path is not None or inline:
+        store_config = deep_merge(_read_yaml(config_path) if config_path is not None else {}, inline)
     if store_config is not None and ranks:
         store_config = _fill_rank_placeholders(store_config, ranks)
-
-    tag = extra.get("extra_backend_tag")
-    if tag is not None and (not isinstance(tag, (str, int)) or "/" in str(tag)):
-        raise ConfigError("extra_backend_tag", f"extra_backend_tag must be a short string without '/', got {tag!r}")
     prefetch = _parse_bool(extra.get("prefetch_on_exists", True), "prefetch_on_exists")
-    return BackendOptions(store_config=store_config, key_tag="" if tag is None else str(tag),
+    return BackendOptions(store_config=store_config, key_tag=_key_tag(extra),
                           prefetch_on_exists=prefetch, config_path=config_path)
 
 
