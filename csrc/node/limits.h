@@ -43,10 +43,13 @@ constexpr uint64_t max_request_body(uint16_t op) {
     case proto::kExists:
     case proto::kPrefetch:
     case proto::kRemove:
-    case proto::kValueSize: return list_body(4 + kMaxKeyLen);
-    case proto::kGetUnpin: return list_body(8);
+    case proto::kValueSize:
+    case proto::kGetLocate: return list_body(4 + kMaxKeyLen);
+    case proto::kGetUnpin:
+    case proto::kLocateRelease: return list_body(8);
     case proto::kRemoveAll:
-    case proto::kStats: return 0;
+    case proto::kStats:
+    case proto::kOpenData: return 0;
     default: return kMaxProbeBody;
   }
 }

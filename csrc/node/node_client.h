@@ -64,6 +64,8 @@ struct NodeInfo {
   std::string info;
 };
 
+class DirectReader;
+
 class NodeClient {
  public:
   // Connects and says HELLO. Throws EngineError: kFormat when the node speaks other protocol
@@ -98,6 +100,9 @@ class NodeClient {
   // no page and counts no hit on the node (VALUE_SIZE).
   int64_t value_size(const std::string& key);
   bool ping();
+  // Test hook: GET_LOCATE one key and keep the location (the node releases it when this
+  // client's connection ends). Returns the value's length or a Status.
+  int64_t locate_and_hold(const std::string& key);
   // Drops every connection; later calls return CLOSED. Calls in flight finish normally.
   void close();
 
@@ -140,6 +145,16 @@ class NodeClient {
   // Pins, copies and unpins one wave of gets; false when the connection failed (results set).
   bool get_wave(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                 int64_t* results);
+  // Direct reads (node/direct_reader.h): pages on NVMe that the node did not stage in DRAM.
+  std::shared_ptr<DirectReader> data_reader(std::unique_ptr<Conn>& c);
+  bool locate(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+              std::vector<proto::LocateResult>* locs);
+  int send_release(Conn& c, const std::vector<proto::LocateResult>& locs);
+  bool read_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
+                   int64_t* results);
+  static int64_t located_fits(const proto::LocateResult& l, const SgList& buf);
+  int64_t get_value_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& one,
+                           const std::function<uint8_t*(size_t)>& alloc);
   // Valid keys into *idx with their results set; others' results are their Status.
   void check_keys(const std::vector<std::string>& keys, size_t n_values, int32_t* results, std::vector<uint32_t>* idx);
   std::string describe(int err, const Conn* c) const;

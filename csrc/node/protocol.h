@@ -36,7 +36,10 @@ enum Op : uint16_t {
   kStats = 10,
   kPing = 11,
   kValueSize = 12,
-  kOpCount = 13,  // one past the last request op (array sizes)
+  kOpenData = 13,       // the reply carries the NVMe data file, read-only (SCM_RIGHTS)
+  kGetLocate = 14,
+  kLocateRelease = 15,  // no reply
+  kOpCount = 16,  // one past the last request op (array sizes)
   kError = 255,   // node -> client only: the request `request_id` failed
 };
 
@@ -67,6 +70,9 @@ inline const char* op_name(uint16_t op) {
     case kStats: return "stats";
     case kPing: return "ping";
     case kValueSize: return "value_size";
+    case kOpenData: return "open_data";
+    case kGetLocate: return "get_locate";
+    case kLocateRelease: return "locate_release";
     case kError: return "error";
     default: return "unknown";
   }
@@ -220,6 +226,22 @@ constexpr size_t kPinResultWire = 25;
 // REMOVE reply: u32 n, n x i32 (0 or NOT_FOUND). REMOVE_ALL request: empty; reply: i32.
 // VALUE_SIZE request: a key list; reply: u32 n, n x i64 (the value's length, or a Status). The
 //   node only looks at its indexes: no page moves, no hit is counted.
+// Direct reads: an NVMe page the node does not stage in DRAM (no slot is free, or issue 15's
+//   policy says staging does not pay) is read by the client itself, straight into its buffers.
+// OPEN_DATA request: empty; reply: i32 status (0: the NVMe data file rides along, read-only;
+//   NOT_FOUND: the node has no NVMe tier). The client keeps the descriptor per node instance.
+// GET_LOCATE request: a key list; reply: u32 n, n x {i64 status, u64 offset, u64 checksum,
+//   u64 token}: status is the value's length (or a Status), the value lies at `offset` in the data
+//   file and its XXH3-64 is `checksum` (the client verifies it: a mismatch is a miss); its region
+//   is not reclaimed until the token is given back with LOCATE_RELEASE (or the connection ends).
+// LOCATE_RELEASE request: u32 n, n x u64 token. No reply.
+struct LocateResult {
+  int64_t status = 0;
+  uint64_t offset = 0;
+  uint64_t checksum = 0;
+  uint64_t token = 0;
+};
+constexpr size_t kLocateResultWire = 32;
 // STATS request: empty; reply: str (a JSON object).
 // PING: any body; the reply echoes it.
 // ERROR (node -> client, flags kFlagReply, request_id of the failed request):

@@ -24,6 +24,8 @@ Device::Device(const NvmeOptions& opt) : path_(opt.path), region_size_(opt.regio
   try {
     measure(opt.capacity);
     read_or_create_superblock();
+    // For readers in other processes (a node client's direct reads): read-only, same flags.
+    read_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | (opt.direct_io ? O_DIRECT : 0));
   } catch (...) {
     close();
     throw;
@@ -37,7 +39,8 @@ void Device::fail(int kind, const std::string& msg) {
 
 void Device::close() {
   if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  if (read_fd_ >= 0) ::close(read_fd_);
+  fd_ = read_fd_ = -1;
 }
 
 int Device::sync() const {

@@ -24,6 +24,9 @@ class Device {
   Device& operator=(const Device&) = delete;
 
   int fd() const { return fd_; }
+  // A read-only descriptor of the same file (-1 if it could not be opened), for readers the
+  // engine hands the file to (they never write, and hold no lock on it).
+  int read_fd() const { return read_fd_; }
   uint64_t region_count() const { return region_count_; }
   uint64_t capacity() const { return region_count_ * region_size_; }  // bytes given to regions
   uint64_t region_size() const { return region_size_; }
@@ -49,6 +52,7 @@ class Device {
   const std::string path_;
   const uint64_t region_size_;
   int fd_ = -1;
+  int read_fd_ = -1;
   bool is_blockdev_ = false;
   uint64_t file_size_ = 0;
   uint64_t region_count_ = 0;

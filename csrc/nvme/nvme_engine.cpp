@@ -11,6 +11,7 @@
 
 #include "common/text.h"
 #include "nvme/recovery.h"
+#include "nvme/value_reader.h"
 
 namespace mch {
 
@@ -488,53 +489,23 @@ void NvmeEngine::forget_corrupt(const KeyDigest& d, const PageLocation& loc) {
   }
 }
 
-void NvmeEngine::get_done(IoContext& ctx, const IoCompletion& c, const std::vector<SgList>& buffers,
-                          int64_t* results) {
-  IoContext::Slot& s = ctx.slots[c.tag];
-  int64_t& out = results[s.item];
-  if (c.result != s.expect) {
-    out = status_code(Status::kIoError);
+// Accounts for one read of a pinned page (read_values' result r) and unpins its region.
+void NvmeEngine::read_done(const KeyDigest& d, const PageLocation& loc, int64_t r) {
+  if (r == status_code(Status::kNotFound)) {  // never hand out wrong bytes: a miss, forgotten
+    ctr_.checksum_failures++;
+    ctr_.misses++;
+    forget_corrupt(d, loc);
+  } else if (r == status_code(Status::kIoError)) {
     ctr_.io_errors++;
-  } else {
-    for (const auto& cp : s.copies) memcpy(cp.user, cp.bounce, cp.len);
-    if (sg_checksum(buffers[s.item], s.loc.value_len) != s.loc.value_checksum) {
-      // Never hand out wrong bytes: a corrupt record is a miss, and is forgotten.
-      out = status_code(Status::kNotFound);
-      ctr_.checksum_failures++;
-      ctr_.misses++;
-      forget_corrupt(s.digest, s.loc);
-    } else {
-      out = s.loc.value_len;
-      ctr_.hits++;
-      ctr_.get_bytes += s.loc.value_len;
-    }
+  } else if (r >= 0) {
+    ctr_.hits++;
+    ctr_.get_bytes += static_cast<uint64_t>(r);
   }
-  unpin(s.loc.region);
-  ctx.give_slot(static_cast<int>(c.tag));
+  unpin(loc.region);
 }
 
-void NvmeEngine::submit_get(IoContext& ctx, size_t i, const SgList& buf, const KeyDigest& d, const PageLocation& loc,
-                            int64_t* results, const std::vector<SgList>& buffers) {
-  const int si = ctx.take_slot();
-  IoContext::Slot& s = ctx.slots[si];
-  s.item = i;
-  s.loc = loc;
-  s.digest = d;
-  s.iov.clear();
-  if (!ctx.prepare_value(s, buf, loc.value_len)) {
-    results[i] = status_code(Status::kInvalidParams);
-    unpin(loc.region);
-    ctx.give_slot(si);
-    return;
-  }
-  s.expect = static_cast<int64_t>(disk::align_up(loc.value_len));
-  IoRequest req;
-  req.op = IoOp::kRead;
-  req.offset = dev_->region_base(loc.region) + uint64_t(loc.block) * kBlock + kBlock;
-  req.iov = s.iov.data();
-  req.iovcnt = static_cast<int>(s.iov.size());
-  req.tag = static_cast<uint64_t>(si);
-  ctx.submit(req, [&](const IoCompletion& c) { get_done(ctx, c, buffers, results); });
+uint64_t NvmeEngine::value_offset(const PageLocation& loc) const {
+  return dev_->region_base(loc.region) + uint64_t(loc.block) * kBlock + kBlock;
 }
 
 void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
@@ -543,18 +514,49 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
   if (closed_) return std::fill(results, results + keys.size(), int64_t{status_code(Status::kClosed)});
   IoContextPool::Lease lease(*ctxs_, "a get");
   if (!lease) return std::fill(results, results + keys.size(), int64_t{status_code(Status::kIoError)});
-  IoContext& ctx = *lease;
-  auto done = [&](const IoCompletion& c) { get_done(ctx, c, buffers, results); };
+  std::vector<ValueRead> reads;
+  std::vector<std::pair<KeyDigest, PageLocation>> pinned;  // per read
+  std::vector<size_t> which;                               // per read: its key
   for (size_t i = 0; i < keys.size(); i++) {
     KeyDigest d;
     PageLocation loc;
     results[i] = pin_for_read(keys[i], buffers[i], &d, &loc);
     if (results[i] != kPinned) continue;
-    while (ctx.free_slots.empty()) ctx.reap(1, done);
-    submit_get(ctx, i, buffers[i], d, loc, results, buffers);
+    reads.push_back(ValueRead{value_offset(loc), loc.value_len, loc.value_checksum, &buffers[i]});
+    pinned.push_back({d, loc});
+    which.push_back(i);
   }
-  while (ctx.q->inflight() > 0) ctx.reap(1, done);
+  read_values(*lease, reads, [&](size_t j, int64_t r) {
+    results[which[j]] = r;
+    read_done(pinned[j].first, pinned[j].second, r);
+  });
   ctr_.gets += keys.size();
+}
+
+// Where key's value lies, for a reader with its own descriptor of the file (read_fd()); pins
+// its region until unpin_location(loc->region). Counts a hit as a get does.
+int64_t NvmeEngine::pin_location(const std::string& key, ValueLocation* out) {
+  std::shared_lock<std::shared_mutex> life(life_mu_);
+  if (closed_) return status_code(Status::kClosed);
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  std::lock_guard<std::mutex> lk(index_mu_);
+  ctr_.gets++;
+  PageLocation* p = index_.find(KeyDigest::of(key));
+  if (!p) {
+    ctr_.misses++;
+    return status_code(Status::kNotFound);
+  }
+  p->flags |= PageIndex::kHit;
+  readers_[p->region]++;
+  *out = ValueLocation{value_offset(*p), p->value_len, p->value_checksum, p->region};
+  ctr_.hits++;
+  ctr_.get_bytes += p->value_len;
+  return p->value_len;
+}
+
+void NvmeEngine::unpin_location(uint32_t region) {
+  if (region < readers_.size()) unpin(region);
 }
 
 void NvmeEngine::batch_exists(const std::vector<std::string>& keys, int32_t* results) {

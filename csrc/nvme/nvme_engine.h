@@ -103,6 +103,19 @@ class NvmeEngine {
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
   // results[i] = 1 present, 0 absent, negative Status on error.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  // Where a value lies, for a reader with its own descriptor of the file (read_fd(); a node
+  // client reading a page straight into its memory). pin_location returns the value's length
+  // (or a negative Status) and keeps its region from being reclaimed until unpin_location.
+  struct ValueLocation {
+    uint64_t offset = 0;  // file offset of the value (block aligned)
+    uint64_t len = 0;
+    uint64_t checksum = 0;  // XXH3-64 of the value, to verify after reading
+    uint32_t region = 0;
+  };
+  int64_t pin_location(const std::string& key, ValueLocation* out);
+  void unpin_location(uint32_t region);
+  // A read-only descriptor of the data file (O_DIRECT when direct_io), owned by the engine.
+  int read_fd() const { return dev_ ? dev_->read_fd() : -1; }
   // Value length, or a negative Status.
   int64_t value_size(const std::string& key);
   int32_t remove(const std::string& key);
@@ -153,9 +166,8 @@ class NvmeEngine {
 
   // --- reader path ---
   int64_t pin_for_read(const std::string& key, const SgList& buf, KeyDigest* d, PageLocation* loc);
-  void submit_get(IoContext& ctx, size_t i, const SgList& buf, const KeyDigest& d, const PageLocation& loc,
-                  int64_t* results, const std::vector<SgList>& buffers);
-  void get_done(IoContext& ctx, const IoCompletion& c, const std::vector<SgList>& buffers, int64_t* results);
+  uint64_t value_offset(const PageLocation& loc) const;
+  void read_done(const KeyDigest& d, const PageLocation& loc, int64_t r);
   void forget_corrupt(const KeyDigest& d, const PageLocation& loc);
   void unpin(uint32_t region);
 

@@ -20,10 +20,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/aligned_buffer.h"
 #include "common/note_log.h"
 #include "common/put_waves.h"
 #include "common/sg_list.h"
@@ -180,6 +182,28 @@ inline FaultInjector::Kind fault_kind(const std::string& name) {
   for (int k = 0; k < FaultInjector::kKinds; k++)
     if (name == names[k]) return static_cast<FaultInjector::Kind>(k);
   throw pybind11::value_error("unknown fault kind '" + name + "'; use write, submit, sync, acquire or stall");
+}
+
+// The whole value of `key` as bytes, read by target.value_size() and target.batch_get() into
+// fresh aligned memory (again if the value changed size in between), or the error code (an int).
+template <class Target>
+pybind11::object read_whole_value(Target& t, const std::string& key) {
+  for (int attempt = 0; attempt < 4; attempt++) {
+    int64_t n, got;
+    AlignedBuffer buf;
+    {
+      pybind11::gil_scoped_release nogil;
+      n = t.value_size(key);
+      if (n < 0) return pybind11::int_(n);
+      buf = AlignedBuffer(std::max<uint64_t>(align_up(static_cast<uint64_t>(n)), kBlock));
+      std::vector<std::string> keys{key};
+      std::vector<SgList> sg{one_segment(reinterpret_cast<uintptr_t>(buf.data()), buf.size())};
+      t.batch_get(keys, sg, &got);
+    }
+    if (got >= 0) return pybind11::bytes(reinterpret_cast<const char*>(buf.data()), static_cast<size_t>(got));
+    if (got != status_code(Status::kBufferTooSmall)) return pybind11::int_(got);  // else replaced meanwhile
+  }
+  return pybind11::int_(status_code(Status::kBufferTooSmall));
 }
 
 inline pybind11::object json_dict(const std::string& json) {

@@ -191,6 +191,8 @@ void bind_node_client(py::module_& m) {
            "The value as bytes, or a negative error code (NOT_FOUND for a miss or an unavailable node).")
       .def("value_size", &NodeClient::value_size, release_gil())
       .def("ping", &NodeClient::ping, release_gil())
+      .def("_locate_and_hold", &NodeClient::locate_and_hold, release_gil(),
+           "Test hook: locate one key on the node's NVMe and keep its region pinned until this client goes away.")
       .def("close", &NodeClient::close, release_gil())
       .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
       .def_property_readonly("last_error", &NodeClient::last_error)

@@ -39,6 +39,8 @@ py::object get_bytes(TieredStore& s, const std::string& key) {
     py::gil_scoped_release nogil;
     s.get_pin({key}, &t);
   }
+  // On NVMe but not stageable in DRAM: read it straight from NVMe, as batch_get does.
+  if (t[0].status == status_code(Status::kNoSpace)) return read_whole_value(s, key);
   if (t[0].status < 0) return py::int_(t[0].status);
   py::bytes out(reinterpret_cast<const char*>(s.arena_base() + t[0].offset), static_cast<size_t>(t[0].status));
   s.get_unpin({t[0].token});

@@ -56,7 +56,7 @@ struct TieredStore::Impl {
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
         misses{0}, get_bytes{0}, demoted{0}, demote_failures{0}, not_admitted{0}, promoted{0},
-        written_through{0}, prefetch_queued{0}, prefetch_done{0};
+        written_through{0}, prefetch_queued{0}, prefetch_done{0}, direct_reads{0};
   } ctr;
 
   explicit Impl(const TieredOptions& o) : opt(o) {
@@ -648,6 +648,7 @@ void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vec
     results[direct_idx[j]] = res[j];
     if (res[j] >= 0) {
       m.ctr.nvme_hits++;
+      m.ctr.direct_reads++;
       m.ctr.get_bytes += static_cast<uint64_t>(res[j]);
     } else {
       m.ctr.misses++;
@@ -680,6 +681,41 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
   m.nvme->batch_exists(rest, r.data());
   for (size_t j = 0; j < idx.size(); j++) results[idx[j]] = r[j] == 1 ? 1 : 0;
 }
+
+// Direct reads (tiered_store.h): NVMe pages that are read by the caller, not staged in DRAM.
+void TieredStore::locate(const std::vector<std::string>& keys, std::vector<Location>* out) {
+  Impl& m = *impl_;
+  out->assign(keys.size(), Location{});
+  for (size_t i = 0; i < keys.size(); i++) {
+    Location& l = (*out)[i];
+    {
+      std::lock_guard<std::mutex> lk(m.mu);
+      if (m.closed || !m.nvme) {
+        l.status = status_code(m.closed ? Status::kClosed : Status::kNotFound);
+        continue;
+      }
+      if (m.fence.covers(KeyDigest::of(keys[i]), keys[i])) continue;  // being removed: a miss
+    }
+    NvmeEngine::ValueLocation v;
+    l.status = m.nvme->pin_location(keys[i], &v);
+    if (l.status < 0) {
+      if (l.status == status_code(Status::kNotFound)) m.ctr.misses++;
+      continue;
+    }
+    l.offset = v.offset, l.checksum = v.checksum, l.token = uint64_t(v.region) + 1;
+    m.ctr.nvme_hits++;
+    m.ctr.direct_reads++;
+    m.ctr.get_bytes += v.len;
+  }
+}
+
+void TieredStore::release_locations(const std::vector<uint64_t>& tokens) {
+  if (!impl_->nvme) return;
+  for (uint64_t t : tokens)
+    if (t > 0 && t <= UINT32_MAX) impl_->nvme->unpin_location(static_cast<uint32_t>(t - 1));
+}
+
+int TieredStore::data_fd() const { return impl_->nvme ? impl_->nvme->read_fd() : -1; }
 
 int64_t TieredStore::value_size(const std::string& key) {
   Impl& m = *impl_;
@@ -814,6 +850,7 @@ TieredStats TieredStore::stats() {
   t.demoted = c.demoted, t.demote_failures = c.demote_failures, t.not_admitted = c.not_admitted;
   t.promoted = c.promoted, t.written_through = c.written_through, t.prefetch_queued = c.prefetch_queued;
   t.prefetch_done = c.prefetch_done;
+  t.direct_reads = c.direct_reads;
   st.has_nvme = m.nvme != nullptr;
   if (m.nvme) st.nvme = m.nvme->stats();
   return st;

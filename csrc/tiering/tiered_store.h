@@ -84,6 +84,21 @@ class TieredStore {
                  const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
 
+  // ---- direct reads: an NVMe page read by the caller itself, not staged in DRAM ----
+  // What a node answers when it cannot (or, issue 15, should not) stage a page in DRAM: where
+  // the value lies in data_fd(), for the client to read straight into its own buffers (one
+  // copy: disk to the caller's memory). status: the value's length or a negative Status; the
+  // value's region stays pinned (not reclaimed) until release_locations(token).
+  struct Location {
+    int64_t status = status_code(Status::kNotFound);
+    uint64_t offset = 0;    // file offset of the value in data_fd() (block aligned)
+    uint64_t checksum = 0;  // XXH3-64 of the value: the reader verifies it
+    uint64_t token = 0;
+  };
+  void locate(const std::vector<std::string>& keys, std::vector<Location>* out);
+  void release_locations(const std::vector<uint64_t>& tokens);
+  int data_fd() const;  // read-only descriptor of the NVMe data file; -1 without an NVMe tier
+
   // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
   // The value's length, or a negative Status. Only looks at the indexes: it moves no page
