@@ -290,6 +290,10 @@ class DramConfig:
     admission: str = _setting("always", _choice(ADMISSION_POLICIES, str.lower))
     write_through: bool = _setting(False, _parse_bool)
     hugepages: bool = _setting(True, _parse_bool)
+    # Keep each page's key also without an NVMe tier (with one they are always kept: a demoted
+    # page is written under its key). remove_prefix (SGLang's clear()) needs them; they cost about
+    # the key's length + 10 bytes of node memory per page.
+    keep_keys: bool = _setting(False, _parse_bool)
 
     def _check(self, where: str) -> None:
         at = _joiner(where)

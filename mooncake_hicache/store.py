@@ -218,6 +218,19 @@ class Store:
         self._check_open()
         return self._backend.remove(_as_key(key))
 
+    def remove_prefix(self, prefix: Union[str, bytes]) -> int:
+        """Delete every key that starts with ``prefix`` (a namespace, such as one SGLang server's
+        pages), on every tier and across restarts, as :meth:`remove` does. Returns how many keys
+        were removed, or a negative ErrorCode (``UNSUPPORTED`` for a DRAM-only store that keeps
+        no keys: set ``tiers.dram.keep_keys: true``)."""
+        self._check_open()
+        key = _as_key(prefix)
+        if not key:
+            raise StoreError("remove_prefix needs a non-empty prefix; remove_all() removes every key")
+        if len(key.encode() if isinstance(key, str) else key) > self.MAX_KEY_LEN:
+            raise StoreError(f"the prefix is longer than a key may be ({self.MAX_KEY_LEN} bytes), so no key starts with it")
+        return self._backend.remove_prefix(key)
+
     def remove_all(self, force: bool = False) -> int:
         """Delete every key. Returns 0 or a negative ErrorCode. ``force`` is Mooncake's argument
         (skip lease checks); it is accepted for compatibility and changes nothing here: a removal

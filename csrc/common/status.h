@@ -27,7 +27,8 @@ namespace mch {
   X(kNotFound, NOT_FOUND, -704, "OBJECT_NOT_FOUND", "miss (also: a record that failed its checksum)")      \
   X(kIoError, IO_ERROR, -800, "TRANSFER_FAIL", "the device failed the read or write")                      \
   X(kNodeUnavailable, NODE_UNAVAILABLE, -900, "RPC_FAIL", "the node is not running or did not answer in time") \
-  X(kClosed, CLOSED, -1010, "UNAVAILABLE_IN_CURRENT_STATUS", "the store was closed")
+  X(kClosed, CLOSED, -1010, "UNAVAILABLE_IN_CURRENT_STATUS", "the store was closed")                        \
+  X(kUnsupported, UNSUPPORTED, -1011, "UNAVAILABLE_IN_CURRENT_MODE", "not possible with this configuration (remove_prefix on a DRAM tier that keeps no keys)")
 
 enum class Status : int32_t {
 #define MCH_STATUS_ENUMERATOR(id, name, value, mooncake, doc) id = value,

@@ -253,6 +253,20 @@ void DramTier::clear() {
   for (const auto& d : all) erase(d);
 }
 
+bool DramTier::erase_prefix(std::string_view prefix, std::vector<KeyDigest>* erased) {
+  if (!opt_.keep_keys) return false;
+  const size_t first = erased->size();
+  index_.for_each([&](uint32_t id) {
+    const char* k = pages_[id / per_page_max_].keys[id % per_page_max_].get();
+    uint16_t n = 0;
+    if (k) memcpy(&n, k, sizeof n);
+    if (k && n >= prefix.size() && memcmp(k + sizeof n, prefix.data(), prefix.size()) == 0)
+      erased->push_back(slots_at(id).digest);
+  });
+  for (size_t i = first; i < erased->size(); i++) erase((*erased)[i]);
+  return true;
+}
+
 DramTier::Stats DramTier::stats() const {
   Stats s;
   s.entries = index_.size();

@@ -87,6 +87,10 @@ class DramTier final : public SlotTable {
   void touch(uint32_t slot);  // a hit: policy access, hit flag
   bool erase(const KeyDigest& d);
   void clear();
+  // Erases every entry whose key starts with `prefix` and appends their digests to *erased.
+  // False (nothing erased) when the tier keeps no keys: it cannot tell which entries match.
+  bool erase_prefix(std::string_view prefix, std::vector<KeyDigest>* erased);
+  bool keeps_keys() const { return opt_.keep_keys; }
 
   Slot& slot(uint32_t id) { return slots_at(id); }
   const Slot& slot(uint32_t id) const { return slots_at(id); }

@@ -115,6 +115,7 @@ Outcome Dispatcher::handle(Session& s, const Header& h, Reader r) {
     case kOpenData: return open_data(s, h, r);
     case kGetLocate: return get_locate(s, h, r);
     case kLocateRelease: return locate_release(s, h, r);
+    case kRemovePrefix: return remove_prefix(s, h, r);
     default: return unknown_op(s, h);
   }
 }
@@ -294,6 +295,15 @@ Outcome Dispatcher::value_size(Session& s, const Header& h, Reader& r) {
   s.w.reserve(4 + 8 * static_cast<size_t>(n));
   s.w.u32(static_cast<uint32_t>(n));
   for (int64_t i = 0; i < n; i++) s.w.i64(store_.value_size(s.keys.vec()[static_cast<size_t>(i)]));
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::remove_prefix(Session& s, const Header& h, Reader& r) {
+  std::string_view prefix = r.str(kMaxKeyLen);
+  if (!r.done()) return bad_body(s, h);
+  int64_t n = store_.remove_prefix(std::string(prefix));
+  s.w.begin(kRemovePrefix, h.request_id, kFlagReply, s.version);
+  s.w.i64(n);
   return Outcome::kReply;
 }
 

@@ -63,6 +63,7 @@ class Dispatcher {
   Outcome stats(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome value_size(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome open_data(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome remove_prefix(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome get_locate(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome locate_release(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome unknown_op(Session& s, const proto::Header& h);

@@ -47,6 +47,7 @@ constexpr uint64_t max_request_body(uint16_t op) {
     case proto::kGetLocate: return list_body(4 + kMaxKeyLen);
     case proto::kGetUnpin:
     case proto::kLocateRelease: return list_body(8);
+    case proto::kRemovePrefix: return 4 + kMaxKeyLen;
     case proto::kRemoveAll:
     case proto::kStats:
     case proto::kOpenData: return 0;

@@ -754,24 +754,19 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
   return queued;
 }
 
-// A request whose body is a one-key list and whose reply is a one-entry list, read by read(r).
-// Returns that entry, or `unavailable` (CLOSED once closed) when the node could not be asked.
-template <class T, class Read>
-T NodeClient::single_key(uint16_t op, const std::string& key, const char* what, T unavailable, Read read) {
+// One request whose body write(w) writes and whose reply read(r, &v) reads (false: malformed).
+// Returns v, or `unavailable` (CLOSED once closed) when the node could not be asked.
+template <class T, class Write, class Read>
+T NodeClient::ask(uint16_t op, const char* what, T unavailable, Write write, Read read) {
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
   if (!c) return why == Fail::kClosed ? T(status_code(Status::kClosed)) : unavailable;
   c->begin(op);
-  c->w.u32(1);
-  c->w.str(key);
+  write(c->w);
   Reader r;
   int e = roundtrip(*c, &r);
   T v{};
-  if (e == 0) {
-    uint32_t m = r.u32();
-    v = read(r);
-    if (m != 1 || !r.done()) e = EPROTO;
-  }
+  if (e == 0 && (!read(r, &v) || !r.done())) e = EPROTO;
   if (e) {
     fail(std::move(c), e, what);
     return unavailable;
@@ -780,28 +775,39 @@ T NodeClient::single_key(uint16_t op, const std::string& key, const char* what, 
   return v;
 }
 
+// ask() with a one-key list for body and a one-entry list for reply.
+template <class T>
+T NodeClient::single_key(uint16_t op, const std::string& key, const char* what, T unavailable) {
+  return ask<T>(
+      op, what, unavailable,
+      [&](Writer& w) {
+        w.u32(1);
+        w.str(key);
+      },
+      [](Reader& r, T* v) {
+        uint32_t m = r.u32();
+        *v = sizeof(T) == 8 ? static_cast<T>(r.i64()) : static_cast<T>(r.i32());
+        return m == 1;
+      });
+}
+
 int32_t NodeClient::remove(const std::string& key) {
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
-  return single_key<int32_t>(kRemove, key, "remove", status_code(Status::kNodeUnavailable),
-                             [](Reader& r) { return r.i32(); });
+  return single_key<int32_t>(kRemove, key, "remove", status_code(Status::kNodeUnavailable));
+}
+
+int64_t NodeClient::remove_prefix(const std::string& prefix) {
+  if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+  return ask<int64_t>(
+      kRemovePrefix, "remove_prefix", status_code(Status::kNodeUnavailable), [&](Writer& w) { w.str(prefix); },
+      [](Reader& r, int64_t* v) { return (*v = r.i64()), true; });
 }
 
 int32_t NodeClient::remove_all() {
-  Fail why = Fail::kNone;
-  std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return status_code(why == Fail::kClosed ? Status::kClosed : Status::kNodeUnavailable);
-  c->begin(kRemoveAll);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  int32_t rc = e == 0 ? r.i32() : 0;
-  if (e == 0 && !r.done()) e = EPROTO;
-  if (e) {
-    fail(std::move(c), e, "remove_all");
-    return status_code(Status::kNodeUnavailable);
-  }
-  release(std::move(c));
-  return rc;
+  return ask<int32_t>(
+      kRemoveAll, "remove_all", status_code(Status::kNodeUnavailable), [](Writer&) {},
+      [](Reader& r, int32_t* v) { return (*v = r.i32()), true; });
 }
 
 bool NodeClient::stats_json(std::string* out) {
@@ -911,8 +917,7 @@ int64_t NodeClient::locate_and_hold(const std::string& key) {
 int64_t NodeClient::value_size(const std::string& key) {
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
-  return single_key<int64_t>(kValueSize, key, "value_size", status_code(Status::kNotFound),
-                             [](Reader& r) { return r.i64(); });
+  return single_key<int64_t>(kValueSize, key, "value_size", status_code(Status::kNotFound));
 }
 
 bool NodeClient::ping() {

@@ -91,6 +91,8 @@ class NodeClient {
   int32_t prefetch(const std::vector<std::string>& keys);  // keys queued for promotion
   int32_t remove(const std::string& key);
   int32_t remove_all();
+  // Keys removed (every key that starts with prefix, on every tier of the node), or a Status.
+  int64_t remove_prefix(const std::string& prefix);
   // The node's figures as a JSON object; false (and last_error()) when the node is unavailable.
   bool stats_json(std::string* out);
   // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
@@ -129,8 +131,10 @@ class NodeClient {
   void release(std::unique_ptr<Conn> c);
   void fail(std::unique_ptr<Conn> c, int err, const std::string& what);
   struct PutOps;
-  template <class T, class Read>
-  T single_key(uint16_t op, const std::string& key, const char* what, T unavailable, Read read);
+  template <class T, class Write, class Read>
+  T ask(uint16_t op, const char* what, T unavailable, Write write, Read read);
+  template <class T>
+  T single_key(uint16_t op, const std::string& key, const char* what, T unavailable);
   void connect_first();
   std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
   int say_hello(Conn& c, proto::HelloReply* hr, int* arena_fd);

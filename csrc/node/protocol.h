@@ -39,7 +39,8 @@ enum Op : uint16_t {
   kOpenData = 13,       // the reply carries the NVMe data file, read-only (SCM_RIGHTS)
   kGetLocate = 14,
   kLocateRelease = 15,  // no reply
-  kOpCount = 16,  // one past the last request op (array sizes)
+  kRemovePrefix = 16,
+  kOpCount = 17,  // one past the last request op (array sizes)
   kError = 255,   // node -> client only: the request `request_id` failed
 };
 
@@ -73,6 +74,7 @@ inline const char* op_name(uint16_t op) {
     case kOpenData: return "open_data";
     case kGetLocate: return "get_locate";
     case kLocateRelease: return "locate_release";
+    case kRemovePrefix: return "remove_prefix";
     case kError: return "error";
     default: return "unknown";
   }
@@ -224,6 +226,8 @@ constexpr size_t kPinResultWire = 25;
 // EXISTS reply: u32 n, n x i32 (1 present, 0 absent, < 0 bad key).
 // PREFETCH reply: i32 keys queued for promotion.
 // REMOVE reply: u32 n, n x i32 (0 or NOT_FOUND). REMOVE_ALL request: empty; reply: i32.
+// REMOVE_PREFIX request: str prefix (1 to kMaxKeyLen bytes); reply: i64 (keys removed, or a
+//   Status).
 // VALUE_SIZE request: a key list; reply: u32 n, n x i64 (the value's length, or a Status). The
 //   node only looks at its indexes: no page moves, no hit is counted.
 // Direct reads: an NVMe page the node does not stage in DRAM (no slot is free, or issue 15's

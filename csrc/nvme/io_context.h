@@ -10,6 +10,7 @@
 // makes a fresh one). acquire()/release() may be called from any thread (mu_ guards the lists);
 // a context itself is used by the one thread that holds it.
 #pragma once
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -80,6 +81,35 @@ struct IoContext {
     if (q->inflight() >= 2) reap(0, on_done);
   }
 };
+
+// Reads the block at each file offset in `offsets` (queue depth at a time, in chunks of 256) and
+// calls got(i, block) for offsets[i]; block is null when that read failed. The context must be
+// idle; its slots are not used.
+template <class Got>
+void read_blocks(IoContext& ctx, const std::vector<uint64_t>& offsets, Got got) {
+  const uint64_t chunk = 256;
+  AlignedBuffer buf(chunk * kBlock);
+  std::vector<iovec> iov(chunk);
+  for (uint64_t first = 0; first < offsets.size(); first += chunk) {
+    uint64_t n = std::min<uint64_t>(chunk, offsets.size() - first), next = 0, done = 0;
+    while (done < n) {
+      for (; next < n && ctx.q->inflight() < ctx.q->depth(); next++) {
+        iov[next] = {buf.data() + next * kBlock, kBlock};
+        IoRequest r;
+        r.op = IoOp::kRead;
+        r.offset = offsets[first + next];
+        r.iov = &iov[next];
+        r.iovcnt = 1;
+        r.tag = next;
+        ctx.q->submit(r);
+      }
+      ctx.reap(1, [&](const IoCompletion& c) {
+        got(first + c.tag, c.result == static_cast<int64_t>(kBlock) ? buf.data() + c.tag * kBlock : nullptr);
+        done++;
+      });
+    }
+  }
+}
 
 class IoContextPool {
  public:

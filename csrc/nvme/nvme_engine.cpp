@@ -52,7 +52,12 @@ struct NvmeEngine::PutItem {
   uint64_t len;
   int32_t* result;
   bool reinsert;
+  bool tombstone = false;  // a removal record: a header block and no value
 };
+
+namespace {
+const SgList kNoValue;  // the value of a tombstone
+}  // namespace
 
 // ---- construction ---------------------------------------------------------------------------
 
@@ -113,8 +118,11 @@ void NvmeEngine::recover_from_disk() {
 // into the log, then the first block of each of those regions is cleared: from now on the removal
 // lives in a trusted region and the free region is not scanned again. Runs in the constructor.
 void NvmeEngine::rewrite_orphan_tombstones(IoContext& ctx, const RecoveryResult& r) {
-  size_t written = 0;
-  for (const auto& o : r.orphan_tombstones) written += write_tombstone(ctx, o.key, o.digest);
+  std::vector<std::string> keys;
+  for (const auto& o : r.orphan_tombstones) keys.push_back(o.key);
+  std::vector<int32_t> res(keys.size());
+  write_tombstones(ctx, keys, res.data());
+  const size_t written = static_cast<size_t>(std::count(res.begin(), res.end(), status_code(Status::kOk)));
   if (written < r.orphan_tombstones.size() || !synced("recovery")) {
     notes_.warn("could not write again " + std::to_string(r.orphan_tombstones.size() - written) +
                 " removals found in damaged regions; they hold for this run only");
@@ -161,11 +169,11 @@ void NvmeEngine::put_done(IoContext& ctx, const IoCompletion& c, std::vector<Put
   if (faults_.fire(FaultInjector::kStall, nullptr, &ms)) usleep(static_cast<useconds_t>(ms) * 1000);
   if (res == s.expect) {
     regions_->at(s.loc.region).entries.push_back(s.entry);
-    index_record(s.digest, s.loc);
+    if (!it.tombstone) index_record(s.digest, s.loc);
     *it.result = status_code(Status::kOk);
     if (it.reinsert) {
       ctr_.reinserted_pages++;
-    } else {
+    } else if (!it.tombstone) {
       ctr_.puts++;
       ctr_.put_bytes += it.len;
     }
@@ -198,13 +206,14 @@ bool NvmeEngine::submit_put(IoContext& ctx, PutItem& it, size_t i, std::vector<P
 
   const uint32_t r = static_cast<uint32_t>(regions_->open_region());
   disk::RecordHeader h{};
+  h.flags = it.tombstone ? disk::kTombstone : 0;
   h.key_len = static_cast<uint32_t>(it.key->size());
   h.value_len = it.len;
   h.region_seq = regions_->at(r).region_seq;
   h.seq = regions_->next_seq();
   h.digest_lo = it.digest.lo;
   h.digest_hi = it.digest.hi;
-  h.value_checksum = sg_checksum(*it.segs, it.len);
+  h.value_checksum = it.tombstone ? checksum64(nullptr, 0) : sg_checksum(*it.segs, it.len);
   disk::encode_header(s.header, h, it.key->data());
 
   const uint64_t rec = disk::record_bytes(it.len);
@@ -356,24 +365,14 @@ void NvmeEngine::drop_region(uint32_t r, const std::vector<disk::SummaryEntry>& 
   unpinned_cv_.wait(lk, [&] { return readers_[r] == 0; });
 }
 
-bool NvmeEngine::write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d) {
-  if (ensure_room(ctx, kBlock) != Status::kOk) return false;
-  const uint32_t r = static_cast<uint32_t>(regions_->open_region());
-  disk::RecordHeader h{};
-  h.flags = disk::kTombstone;
-  h.key_len = static_cast<uint32_t>(key.size());
-  h.region_seq = regions_->at(r).region_seq;
-  h.seq = regions_->next_seq();
-  h.digest_lo = d.lo;
-  h.digest_hi = d.hi;
-  h.value_checksum = checksum64(nullptr, 0);
-  disk::encode_header(ctx.scratch, h, key.data());
-  const uint64_t off = regions_->place(kBlock);
-  if (ctx.sync_io(IoOp::kWrite, dev_->region_base(r) + off, ctx.scratch, kBlock) != static_cast<int64_t>(kBlock))
-    return false;
-  disk::SummaryEntry e = summary_entry(h, static_cast<uint32_t>(off / kBlock));
-  regions_->at(r).entries.push_back(e);
-  return true;
+// Writes a tombstone for each key (pipelined, like puts): a restart will not bring back what was
+// indexed under it before. results[i]: 0 or a negative Status. write_mu_ held (or the constructor).
+void NvmeEngine::write_tombstones(IoContext& ctx, const std::vector<std::string>& keys, int32_t* results) {
+  std::vector<PutItem> items;
+  items.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); i++)
+    items.push_back(PutItem{&keys[i], KeyDigest::of(keys[i]), &kNoValue, 0, &results[i], false, true});
+  put_records(ctx, items);
 }
 
 // fdatasync; a failure is counted and logged (naming `what`). True when it succeeded.
@@ -582,26 +581,96 @@ int64_t NvmeEngine::value_size(const std::string& key) {
 }
 
 int32_t NvmeEngine::remove(const std::string& key) {
-  std::shared_lock<std::shared_mutex> life(life_mu_);
-  if (closed_) return status_code(Status::kClosed);
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
-  KeyDigest d = KeyDigest::of(key);
+  std::vector<int32_t> res(1);
+  remove_keys({key}, res.data(), nullptr);
+  return res[0];
+}
+
+// Removes each key: out of the index at once, then a tombstone (all of them pipelined) so a
+// restart does not bring it back. results[i]: 0, NOT_FOUND or a negative Status; *removed (if
+// given) gets the digests of the keys that were indexed.
+void NvmeEngine::remove_keys(const std::vector<std::string>& keys, int32_t* results, std::vector<KeyDigest>* removed) {
+  std::shared_lock<std::shared_mutex> life(life_mu_);
+  if (closed_) return std::fill(results, results + keys.size(), status_code(Status::kClosed));
   std::lock_guard<std::mutex> wl(write_mu_);
   IoContextPool::Lease ctx(*ctxs_, "a remove");
-  if (!ctx) return status_code(Status::kIoError);  // nothing changed
+  if (!ctx) return std::fill(results, results + keys.size(), status_code(Status::kIoError));  // nothing changed
+  std::vector<std::string> found;
+  std::vector<size_t> which;
   {
     std::lock_guard<std::mutex> lk(index_mu_);
-    PageLocation* p = index_.find(d);
-    if (!p) return status_code(Status::kNotFound);
-    value_bytes_ -= p->value_len;
-    index_.erase(d);
+    for (size_t i = 0; i < keys.size(); i++) {
+      KeyDigest d = KeyDigest::of(keys[i]);
+      PageLocation* p = index_.find(d);
+      results[i] = p ? status_code(Status::kOk) : status_code(Status::kNotFound);
+      if (!p) continue;
+      value_bytes_ -= p->value_len;
+      index_.erase(d);
+      if (removed) removed->push_back(d);
+      found.push_back(keys[i]);
+      which.push_back(i);
+    }
   }
-  ctr_.removes++;
-  // The tombstone keeps a restart from bringing the page back.
-  if (write_tombstone(*ctx, key, d)) return status_code(Status::kOk);
-  notes_.warn("could not persist the removal of a key; it may reappear after a restart");
-  return status_code(Status::kIoError);
+  ctr_.removes += found.size();
+  std::vector<int32_t> res(found.size());
+  write_tombstones(*ctx, found, res.data());
+  size_t failed = 0;
+  for (size_t j = 0; j < which.size(); j++)
+    if (res[j] != status_code(Status::kOk)) results[which[j]] = status_code(Status::kIoError), failed++;
+  if (failed) notes_.warn("could not persist the removal of " + std::to_string(failed) + " keys; they may reappear after a restart");
+}
+
+// The keys of the pages indexed now that start with `prefix`. The index keeps digests only: the
+// keys are read back from the record headers, kBatch at a time, each page's region pinned while
+// its header is read (so reclaim cannot reuse it meanwhile).
+std::vector<std::string> NvmeEngine::keys_with_prefix(IoContext& ctx, const std::string& prefix) {
+  constexpr size_t kBatch = 256;
+  std::vector<KeyDigest> all;
+  {
+    std::lock_guard<std::mutex> lk(index_mu_);
+    all = index_.digests();
+  }
+  std::vector<std::string> out;
+  for (size_t first = 0; first < all.size(); first += kBatch) {
+    std::vector<std::pair<KeyDigest, PageLocation>> pinned;
+    {
+      std::lock_guard<std::mutex> lk(index_mu_);
+      for (size_t i = first; i < std::min(all.size(), first + kBatch); i++)
+        if (PageLocation* p = index_.find(all[i])) {
+          readers_[p->region]++;
+          pinned.push_back({all[i], *p});
+        }
+    }
+    std::vector<uint64_t> offsets;
+    for (const auto& [d, loc] : pinned) offsets.push_back(value_offset(loc) - kBlock);
+    read_blocks(ctx, offsets, [&](size_t i, const uint8_t* block) {
+      disk::RecordHeader h;
+      if (!block || !disk::decode_header(block, &h) || KeyDigest{h.digest_lo, h.digest_hi} != pinned[i].first) return;
+      std::string_view key(reinterpret_cast<const char*>(block + sizeof(h)), h.key_len);
+      if (key.compare(0, prefix.size(), prefix) == 0) out.emplace_back(key);
+    });
+    for (const auto& [d, loc] : pinned) unpin(loc.region);
+  }
+  return out;
+}
+
+int64_t NvmeEngine::remove_prefix(const std::string& prefix, std::vector<KeyDigest>* removed) {
+  std::vector<std::string> keys;
+  {
+    std::shared_lock<std::shared_mutex> life(life_mu_);
+    if (closed_) return status_code(Status::kClosed);
+    IoContextPool::Lease ctx(*ctxs_, "remove_prefix");
+    if (!ctx) return status_code(Status::kIoError);
+    keys = keys_with_prefix(*ctx, prefix);
+  }
+  std::vector<int32_t> res(keys.size());
+  const size_t before = removed->size();
+  remove_keys(keys, res.data(), removed);
+  for (int32_t r : res)
+    if (r != status_code(Status::kOk) && r != status_code(Status::kNotFound)) return r;
+  return static_cast<int64_t>(removed->size() - before);
 }
 
 int32_t NvmeEngine::remove_all() {

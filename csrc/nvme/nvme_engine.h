@@ -119,6 +119,13 @@ class NvmeEngine {
   // Value length, or a negative Status.
   int64_t value_size(const std::string& key);
   int32_t remove(const std::string& key);
+  // Removes each key (results[i]: 0, NOT_FOUND or a negative Status), tombstones written
+  // pipelined; *removed (may be null) gets the digests of the keys that were stored.
+  void remove_keys(const std::vector<std::string>& keys, int32_t* results, std::vector<KeyDigest>* removed);
+  // Removes every key that starts with `prefix` (read back from the record headers: the index
+  // keeps digests only), like remove(). Returns how many, or a negative Status; their digests
+  // are appended to *removed.
+  int64_t remove_prefix(const std::string& prefix, std::vector<KeyDigest>* removed);
   int32_t remove_all();
   // Seals the open region and closes the file. Later calls return kClosed.
   void close();
@@ -162,7 +169,8 @@ class NvmeEngine {
                 std::vector<HotRecord>* hot);
   void drop_region(uint32_t r, const std::vector<disk::SummaryEntry>& entries, bool summary_ok, size_t kept);
   void reinsert(IoContext& ctx, std::vector<HotRecord>& hot);
-  bool write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d);
+  void write_tombstones(IoContext& ctx, const std::vector<std::string>& keys, int32_t* results);
+  std::vector<std::string> keys_with_prefix(IoContext& ctx, const std::string& prefix);
 
   // --- reader path ---
   int64_t pin_for_read(const std::string& key, const SgList& buf, KeyDigest* d, PageLocation* loc);

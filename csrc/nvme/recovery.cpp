@@ -37,32 +37,13 @@ class Recovery {
   }
 
  private:
-  // Reads the block at `off` of every region in `rs`, queue_depth reads at a time, and calls
-  // got(i, block) for rs[i] (block is null when the read failed).
+  // Reads the block at `off` of every region in `rs` and calls got(i, block) for rs[i] (block
+  // is null when the read failed).
   template <class Got>
   void read_block_of_each(const std::vector<uint32_t>& rs, uint64_t off, Got got) {
-    const uint64_t chunk = 256;
-    AlignedBuffer buf(chunk * kBlock);
-    std::vector<iovec> iov(chunk);
-    for (uint64_t first = 0; first < rs.size(); first += chunk) {
-      uint64_t n = std::min<uint64_t>(chunk, rs.size() - first), next = 0, done = 0;
-      while (done < n) {
-        for (; next < n && ctx_.q->inflight() < ctx_.q->depth(); next++) {
-          iov[next] = {buf.data() + next * kBlock, kBlock};
-          IoRequest r;
-          r.op = IoOp::kRead;
-          r.offset = dev_.region_base(rs[first + next]) + off;
-          r.iov = &iov[next];
-          r.iovcnt = 1;
-          r.tag = next;
-          ctx_.q->submit(r);
-        }
-        ctx_.reap(1, [&](const IoCompletion& c) {
-          got(first + c.tag, c.result == static_cast<int64_t>(kBlock) ? buf.data() + c.tag * kBlock : nullptr);
-          done++;
-        });
-      }
-    }
+    std::vector<uint64_t> offsets(rs.size());
+    for (size_t i = 0; i < rs.size(); i++) offsets[i] = dev_.region_base(rs[i]) + off;
+    read_blocks(ctx_, offsets, got);
   }
 
   // 1. Every region's trailer.

@@ -185,6 +185,7 @@ void bind_node_client(py::module_& m) {
   cls.def("prefetch", &NodeClient::prefetch, release_gil())
       .def("remove", &NodeClient::remove, release_gil())
       .def("remove_all", &NodeClient::remove_all, release_gil())
+      .def("remove_prefix", &NodeClient::remove_prefix, release_gil())
       .def("stats_json", &client_stats_json,
            "The node's figures as a JSON string; raises EngineError('io', ...) when the node is unavailable.")
       .def("get_bytes", &client_get_bytes,

@@ -45,6 +45,13 @@ void bind_nvme(py::module_& m) {
       .def("value_size", &NvmeEngine::value_size, release_gil())
       .def("remove", &NvmeEngine::remove, release_gil())
       .def("remove_all", &NvmeEngine::remove_all, release_gil())
+      .def("remove_prefix",
+           [](NvmeEngine& e, const std::string& prefix) -> int64_t {
+             if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+             std::vector<KeyDigest> removed;
+             return e.remove_prefix(prefix, &removed);
+           },
+           release_gil())
       .def("close", &NvmeEngine::close, release_gil())
       .def("stats", &stats)
       .def_property_readonly("max_value_size", &NvmeEngine::max_value_size)

@@ -76,7 +76,7 @@ struct TieredStore::Impl {
     d.slab_size = opt.slab_size;
     d.eviction = opt.eviction;
     d.hugepages = opt.hugepages;
-    d.keep_keys = opt.has_nvme;  // a demoted page is written under its key
+    d.keep_keys = opt.has_nvme || opt.keep_keys;  // a demoted page is written under its key
     try {
       dram.reset(new DramTier(d));
     } catch (const std::invalid_argument& e) {
@@ -781,6 +781,32 @@ int32_t TieredStore::remove(const std::string& key) {
   }
   if (rc == not_found) return found ? status_code(Status::kOk) : not_found;
   return rc;  // 0, or the NVMe tier's error (the removal may not survive a restart)
+}
+
+// remove() for every key that starts with prefix (a tenant's namespace): DRAM matches by the keys
+// its slots keep, NVMe by the keys in its record headers. Returns how many keys were removed.
+int64_t TieredStore::remove_prefix(const std::string& prefix) {
+  Impl& m = *impl_;
+  if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+  std::vector<KeyDigest> removed;
+  {
+    std::unique_lock<std::mutex> lk(m.mu);
+    if (m.closed) return status_code(Status::kClosed);
+    if (!m.dram->keeps_keys()) return status_code(Status::kUnsupported);
+    m.fence.add_prefix(prefix);
+    m.dram->erase_prefix(prefix, &removed);
+    m.wait_transfers_in_flight(lk);
+  }
+  int64_t rc = m.nvme ? m.nvme->remove_prefix(prefix, &removed) : 0;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    m.fence.drop_prefix(prefix);
+  }
+  if (rc < 0) return rc;
+  std::sort(removed.begin(), removed.end(), [](const KeyDigest& a, const KeyDigest& b) {
+    return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi;
+  });
+  return std::unique(removed.begin(), removed.end()) - removed.begin();  // a page in both tiers counts once
 }
 
 // remove() for every key; queued prefetches are dropped too.

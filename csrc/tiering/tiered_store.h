@@ -40,6 +40,7 @@ struct TieredOptions {
   uint64_t slab_size = 32ull << 20;     // unit handed to a size class; largest value it can hold
   std::string eviction = "lru";         // lru | s3fifo | prefix_lru
   bool hugepages = true;                // try 2 MiB hugetlb pages for the arena
+  bool keep_keys = false;               // keep page keys without an NVMe tier too (remove_prefix)
   // Tiering
   std::string admission = "always";     // which DRAM victims go to NVMe: always | never | second_hit
   bool write_through = false;           // also write every put to NVMe at commit
@@ -107,6 +108,9 @@ class TieredStore {
   // Starts copying NVMe-only pages of `keys` into DRAM (in the background); returns how many.
   int32_t prefetch(const std::vector<std::string>& keys);
   int32_t remove(const std::string& key);
+  // Removes every key that starts with prefix, from every tier, as remove() does; returns how
+  // many, or a negative Status (UNSUPPORTED when the DRAM tier keeps no keys: tiers.dram.keep_keys).
+  int64_t remove_prefix(const std::string& prefix);
   int32_t remove_all();
   void close();  // seals NVMe; DRAM content that was not demoted is dropped
 
