@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 
 from mooncake_hicache import Store
 
@@ -34,19 +33,13 @@ def config_for(kind: str, data_dir: str, sock_dir: str, *, dram: str = "4MiB", s
     return config
 
 
-def stop_pid(pid: int, timeout: float = 10.0) -> None:
+def stop_pid(pid: int) -> None:
+    """SIGTERM (a clean stop that seals NVMe), SIGKILL if it does not exit in time."""
+    from test_node_store import stop
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
+        stop(pid)
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
 
 
 class StoreMaker:
@@ -65,6 +58,14 @@ class StoreMaker:
         if kind == "node":
             self.node_pids.add(store.stats()["node"]["pid"])
         return store
+
+    def reopen(self, store: Store, kind: str, **settings) -> Store:
+        """Close `store` (stopping its node, if any) and open the same kind on the same files."""
+        if kind == "node":
+            self.stop_node(store)
+        else:
+            store.close()
+        return self.make(kind, **settings)
 
     def stop_node(self, store: Store) -> None:
         """Stop the node serving `store` (SIGTERM: a clean stop that seals NVMe) and close it."""

@@ -43,6 +43,19 @@ def run_child(code: str, timeout: float = 60) -> str:
 needs_uring = pytest.mark.skipif("io_uring" not in BACKENDS, reason="this build has no io_uring backend")
 
 
+@pytest.fixture
+def engines(tmp_path):
+    """engines(backend) -> an engine on tmp_path/n.data (the same file each time); closed at teardown."""
+    made = []
+
+    def _open(backend="io_uring"):
+        made.append(engine(tmp_path / "n.data", backend))
+        return made[-1]
+    yield _open
+    for e in made:
+        e.close()
+
+
 @needs_uring
 @pytest.mark.parametrize("warm", [True, False], ids=["record-writes", "region-open"])
 @pytest.mark.parametrize("err", [errno.EIO, errno.EBADF, errno.ENOMEM])
@@ -78,67 +91,49 @@ def test_a_failed_submission_fails_those_writes_and_the_engine_goes_on(tmp_path,
 
 
 @needs_uring
-def test_a_busy_submission_is_retried(tmp_path):
-    e = engine(tmp_path / "n.data")
-    buf = Buffer(4 * PAGE)
-    try:
-        e._inject_faults("submit", 3, errno.EAGAIN)
-        assert put(e, ["a", "b", "c", "d"], buf) == [0] * 4
-        got = Buffer(PAGE)
-        assert e.batch_get(["c"], [got.addr], [PAGE]) == [PAGE] and got.read(0, PAGE) == pattern("c", PAGE)
-    finally:
-        e.close()
+def test_a_busy_submission_is_retried(engines):
+    e, buf = engines(), Buffer(4 * PAGE)
+    e._inject_faults("submit", 3, errno.EAGAIN)
+    assert put(e, ["a", "b", "c", "d"], buf) == [0] * 4
+    got = Buffer(PAGE)
+    assert e.batch_get(["c"], [got.addr], [PAGE]) == [PAGE] and got.read(0, PAGE) == pattern("c", PAGE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_failed_fdatasync_is_reported_not_ignored(tmp_path, backend):
-    e = engine(tmp_path / "n.data", backend)
-    buf = Buffer(4 * PAGE)
-    try:
-        assert put(e, ["a"], buf) == [0]
-        e._inject_faults("sync", 1, errno.EIO)
-        assert e.remove_all() == ErrorCode.IO_ERROR
-        assert any("fdatasync" in line for line in e.take_notes()), "the failed sync must be logged"
-        assert put(e, ["b"], buf) == [0]
-        e._inject_faults("sync", 1, errno.EIO)
-        e.close()  # seals and syncs: the failure is logged, close still releases the file
-        assert any("fdatasync" in line for line in e.take_notes())
-        assert e.stats()["io_errors"] >= 2
-    finally:
-        e.close()
-    e2 = engine(tmp_path / "n.data", backend)  # the file was released
-    e2.close()
+def test_a_failed_fdatasync_is_reported_not_ignored(engines, backend):
+    e, buf = engines(backend), Buffer(4 * PAGE)
+    assert put(e, ["a"], buf) == [0]
+    e._inject_faults("sync", 1, errno.EIO)
+    assert e.remove_all() == ErrorCode.IO_ERROR
+    assert any("fdatasync" in line for line in e.take_notes()), "the failed sync must be logged"
+    assert put(e, ["b"], buf) == [0]
+    e._inject_faults("sync", 1, errno.EIO)
+    e.close()  # seals and syncs: the failure is logged, close still releases the file
+    assert any("fdatasync" in line for line in e.take_notes())
+    assert e.stats()["io_errors"] >= 2
+    engines(backend)  # the file was released
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_remove_without_an_io_queue_is_an_io_error_and_changes_nothing(tmp_path, backend):
-    e = engine(tmp_path / "n.data", backend)
-    buf = Buffer(4 * PAGE)
-    try:
-        assert put(e, ["a", "b"], buf) == [0, 0]
-        e._inject_faults("acquire", 1)
-        assert e.remove("a") == ErrorCode.IO_ERROR
-        assert e.batch_exists(["a"]) == [1], "a removal that could not be persisted must not half-happen"
-        e._inject_faults("acquire", 1)
-        assert e.remove_all() == ErrorCode.IO_ERROR
-        assert e.batch_exists(["a", "b"]) == [1, 1]
-        assert any("I/O queue" in line for line in e.take_notes())
-        assert e.remove("a") == 0 and e.batch_exists(["a"]) == [0]
-    finally:
-        e.close()
+def test_remove_without_an_io_queue_is_an_io_error_and_changes_nothing(engines, backend):
+    e, buf = engines(backend), Buffer(4 * PAGE)
+    assert put(e, ["a", "b"], buf) == [0, 0]
+    e._inject_faults("acquire", 1)
+    assert e.remove("a") == ErrorCode.IO_ERROR
+    assert e.batch_exists(["a"]) == [1], "a removal that could not be persisted must not half-happen"
+    e._inject_faults("acquire", 1)
+    assert e.remove_all() == ErrorCode.IO_ERROR
+    assert e.batch_exists(["a", "b"]) == [1, 1]
+    assert any("I/O queue" in line for line in e.take_notes())
+    assert e.remove("a") == 0 and e.batch_exists(["a"]) == [0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_close_without_an_io_queue_still_releases_the_file_and_keeps_the_pages(tmp_path, backend):
-    e = engine(tmp_path / "n.data", backend)
-    buf = Buffer(4 * PAGE)
+def test_close_without_an_io_queue_still_releases_the_file_and_keeps_the_pages(engines, backend):
+    e, buf = engines(backend), Buffer(4 * PAGE)
     assert put(e, ["a", "b"], buf) == [0, 0]
     e._inject_faults("acquire", 1)
     e.close()  # cannot seal: logs it, closes anyway
     assert any("seal" in line for line in e.take_notes())
-    e2 = engine(tmp_path / "n.data", backend)  # the open region is scanned at restart
-    try:
-        got = Buffer(PAGE)
-        assert e2.batch_get(["b"], [got.addr], [PAGE]) == [PAGE] and got.read(0, PAGE) == pattern("b", PAGE)
-    finally:
-        e2.close()
+    e2, got = engines(backend), Buffer(PAGE)  # the open region is scanned at restart
+    assert e2.batch_get(["b"], [got.addr], [PAGE]) == [PAGE] and got.read(0, PAGE) == pattern("b", PAGE)

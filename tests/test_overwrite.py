@@ -26,14 +26,6 @@ def push_out_of_dram(store, round_: int = 0) -> None:
         assert store.put(f"filler{round_}.{i}", filler) == 0
 
 
-def reopen(stores, store, kind, **settings):
-    if kind == "node":
-        stores.stop_node(store)
-    else:
-        store.close()
-    return stores.make(kind, **settings)
-
-
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
@@ -54,7 +46,7 @@ def test_the_new_value_stays_after_both_have_left_dram(stores, kind):
     assert store.get("k") == value("B")
     push_out_of_dram(store, 1)  # B leaves DRAM: it must be written, not skipped as "already on NVMe"
     assert store.get("k") == value("B")
-    store = reopen(stores, store, kind)
+    store = stores.reopen(store, kind)
     assert store.get("k") == value("B")
 
 
@@ -68,7 +60,7 @@ def test_a_later_value_of_another_size_wins_over_both(stores, kind, write_throug
     assert store.put("k", value("C", PAGE // 2)) == 0
     push_out_of_dram(store, 1)  # (C's size class keeps its slab: C may stay in DRAM only)
     assert store.get("k") == value("C", PAGE // 2)
-    store = reopen(stores, store, kind, **settings)
+    store = stores.reopen(store, kind, **settings)
     if kind == "nvme" or write_through:  # C reached NVMe
         assert store.get("k") == value("C", PAGE // 2)
     else:  # C may have been in DRAM only: a miss, never A or B
@@ -80,15 +72,15 @@ def test_a_replaced_page_does_not_come_back_when_the_new_one_is_dropped_or_lost(
     # admission never: DRAM victims are dropped, not demoted; write-through put A on NVMe.
     store = stores.make(kind, admission="never", write_through=True)
     assert store.put("k", value("A")) == 0
-    store = reopen(stores, store, kind, admission="never")  # B will live in DRAM only
+    store = stores.reopen(store, kind, admission="never")  # B will live in DRAM only
     assert store.put("k", value("B")) == 0
     assert store.get("k") == value("B")
     push_out_of_dram(store, 0)  # B is dropped
     assert store.get("k") in (b"", value("B")) and store.get("k") != value("A")
     assert store.put("k2", value("A2")) == 0
-    store = reopen(stores, store, kind, admission="never", write_through=True)
+    store = stores.reopen(store, kind, admission="never", write_through=True)
     assert store.put("k2", value("B2")) == 0  # B2 written through, replacing A2
-    store = reopen(stores, store, kind, admission="never")
+    store = stores.reopen(store, kind, admission="never")
     assert store.get("k") != value("A"), "the replaced value came back after a restart"
     assert store.get("k2") == value("B2")
 
@@ -99,7 +91,7 @@ def test_a_value_that_only_reached_dram_never_revives_the_old_one_after_a_restar
     assert store.put("k", value("A")) == 0
     push_out_of_dram(store, 0)  # A on NVMe
     assert store.put("k", value("B")) == 0  # B in DRAM only
-    store = reopen(stores, store, kind)  # DRAM is gone: k is B (if B reached NVMe) or a miss
+    store = stores.reopen(store, kind)  # DRAM is gone: k is B (if B reached NVMe) or a miss
     assert store.get("k") in (b"", value("B"))
 
 

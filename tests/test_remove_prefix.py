@@ -14,14 +14,6 @@ from store_modes import KINDS
 PAGE = 128 * 1024  # DRAM holds 32 of them: most of the pages below are on NVMe only
 
 
-def reopen(stores, store, kind, **settings):
-    if kind == "node":
-        stores.stop_node(store)
-    else:
-        store.close()
-    return stores.make(kind, **settings)
-
-
 def fill(store, prefixes=("tenant-a/", "tenant-b/", "tenant-ab/"), n=30):
     for i in range(n):
         for p in prefixes:
@@ -42,7 +34,7 @@ def test_remove_prefix_removes_exactly_one_namespace_on_every_tier(stores, kind)
         assert store.get(k) == pattern(k, PAGE)
     assert store.remove_prefix("tenant-a/") == 0
     assert store.remove_prefix("nobody/") == 0
-    store = reopen(stores, store, kind)
+    store = stores.reopen(store, kind)
     assert store.batch_is_exist(a) == [0] * 30, "removed pages came back after a restart"
     assert store.batch_is_exist(others) == [1] * 60
     assert store.remove_prefix(b"tenant-b/") == 30 and store.batch_is_exist(others[30:]) == [1] * 30

@@ -235,27 +235,18 @@ void NodeServer::serve(Session* s) {
 // The session is over: give back what the client still held.
 void NodeServer::end_session(Session* s) {
   s->stream->shutdown();
-  std::vector<uint64_t> toks;
-  s->reservations.drain(&toks);
-  if (!toks.empty()) {
-    store_.abort_puts(toks);
-    ctr_.reservations_held -= toks.size();
-    ctr_.released_reservations += toks.size();
-  }
-  toks.clear();
-  s->pins.drain(&toks);
-  if (!toks.empty()) {
-    store_.get_unpin(toks);
-    ctr_.pins_held -= toks.size();
-    ctr_.released_pins += toks.size();
-  }
-  toks.clear();
-  s->locations.drain(&toks);
-  if (!toks.empty()) {
-    store_.release_locations(toks);
-    ctr_.locations_held -= toks.size();
-    ctr_.released_locations += toks.size();
-  }
+  auto give_back = [&](TokenTable& table, std::atomic<uint64_t>& held, std::atomic<uint64_t>& released,
+                       void (TieredStore::*release)(const std::vector<uint64_t>&)) {
+    std::vector<uint64_t> toks;
+    table.drain(&toks);
+    if (toks.empty()) return;
+    (store_.*release)(toks);
+    held -= toks.size();
+    released += toks.size();
+  };
+  give_back(s->reservations, ctr_.reservations_held, ctr_.released_reservations, &TieredStore::abort_puts);
+  give_back(s->pins, ctr_.pins_held, ctr_.released_pins, &TieredStore::get_unpin);
+  give_back(s->locations, ctr_.locations_held, ctr_.released_locations, &TieredStore::release_locations);
   if (s->evicted.load()) evicting_--;  // first: connections - evicting_ never goes below zero
   ctr_.connections--;
   s->done.store(true);
