@@ -413,6 +413,7 @@ LATER_TRANSPORTS = ("rdma", "auto")  # accepted names that arrive with the RDMA 
 REDACTED = "<redacted>"  # what Config.to_dict() shows in place of an inline secret
 MIN_SECRET_BYTES = 16
 MAX_REPLICAS = 8
+MAX_SPILL_DEPTH = 4
 DEFAULT_ETCD_PREFIX = "/mooncake-hicache/"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ID_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -633,6 +634,7 @@ class ClusterConfig:
     connect_timeout_ms: int = _setting(1000, _parse_int)
     request_timeout_ms: int = _setting(5000, _parse_int)
     grace_window_ms: int = _setting(30000, _parse_int)
+    spill_depth: int = _setting(1, _parse_int)
     secret: Optional[str] = _dataclass_field(default=None, repr=False, metadata={"parse": _optional(_parse_secret)})
     secret_file: Optional[str] = _setting(None, _optional(_parse_secret_path))
 
@@ -689,6 +691,8 @@ class ClusterConfig:
             raise ConfigError(at("replicas"), f"replicas {self.replicas} is out of range; choose 1 to {MAX_REPLICAS} (1 = no copies)")
         if self.write_quorum > self.replicas:
             raise ConfigError(at("write_quorum"), f"write quorum {self.write_quorum} is more than replicas {self.replicas}; write 'all' or a number from 1 to {self.replicas}")
+        if not 0 <= self.spill_depth <= MAX_SPILL_DEPTH:
+            raise ConfigError(at("spill_depth"), f"spill depth {self.spill_depth} is out of range; choose 0 (never spill) to {MAX_SPILL_DEPTH} (1 is a good default)")
         for name, low, high in (("connect_timeout_ms", 1, 600_000), ("request_timeout_ms", 1, 600_000),
                                 ("grace_window_ms", 0, 3_600_000)):
             value = getattr(self, name)

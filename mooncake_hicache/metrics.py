@@ -5,8 +5,9 @@ rendered for Prometheus, and the small HTTP endpoint the node serves it on (``GE
 Every field ``stats[section][name]`` becomes ``mooncake_hicache_<section>_<name>``, typed by the
 kind the C++ component declares for it (``_native.metric_kinds()``, from the same field list that
 writes the figures): counters (exposed with the ``_total`` suffix), gauges, flags (0/1 gauges),
-strings (an ``..._info{value="..."} 1`` series) and per-label counters such as
-``mooncake_hicache_node_requests_by_op_total{op="get_pin"}``. Hit rates per tier are derived here
+strings (an ``..._info{value="..."} 1`` series), per-label counters such as
+``mooncake_hicache_node_requests_by_op_total{op="get_pin"}`` and per-label gauges such as
+``mooncake_hicache_cluster_member_up{member="node-b"}`` (a cluster member's view of its peers). Hit rates per tier are derived here
 so dashboards need no arithmetic. The exposition text comes from ``prometheus_client``.
 """
 
@@ -31,10 +32,23 @@ def _name(*parts: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", "_".join((PREFIX,) + parts))
 
 
+# Sections the node process adds in Python (cluster/service.py), typed here: the view and, per
+# member (label ``member``), its health and figures from the node's probes.
+PYTHON_KINDS = {
+    "cluster": {"epoch": "gauge", "members": "gauge", "live_members": "gauge", "in_grace": "flag",
+                "membership_healthy": "flag", "port": "gauge", "node_id": "info", "membership": "info",
+                "membership_registrations": "counter", "membership_watch_restarts": "counter",
+                "membership_etcd_failures": "counter",
+                **{f"member_{k}": "gauge:member" for k in ("up", "dram_pages", "nvme_pages", "dram_bytes",
+                                                           "nvme_bytes", "dram_capacity", "nvme_capacity",
+                                                           "rtt_ms", "weight")}},
+}
+
+
 @functools.lru_cache(maxsize=1)
 def metric_kinds() -> dict:
-    """``{section: {field: kind}}`` as the extension declares them."""
-    return _native.metric_kinds()
+    """``{section: {field: kind}}`` as the extension (and, for Python sections, PYTHON_KINDS) declare them."""
+    return {**_native.metric_kinds(), **PYTHON_KINDS}
 
 
 def hit_rates(stats: dict) -> dict:
@@ -62,10 +76,11 @@ def _guess_kind(value) -> str:
 
 def _family(section: str, key: str, value, kind: str) -> Metric | None:
     name, doc = _name(section, key), f"{section} {key.replace('_', ' ')}"
-    if kind.startswith("counter:") and isinstance(value, dict):
-        family = CounterMetricFamily(name, doc, labels=[kind.split(":", 1)[1]])
+    if kind.startswith(("counter:", "gauge:")) and isinstance(value, dict):
+        cls = CounterMetricFamily if kind.startswith("counter:") else GaugeMetricFamily
+        family = cls(name, doc, labels=[kind.split(":", 1)[1]])
         for label, n in sorted(value.items()):
-            family.add_metric([str(label)], n)
+            family.add_metric([str(label)], float(n) if cls is GaugeMetricFamily else n)
         return family
     if kind == "counter":
         return CounterMetricFamily(name, doc, value=value)

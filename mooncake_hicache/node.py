@@ -70,17 +70,22 @@ class Node:
         self.config = config
         n = config.node
         ensure_socket_dir(n.socket, n.allowed_uids)
-        _raise_fd_limit(n.max_connections + 64)
+        # Peer connections of a cluster member are counted too (the peer server's cap).
+        _raise_fd_limit(n.max_connections + 64 + (_native.PEER_MAX_CONNECTIONS if config.cluster else 0))
         self.store = open_tiers(config)
+        self.cluster = None
         try:
             self.server = _native.NodeServer(self.store, n.socket, n.timeout_ms, max_connections=n.max_connections,
                                              socket_mode=n.socket_mode, allowed_uids=list(n.allowed_uids),
                                              settings=config.node_settings())
+            self.cluster = self._join_cluster(config)  # the view is set before a local rank can ask for it
             self.server.start()
         except _native.EngineError as e:
+            self._close_cluster()
             self.store.close()
             raise native_error(e) from None
         except Exception:
+            self._close_cluster()
             self.store.close()
             raise
         self.metrics: Optional[MetricsServer] = None
@@ -95,10 +100,28 @@ class Node:
         self._stop = threading.Event()
         self._log_notes()
 
+    def _join_cluster(self, config: Config):
+        """With a ``cluster:`` section: serve peers over TCP and follow the membership
+        (``cluster/service.py``); None on a single host."""
+        if config.cluster is None:
+            return None
+        from .cluster.service import ClusterService
+        return ClusterService(config, self.server)
+
+    def _close_cluster(self) -> None:
+        """Leave the membership first, then stop serving peers (before the local server stops)."""
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
     def stats(self) -> dict:
         """The same figures a STATS request returns (``mooncake-hicache stats``): the store's
-        sections plus ``node``."""
-        return json.loads(self.server.stats_json())
+        sections plus ``node`` (and, for a cluster member, ``peer``), plus ``cluster`` (the view
+        and every member's health and pages, from the node's probes)."""
+        stats = json.loads(self.server.stats_json())
+        if self.cluster is not None:
+            stats["cluster"] = self.cluster.stats()
+        return stats
 
     def serve_forever(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,6 +139,7 @@ class Node:
         if self.metrics:
             self.metrics.close()
             self.metrics = None
+        self._close_cluster()
         self.server.stop()
         self.store.close()
         self._log_notes()
@@ -123,6 +147,8 @@ class Node:
 
     def _log_notes(self) -> None:
         log_notes(self.store, log)
+        if self.cluster is not None:
+            log_notes(self.cluster, log)
 
 
 def run_node(config_source) -> int:
@@ -133,7 +159,8 @@ def run_node(config_source) -> int:
     config = config_source if isinstance(config_source, Config) else load_config(config_source)
     logging.getLogger().setLevel(config.logging.level)
     node = Node(config)
-    print(f"mooncake-hicache node {os.getpid()} ready on {config.node.socket}", flush=True)
+    member = f" (cluster member {config.cluster.self_id} on TCP port {node.cluster.port})" if node.cluster else ""
+    print(f"mooncake-hicache node {os.getpid()} ready on {config.node.socket}{member}", flush=True)
     node.serve_forever()
     return 0
 
@@ -286,11 +313,12 @@ _LAUNCHER = (
 
 def start_node_process(config: Config) -> tuple[int, int]:
     """Starts ``python -m mooncake_hicache node`` detached (not a child of this process), with
-    ``config`` written next to the socket (mode 0600); its output is appended to ``<socket>.log``
+    ``config`` written next to the socket (mode 0600: an inline ``cluster.secret`` goes along, the
+    node needs it); its output is appended to ``<socket>.log``
     (opened without following links). Returns the node's pid and the log's size before it."""
     sock = config.node.socket
     cfg_path = sock + ".yaml"
-    write_private(cfg_path, yaml.safe_dump(config.to_dict()).encode())
+    write_private(cfg_path, yaml.safe_dump(config.to_dict(redact_secrets=False)).encode())
     log_fd = open_private(sock + ".log", os.O_WRONLY | os.O_APPEND)
     try:
         offset = os.fstat(log_fd).st_size

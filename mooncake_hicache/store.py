@@ -17,6 +17,10 @@ Where the tiers live depends on ``mode`` (see ``Config.resolved_mode``):
 * ``in_process``: the tiers live in this process (DRAM + NVMe via ``TieredStore``, or the NVMe
   engine alone when no DRAM tier is configured).
 
+With a ``cluster:`` section the same node-mode ``Store`` reads and writes the whole pool: pages
+live on the members that weighted rendezvous hashing picks, reached over shared memory (this
+host's node) or TCP (the others); see docs/cluster.md.
+
 Every call is thread-safe and releases the GIL while it waits.
 
 Example::
@@ -95,7 +99,10 @@ class Store:
         config.require_tier()
         self.config = config
         self.mode = config.resolved_mode
-        if self.mode == "node":
+        if self.mode == "node" and config.cluster is not None:
+            from .cluster.pool import PoolConnection
+            self._backend = PoolConnection(config)  # the host's node plus the other members
+        elif self.mode == "node":
             self._backend = NodeConnection(config)  # the client side of the per-host node
         else:
             self._backend = open_tiers(config)

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the cluster membership tests start a real etcd on free loopback ports (on a host
 # with systemd, Debian also enables an etcd service on :2379: 'systemctl disable --now etcd' if
-# it is not wanted).
-APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev fio etcd-server)
+# it is not wanted). libssl-dev: HMAC-SHA256 for the cluster handshake (OpenSSL libcrypto).
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libssl-dev fio etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -59,7 +59,7 @@ def test_a_static_cluster_loads_with_its_defaults(secret_file):
         node_id="a", listen_host="127.0.0.1", listen_port=7700, advertise_host=None, capacity=None,
         members=(ClusterMember("a", "127.0.0.1", 7700), ClusterMember("b", "10.0.0.2", 7700)), etcd=None,
         replicas=1, write_quorum=0, transport="tcp", connect_timeout_ms=1000, request_timeout_ms=5000,
-        grace_window_ms=30000, secret=None, secret_file=secret_file)
+        grace_window_ms=30000, spill_depth=1, secret=None, secret_file=secret_file)
     assert cluster.read_secret() == SECRET.encode()
     assert [m.placement_weight for m in cluster.members] == [1.0, 1.0]
 
@@ -165,6 +165,7 @@ def test_an_error_from_an_env_value_names_the_variable_and_not_the_secret():
     ({"transport": "udp"}, "cluster.transport", "choose one of: tcp"),
     ({"request_timeout_ms": 0}, "cluster.request_timeout_ms", "out of range"),
     ({"grace_window_ms": -5}, "cluster.grace_window_ms", "out of range"),
+    ({"spill_depth": 9}, "cluster.spill_depth", "out of range"),
     ({"capacity": "1GiB"}, "cluster.capacity", "static members"),
     ({"unknown": 1}, "cluster.unknown", "known fields"),
 ])

@@ -116,6 +116,9 @@ Outcome Dispatcher::handle(Session& s, const Header& h, Reader r) {
     case kGetLocate: return get_locate(s, h, r);
     case kLocateRelease: return locate_release(s, h, r);
     case kRemovePrefix: return remove_prefix(s, h, r);
+    case kView:
+      if (views_) return view(s, h, r);
+      return unknown_op(s, h);
     default: return unknown_op(s, h);
   }
 }
@@ -347,6 +350,13 @@ Outcome Dispatcher::stats(Session& s, const Header& h, Reader& r) {
   std::string json = stats_json_();
   s.w.begin(kStats, h.request_id, kFlagReply, s.version);
   s.w.str(json);
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::view(Session& s, const Header& h, Reader& r) {
+  if (!r.done()) return bad_body(s, h);
+  s.w.begin(kView, h.request_id, kFlagReply, s.version);
+  views_->encode(s.w);
   return Outcome::kReply;
 }
 

@@ -14,6 +14,7 @@
 #include "node/node_stats.h"
 #include "node/protocol.h"
 #include "node/session.h"
+#include "node/view_state.h"
 #include "tiering/tiered_store.h"
 
 namespace mch {
@@ -30,14 +31,16 @@ class Dispatcher {
 
   // settings: this node's settings fingerprint (node/settings_check.h; "" checks nothing).
   // stats_json: the node's whole STATS reply (store and node sections).
+  // views: the membership view served by VIEW (nullptr: VIEW is an unknown op).
   Dispatcher(TieredStore& store, NodeCounters& ctr, uint64_t instance, std::string info, std::string settings,
-             std::function<std::string()> stats_json)
+             std::function<std::string()> stats_json, const ViewState* views = nullptr)
       : store_(store),
         ctr_(ctr),
         instance_(instance),
         info_(std::move(info)),
         settings_(std::move(settings)),
-        stats_json_(std::move(stats_json)) {}
+        stats_json_(std::move(stats_json)),
+        views_(views) {}
 
   // Checks a header before any of its body is read: magic, version, the ops allowed before
   // HELLO and the op's body bound (node/limits.h). kFailed (an ERROR frame in s.w) refuses it;
@@ -66,6 +69,7 @@ class Dispatcher {
   Outcome remove_prefix(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome get_locate(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome locate_release(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome view(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome unknown_op(Session& s, const proto::Header& h);
   bool take_given_back(Session& s, proto::Reader& r, TokenTable& table, std::atomic<uint64_t>& held);
   // Takes the commit tokens this session owns out of its table; false for a malformed body.
@@ -77,6 +81,7 @@ class Dispatcher {
   const std::string info_;
   const std::string settings_;
   const std::function<std::string()> stats_json_;
+  const ViewState* const views_;
 };
 
 }  // namespace mch

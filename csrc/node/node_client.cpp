@@ -9,6 +9,7 @@
 
 #include <cstdio>
 
+#include "common/fork_generation.h"
 #include "common/put_waves.h"
 #include "common/status.h"
 #include "node/direct_reader.h"
@@ -21,15 +22,7 @@ namespace mch {
 using namespace proto;
 
 namespace {
-// Bumped in the child of every fork(): connections inherited from the parent share their sockets
-// (and request ids) with it, so a child must never use them. Written only by the atfork hook.
-std::atomic<uint64_t> g_fork_gen{0};
-void on_fork_child() { g_fork_gen.fetch_add(1, std::memory_order_relaxed); }
-uint64_t fork_gen() {
-  static std::once_flag once;
-  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, on_fork_child); });
-  return g_fork_gen.load(std::memory_order_relaxed);
-}
+uint64_t fork_gen() { return fork_generation(); }  // common/fork_generation.h
 }  // namespace
 
 struct NodeClient::ArenaMap {
@@ -51,7 +44,7 @@ struct NodeClient::Conn {
   std::unique_ptr<Stream> stream;
   std::shared_ptr<ArenaMap> map;
   uint32_t next_id = 1;
-  uint64_t fork_gen = 0;  // the process generation that opened it (see g_fork_gen)
+  uint64_t fork_gen = 0;  // the process generation that opened it (common/fork_generation.h)
   uint16_t version = kVersion;
   uint16_t sent_op = 0;
   uint32_t sent_id = 0;
@@ -935,6 +928,29 @@ bool NodeClient::ping() {
   }
   release(std::move(c));
   return true;
+}
+
+bool NodeClient::call(uint16_t op, const std::string& body, std::string* reply) {
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  if (!c) return false;
+  c->begin(op);
+  c->w.bytes(body.data(), body.size());
+  c->error_code = 0;
+  c->error.clear();
+  Reader r;
+  int e = roundtrip(*c, &r);
+  if (e == EPROTO && c->error_code == kErrUnknownOp) {  // an older node: it is fine, the op is not
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    last_error_ = describe(e, c.get());
+  } else if (e) {
+    fail(std::move(c), e, op_name(op));
+    return false;
+  } else {
+    reply->assign(reinterpret_cast<const char*>(r.pos()), r.remaining());
+  }
+  release(std::move(c));
+  return e == 0;
 }
 
 }  // namespace mch

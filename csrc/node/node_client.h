@@ -105,6 +105,11 @@ class NodeClient {
   // Test hook: GET_LOCATE one key and keep the location (the node releases it when this
   // client's connection ends). Returns the value's length or a Status.
   int64_t locate_and_hold(const std::string& key);
+
+  // A request this class does not know by name (the cluster layer's VIEW): sends `op` with
+  // `body`, puts the reply body in *reply. false when the node is unavailable or does not know
+  // the op (last_error() says which; an unknown op does not count as the node being down).
+  bool call(uint16_t op, const std::string& body, std::string* reply);
   // Drops every connection; later calls return CLOSED. Calls in flight finish normally.
   void close();
 

@@ -75,7 +75,7 @@ void NodeServer::start() {
   instance_ = random_instance();
   dispatcher_ = std::make_unique<Dispatcher>(store_, ctr_, instance_,
                                              "mooncake-hicache node pid " + std::to_string(getpid()) + " on " + path_,
-                                             opt_.settings, [this] { return full_stats_json(); });
+                                             opt_.settings, [this] { return full_stats_json(); }, &views_);
   stopping_.store(false);
   running_.store(true);
   acceptor_ = std::thread([this] { accept_loop(); });
@@ -235,18 +235,19 @@ void NodeServer::serve(Session* s) {
 // The session is over: give back what the client still held.
 void NodeServer::end_session(Session* s) {
   s->stream->shutdown();
-  auto give_back = [&](TokenTable& table, std::atomic<uint64_t>& held, std::atomic<uint64_t>& released,
-                       void (TieredStore::*release)(const std::vector<uint64_t>&)) {
-    std::vector<uint64_t> toks;
-    table.drain(&toks);
-    if (toks.empty()) return;
-    (store_.*release)(toks);
-    held -= toks.size();
-    released += toks.size();
-  };
-  give_back(s->reservations, ctr_.reservations_held, ctr_.released_reservations, &TieredStore::abort_puts);
-  give_back(s->pins, ctr_.pins_held, ctr_.released_pins, &TieredStore::get_unpin);
-  give_back(s->locations, ctr_.locations_held, ctr_.released_locations, &TieredStore::release_locations);
+  uint64_t reservations = 0, pins = 0;
+  release_held(*s, store_, &reservations, &pins);
+  ctr_.reservations_held -= reservations;
+  ctr_.released_reservations += reservations;
+  ctr_.pins_held -= pins;
+  ctr_.released_pins += pins;
+  std::vector<uint64_t> locations;  // NVMe regions pinned for the client's direct reads
+  s->locations.drain(&locations);
+  if (!locations.empty()) {
+    store_.release_locations(locations);
+    ctr_.locations_held -= locations.size();
+    ctr_.released_locations += locations.size();
+  }
   if (s->evicted.load()) evicting_--;  // first: connections - evicting_ never goes below zero
   ctr_.connections--;
   s->done.store(true);
@@ -269,6 +270,21 @@ NodeStats NodeServer::stats() const {
 
 std::string NodeServer::stats_json() const { return to_json(stats()); }
 
-std::string NodeServer::full_stats_json() const { return to_json(NodeReport{store_.stats(), stats()}); }
+std::string NodeServer::full_stats_json() const {
+  NodeReport r;
+  r.store = store_.stats();
+  r.node = stats();
+  std::lock_guard<std::mutex> lk(peer_stats_mu_);
+  if (peer_stats_) {
+    r.has_peer = true;
+    r.peer = peer_stats_();
+  }
+  return to_json(r);
+}
+
+void NodeServer::set_peer_stats(std::function<PeerStats()> fn) {
+  std::lock_guard<std::mutex> lk(peer_stats_mu_);
+  peer_stats_ = std::move(fn);
+}
 
 }  // namespace mch

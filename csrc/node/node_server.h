@@ -16,6 +16,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +28,7 @@
 #include "node/node_stats.h"
 #include "node/peer_policy.h"
 #include "node/session.h"
+#include "node/view_state.h"
 #include "transport/stream.h"
 
 namespace mch {
@@ -66,7 +68,14 @@ class NodeServer {
 
   NodeStats stats() const;
   std::string stats_json() const;       // stats() as JSON: the "node" section
-  std::string full_stats_json() const;  // the STATS reply: the store's sections plus "node"
+  std::string full_stats_json() const;  // the STATS reply: the store's sections plus "node" (and "peer")
+
+  // The cluster side (a member serves peers over TCP: node/peer_server.h). The membership view
+  // this node serves (VIEW), the store the peer server shares, and the "peer" section of the
+  // STATS reply (fn from any thread until it is reset with nullptr).
+  ViewState& views() { return views_; }
+  TieredStore& store() { return store_; }
+  void set_peer_stats(std::function<PeerStats()> fn);
 
  private:
   void accept_loop();
@@ -102,6 +111,9 @@ class NodeServer {
 
   NodeCounters ctr_;
   std::atomic<uint64_t> evicting_{0};  // sessions told to close to make room, not yet ended
+  ViewState views_;
+  mutable std::mutex peer_stats_mu_;  // guards peer_stats_
+  std::function<PeerStats()> peer_stats_;
 };
 
 }  // namespace mch

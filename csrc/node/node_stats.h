@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/counters.h"
+#include "node/peer_stats.h"
 #include "node/protocol.h"
 #include "tiering/tiered_stats.h"
 
@@ -92,15 +93,19 @@ struct NodeStats {
   }
 };
 
-// What a STATS request returns: the store's sections ("dram", "tiering", "nvme") plus "node".
+// What a STATS request returns: the store's sections ("dram", "tiering", "nvme") plus "node",
+// and "peer" when the node serves peers over TCP (a cluster member).
 struct NodeReport {
   TieredStats store;
   NodeStats node;
+  bool has_peer = false;
+  PeerStats peer;
 
   template <class V>
   void visit(V& v) const {
     store.visit(v);
     v.section("node", node);
+    if (has_peer) v.section("peer", peer);
   }
 };
 

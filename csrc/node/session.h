@@ -61,8 +61,9 @@ class TokenTable {
 };
 
 struct Session {
-  explicit Session(std::unique_ptr<Stream> s)
-      : stream(std::move(s)), pid(stream->peer_pid()), accepted(Clock::now()) {}
+  // rx_initial: the frame buffer's size (it grows for a large frame and shrinks back).
+  explicit Session(std::unique_ptr<Stream> s, size_t rx_initial = 64 * 1024)
+      : stream(std::move(s)), pid(stream->peer_pid()), accepted(Clock::now()), rx(rx_initial) {}
 
   // Nanoseconds on the steady clock, for the atomics below.
   static int64_t now_ns() { return Clock::now().time_since_epoch().count(); }
@@ -99,5 +100,18 @@ struct Session {
   std::vector<GetTicket> get_t;
   std::vector<TieredStore::Location> locs;
 };
+
+// Gives back what a session's client still held when its connection ended: aborts its put
+// reservations and releases its pins. *reservations and *pins get how many.
+inline void release_held(Session& s, TieredStore& store, uint64_t* reservations, uint64_t* pins) {
+  std::vector<uint64_t> toks;
+  s.reservations.drain(&toks);
+  *reservations = toks.size();
+  if (!toks.empty()) store.abort_puts(toks);
+  toks.clear();
+  s.pins.drain(&toks);
+  *pins = toks.size();
+  if (!toks.empty()) store.get_unpin(toks);
+}
 
 }  // namespace mch

@@ -169,8 +169,9 @@ inline pybind11::list notes_to_py(const std::vector<Note>& notes, bool with_leve
   return out;
 }
 
-template <class Target>
-void def_take_notes(pybind11::class_<Target>& cls) {
+template <class Cls>
+void def_take_notes(Cls& cls) {
+  using Target = typename Cls::type;
   cls.def("take_notes", [](Target& t, bool with_levels) { return notes_to_py(t.take_notes(), with_levels); },
           pybind11::arg("with_levels") = false,
           "Lines worth logging once (cleared when taken); with_levels: (logging level, line) pairs.");
@@ -204,6 +205,29 @@ pybind11::object read_whole_value(Target& t, const std::string& key) {
     if (got != status_code(Status::kBufferTooSmall)) return pybind11::int_(got);  // else replaced meanwhile
   }
   return pybind11::int_(status_code(Status::kBufferTooSmall));
+}
+
+// The value as bytes (allocated by Python while the copy runs without the GIL), or the code.
+// Target has get_value(key, alloc) (NodeClient, PoolClient).
+template <class Target>
+pybind11::object get_value_bytes(Target& t, const std::string& key) {
+  pybind11::object out;
+  int64_t r;
+  {
+    pybind11::gil_scoped_release nogil;
+    r = t.get_value(key, [&out](size_t n) -> uint8_t* {
+      pybind11::gil_scoped_acquire gil;
+      PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
+      if (!b) {
+        PyErr_Clear();
+        return nullptr;
+      }
+      out = pybind11::reinterpret_steal<pybind11::object>(b);
+      return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
+    });
+  }
+  if (r >= 0) return out;
+  return pybind11::int_(r);
 }
 
 inline pybind11::object json_dict(const std::string& json) {

@@ -20,6 +20,7 @@ void bind_nvme(py::module_& m);         // python/nvme_bindings.cpp
 void bind_tiering(py::module_& m);      // python/tiering_bindings.cpp
 void bind_node_server(py::module_& m);  // python/node_bindings.cpp
 void bind_node_client(py::module_& m);  // python/node_bindings.cpp
+void bind_peer_server(py::module_& m);  // python/node_bindings.cpp
 void bind_cluster(py::module_& m);      // python/cluster_bindings.cpp
 
 namespace {
@@ -37,6 +38,7 @@ const char* kind_name(EngineError::Kind k) {
 py::object metric_kinds() {
   NodeReport all;
   all.store.has_nvme = true;
+  all.has_peer = true;
   return binding::json_dict(kinds_json(all));
 }
 
@@ -82,5 +84,6 @@ PYBIND11_MODULE(_native, m) {
   bind_tiering(m);
   bind_node_server(m);
   bind_node_client(m);
+  bind_peer_server(m);
   bind_cluster(m);
 }

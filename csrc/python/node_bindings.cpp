@@ -14,8 +14,10 @@
 
 #include "node/node_client.h"
 #include "node/node_server.h"
+#include "node/peer_server.h"
 #include "node/protocol.h"
 #include "python/binding_utils.h"
+#include "python/view_convert.h"
 #include "transport/uds.h"
 #include "tiering/tiered_store.h"
 
@@ -47,27 +49,6 @@ std::string client_stats_json(NodeClient& c) {
   return s;
 }
 
-// The value as bytes (allocated by Python while the copy runs without the GIL), or the code.
-py::object client_get_bytes(NodeClient& c, const std::string& key) {
-  py::object out;
-  int64_t r;
-  {
-    py::gil_scoped_release nogil;
-    r = c.get_value(key, [&out](size_t n) -> uint8_t* {
-      py::gil_scoped_acquire gil;
-      PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
-      if (!b) {
-        PyErr_Clear();
-        return nullptr;
-      }
-      out = py::reinterpret_steal<py::object>(b);
-      return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
-    });
-  }
-  if (r >= 0) return out;
-  return py::int_(r);
-}
-
 py::dict node_info(NodeClient& c) {
   NodeInfo i = c.info();
   py::dict d;
@@ -79,7 +60,7 @@ py::dict node_info(NodeClient& c) {
   return d;
 }
 
-std::unique_ptr<NodeClient> make_client(const std::string& socket_path, int timeout_ms, uint16_t protocol_version,
+std::shared_ptr<NodeClient> make_client(const std::string& socket_path, int timeout_ms, uint16_t protocol_version,
                                         std::vector<uint32_t> allowed_uids, std::string settings) {
   NodeClientOptions o;
   o.timeout_ms = timeout_ms;
@@ -87,7 +68,7 @@ std::unique_ptr<NodeClient> make_client(const std::string& socket_path, int time
   o.allowed_uids = std::move(allowed_uids);
   o.settings = std::move(settings);
   py::gil_scoped_release nogil;
-  return std::make_unique<NodeClient>(std::make_unique<UnixEndpoint>(socket_path), std::move(o));
+  return std::make_shared<NodeClient>(std::make_unique<UnixEndpoint>(socket_path), std::move(o));
 }
 
 // Bench helper behind bench/dram_checksum_bench.py: mean ns to copy `pages` pages of `page`
@@ -136,6 +117,24 @@ std::unique_ptr<NodeServer> make_server(TieredStore& store, const std::string& s
   return std::make_unique<NodeServer>(store, socket_path, std::move(o));
 }
 
+std::unique_ptr<PeerServer> make_peer_server(NodeServer& node, const std::string& node_id, const py::bytes& secret,
+                                             const std::string& host, uint16_t port, int handshake_timeout_ms,
+                                             int request_timeout_ms, int idle_timeout_ms, unsigned workers,
+                                             unsigned max_connections, unsigned max_handshakes) {
+  PeerServerOptions o;
+  o.node_id = node_id;
+  o.secret = secret;
+  o.host = host;
+  o.port = port;
+  o.handshake_timeout_ms = handshake_timeout_ms;
+  o.request_timeout_ms = request_timeout_ms;
+  o.idle_timeout_ms = idle_timeout_ms;
+  o.workers = workers;
+  o.max_connections = max_connections;
+  o.max_handshakes = max_handshakes;
+  return std::make_unique<PeerServer>(node, std::move(o));
+}
+
 }  // namespace
 
 void bind_node_server(py::module_& m) {
@@ -163,15 +162,40 @@ void bind_node_server(py::module_& m) {
       .def_property_readonly("running", &NodeServer::running)
       .def_readonly_static("MAX_CONNECTIONS", &NodeServer::kMaxConnections)
       .def_property_readonly("socket_path", &NodeServer::socket_path)
-      .def_property_readonly("instance", &NodeServer::instance);
+      .def_property_readonly("instance", &NodeServer::instance)
+      .def("set_view", [](NodeServer& s, const py::dict& v) { s.views().set(view_from(v)); }, py::arg("view"),
+           "The membership view this node serves (VIEW): {epoch, self_id, grace_ms, members: [{id, host, port, "
+           "weight, healthy}], previous_epoch, previous_members}.")
+      .def("view", [](NodeServer& s) { return view_to(s.views().get()); });
   m.def("_copy_pages_ns", &copy_pages_ns, py::arg("dst"), py::arg("src"), py::arg("page"), py::arg("pages"),
         py::arg("checksum"), py::arg("iterations"),
         "Bench helper: mean ns to copy pages between two addresses, with or without a per-page XXH3-64 "
         "computed while copying (bench/dram_checksum_bench.py).");
 }
 
+void bind_peer_server(py::module_& m) {
+  py::class_<PeerServer> cls(m, "PeerServer",
+                             "A cluster member's TCP side: serves the node's store to the ranks and nodes of other "
+                             "hosts (authenticated with the cluster secret; see docs/protocol.md).");
+  def_take_notes(cls);
+  cls.def(py::init(&make_peer_server), py::arg("node"), py::arg("node_id"), py::arg("secret"),
+           py::arg("host") = "127.0.0.1", py::arg("port") = 0, py::arg("handshake_timeout_ms") = 1000,
+           py::arg("request_timeout_ms") = 5000, py::arg("idle_timeout_ms") = 600000, py::arg("workers") = 8,
+           py::arg("max_connections") = 4096, py::arg("max_handshakes") = 256,
+           py::keep_alive<1, 2>())  // the node server lives at least as long as the peer server
+      .def("start", &PeerServer::start, release_gil(),
+           "Bind host:port and serve. Raises EngineError ('in_use' for a taken port, 'invalid' for an address that "
+           "is not this machine's).")
+      .def("stop", &PeerServer::stop, release_gil())
+      .def("stats", [](PeerServer& s) { return json_dict(to_json(s.stats())); })
+      .def_property_readonly("port", &PeerServer::port)
+      .def_property_readonly("running", &PeerServer::running);
+  m.attr("PEER_MAX_KEYS") = proto::kPeerMaxKeys;
+  m.attr("PEER_MAX_CONNECTIONS") = PeerServerOptions{}.max_connections;
+}
+
 void bind_node_client(py::module_& m) {
-  py::class_<NodeClient> cls(m, "NodeClient",
+  py::class_<NodeClient, std::shared_ptr<NodeClient>> cls(m, "NodeClient",
                              "A process's handle on the host's node: batch calls over a Unix socket, bytes through "
                              "the shared arena. Never raises for node failures: reads miss, writes return "
                              "NODE_UNAVAILABLE.");
@@ -188,7 +212,7 @@ void bind_node_client(py::module_& m) {
       .def("remove_prefix", &NodeClient::remove_prefix, release_gil())
       .def("stats_json", &client_stats_json,
            "The node's figures as a JSON string; raises EngineError('io', ...) when the node is unavailable.")
-      .def("get_bytes", &client_get_bytes,
+      .def("get_bytes", &get_value_bytes<NodeClient>,
            "The value as bytes, or a negative error code (NOT_FOUND for a miss or an unavailable node).")
       .def("value_size", &NodeClient::value_size, release_gil())
       .def("ping", &NodeClient::ping, release_gil())

@@ -34,6 +34,17 @@ class FrameReader {
   void consume(const proto::Header& h);
   size_t buffered() const { return end_ - start_; }
 
+  // Streamed frames: a body too large for any buffer (a PEER_PUT, whose value bytes go straight
+  // into the store's slots). read_part() reads until the first n body bytes of `h` are buffered
+  // (n bounded by the caller); part(n) is a Reader over them; consume_part(n) drops the header
+  // and those n bytes, after which take() hands over body bytes that were read ahead and the
+  // caller receives the rest from the stream itself.
+  int read_part(Stream& s, size_t n, Clock::time_point deadline, int wake_fd);
+  proto::Reader part(size_t n) const { return proto::Reader(rx_.data() + start_ + proto::kHeaderSize, n); }
+  void consume_part(size_t n) { start_ += proto::kHeaderSize + n; }
+  // Moves up to n buffered bytes to dst; returns how many.
+  size_t take(uint8_t* dst, size_t n);
+
  private:
   int fill(Stream& s, Clock::time_point deadline, int wake_fd, int* fd_out);
   void compact();
