@@ -2,11 +2,16 @@
 // request and reply bodies as docs/protocol.md and protocol.h describe them, the errors that
 // close a connection and those that do not, and the tokens a closing connection gives back.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <climits>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "common/aligned_buffer.h"
+#include "common/checksum.h"
 #include "common/status.h"
 #include "node_test_util.h"
 
@@ -24,12 +29,13 @@ struct Reserved {
   uint64_t offset, token;
 };
 
-std::vector<Reserved> put_reserve(RawConn& c, const std::vector<std::string>& keys, uint64_t size) {
+// PUT_RESERVE of keys, each of `size` bytes; flags kFlagKeepExisting asks to keep stored values.
+std::vector<Reserved> put_reserve(RawConn& c, const std::vector<std::string>& keys, uint64_t size, uint32_t flags = 0) {
   std::vector<uint32_t> idx;
   for (uint32_t i = 0; i < keys.size(); i++) idx.push_back(i);
-  Frame f = c.call(kPutReserve, [&](Writer& w) {
-    encode_put_reserve(w, keys, idx, std::vector<uint64_t>(keys.size(), size), {});
-  });
+  Frame f = c.call(
+      kPutReserve, [&](Writer& w) { encode_put_reserve(w, keys, idx, std::vector<uint64_t>(keys.size(), size), {}); },
+      flags);
   std::vector<Reserved> out;
   EXPECT_EQ(f.h.op, kPutReserve);
   Reader r = f.reader();
@@ -165,8 +171,6 @@ TEST(NodeServer, PutReserveCopyCommitThenGetPinCopyUnpin) {
   EXPECT_EQ(node.server().stats().reservations_held, 0u);
 
   EXPECT_EQ(i32_list(keys_call(c, kExists, {"page-0", "nope", "page-1"})), (std::vector<int32_t>{1, 0, 1}));
-  // The same key with the same size again: nothing to copy (status 1).
-  EXPECT_EQ(put_reserve(c, {"page-1"}, len).at(0).status, 1);
 
   Frame pin = keys_call(c, kGetPin, {"page-1", "nope"});
   ASSERT_EQ(pin.h.op, kGetPin);
@@ -197,6 +201,118 @@ TEST(NodeServer, PutReserveCopyCommitThenGetPinCopyUnpin) {
   EXPECT_NE(json.find("\"node\":"), std::string::npos) << json;
   EXPECT_NE(json.find("\"dram\""), std::string::npos) << json;
   EXPECT_EQ(node.server().stats().pins_held, 0u);
+}
+
+// Reserves, fills with pattern(key, len) and commits each key; false if any step failed.
+bool put_pattern(RawConn& c, const std::vector<std::string>& keys, size_t len, uint8_t salt = 0) {
+  std::vector<Reserved> rs = put_reserve(c, keys, len);
+  for (size_t i = 0; i < rs.size(); i++) {
+    if (rs[i].status != kOk || rs[i].offset + len > c.arena_size()) return false;
+    std::vector<uint8_t> v = testing::pattern(keys[i], len);
+    v[0] ^= salt;
+    memcpy(c.arena() + rs[i].offset, v.data(), len);
+  }
+  return rs.size() == keys.size() && i32_list(commit_all(c, rs)) == std::vector<int32_t>(keys.size(), kOk);
+}
+
+// GET_PIN of one key, its bytes copied out of the arena, then GET_UNPIN; empty on a miss.
+std::vector<uint8_t> read_pinned(RawConn& c, const std::string& key) {
+  Frame pin = keys_call(c, kGetPin, {key});
+  Reader r = pin.reader();
+  if (pin.h.op != kGetPin || r.u32() != 1) return {};
+  int64_t st = r.i64();
+  uint64_t off = r.u64(), token = r.u64();
+  if (st < 0 || off + st > c.arena_size()) return {};
+  std::vector<uint8_t> out(c.arena() + off, c.arena() + off + st);
+  Writer w;
+  w.begin(kGetUnpin, c.next_id());
+  w.u32(1);
+  w.u64(token);
+  EXPECT_TRUE(c.send(w));
+  return out;
+}
+
+TEST(NodeServer, AReserveReplacesAStoredValueUnlessTheClientAsksToKeepIt) {
+  TestNode node;
+  RawConn c(node.path());
+  c.hello();
+  const size_t len = 5000;
+  ASSERT_TRUE(put_pattern(c, {"k"}, len));
+  Reserved keep = put_reserve(c, {"k"}, len, kFlagKeepExisting).at(0);
+  EXPECT_EQ(keep.status, 1) << "stored already: nothing to copy, no token";
+  EXPECT_EQ(node.server().stats().reservations_held, 0u);
+  std::vector<uint8_t> first = testing::pattern("k", len);
+  EXPECT_TRUE(read_pinned(c, "k") == first);
+  ASSERT_TRUE(put_pattern(c, {"k"}, len, /*salt=*/0x5a)) << "without the flag: a fresh slot";
+  std::vector<uint8_t> second = first;
+  second[0] ^= 0x5a;
+  EXPECT_TRUE(read_pinned(c, "k") == second) << "the committed value replaced the stored one";
+}
+
+TEST(NodeServer, RemovePrefixAnswersTheCountOrUnsupportedWithoutKeptKeys) {
+  auto remove_prefix = [](RawConn& c, const std::string& prefix) {
+    Frame f = c.call(kRemovePrefix, [&](Writer& w) { w.str(prefix); });
+    Reader r = f.reader();
+    int64_t n = f.h.op == kRemovePrefix ? r.i64() : INT64_MIN;
+    EXPECT_TRUE(r.done());
+    return n;
+  };
+  {
+    TestNode plain;
+    RawConn c(plain.path());
+    c.hello();
+    EXPECT_EQ(remove_prefix(c, "p/"), kUnsupported) << "a DRAM-only node keeps digests, not keys";
+  }
+  TestNode node(2000, 8ull << 20, [](TieredOptions& o, const testing::TempDir&) { o.keep_keys = true; });
+  RawConn c(node.path());
+  c.hello();
+  ASSERT_TRUE(put_pattern(c, {"p/1", "p/2", "q/1"}, 4096));
+  EXPECT_EQ(remove_prefix(c, "p/"), 2);
+  EXPECT_EQ(i32_list(keys_call(c, kExists, {"p/1", "p/2", "q/1"})), (std::vector<int32_t>{0, 0, 1}));
+  Frame empty = c.call(kRemovePrefix, [](Writer& w) { w.str(""); });
+  EXPECT_EQ(empty.reader().i64(), kInvalidParams);
+}
+
+// GET_LOCATE + OPEN_DATA + LOCATE_RELEASE: where an NVMe page lies in the data file the node
+// sends, read here with the descriptor that rode on OPEN_DATA's reply.
+TEST(NodeServer, GetLocateNamesWhereAPageLiesInTheDataFileOpenDataSends) {
+  TestNode node(2000, 8ull << 20, [](TieredOptions& o, const testing::TempDir& dir) {
+    o.has_nvme = true;
+    o.write_through = true;  // every committed page is on NVMe too
+    o.nvme.path = dir.file("nvme.data");
+    o.nvme.capacity = 16ull << 20;
+    o.nvme.region_size = 2ull << 20;
+    o.nvme.queue_depth = 8;
+  });
+  RawConn c(node.path());
+  c.hello();
+  const size_t len = 10000;
+  ASSERT_TRUE(put_pattern(c, {"on-disk"}, len));
+  Frame data = c.call(kOpenData, [](Writer&) {});
+  ASSERT_EQ(data.h.op, kOpenData);
+  EXPECT_EQ(data.reader().i32(), kOk);
+  ASSERT_GE(data.fd, 0) << "the data file rides on the reply";
+  Frame loc = keys_call(c, kGetLocate, {"on-disk", "absent"});
+  ASSERT_EQ(loc.h.op, kGetLocate);
+  Reader r = loc.reader();
+  ASSERT_EQ(r.u32(), 2u);
+  ASSERT_EQ(r.remaining(), 2 * kLocateResultWire);
+  int64_t st = r.i64();
+  uint64_t off = r.u64(), sum = r.u64(), token = r.u64();
+  EXPECT_EQ(st, static_cast<int64_t>(len));
+  EXPECT_EQ(r.i64(), kNotFound);
+  EXPECT_EQ(node.server().stats().locations_held, 1u);
+  AlignedBuffer buf((len + 4095) / 4096 * 4096);  // the descriptor may be O_DIRECT
+  ASSERT_EQ(pread(data.fd, buf.data(), buf.size(), static_cast<off_t>(off)), static_cast<ssize_t>(buf.size()));
+  EXPECT_EQ(memcmp(buf.data(), testing::pattern("on-disk", len).data(), len), 0);
+  EXPECT_EQ(checksum64(buf.data(), len), sum);
+  Writer w;
+  w.begin(kLocateRelease, c.next_id());
+  w.u32(1);
+  w.u64(token);
+  ASSERT_TRUE(c.send(w));  // no reply; the next request's reply proves it was handled
+  EXPECT_EQ(c.call(kPing, [](Writer&) {}).h.op, kPing);
+  EXPECT_EQ(node.server().stats().locations_held, 0u);
 }
 
 TEST(NodeServer, CommitWithOkZeroGivesTheSlotBack) {

@@ -23,14 +23,17 @@
 
 namespace mch::testing {
 
-// A node serving a small DRAM-only store.
+// A node serving a small store: DRAM only, unless `adjust` (which gets the options and the
+// node's temporary directory) adds an NVMe tier or changes other settings.
 class TestNode {
  public:
-  explicit TestNode(int timeout_ms = 2000, uint64_t dram = 8ull << 20) {
+  using Adjust = std::function<void(TieredOptions&, const TempDir&)>;
+  explicit TestNode(int timeout_ms = 2000, uint64_t dram = 8ull << 20, const Adjust& adjust = nullptr) {
     TieredOptions o;
     o.dram_capacity = dram;
     o.slab_size = 1ull << 20;
     o.hugepages = false;
+    if (adjust) adjust(o, dir_);
     store_ = std::make_unique<TieredStore>(o);
     server_ = std::make_unique<NodeServer>(*store_, dir_.file("node.sock"), timeout_ms);
     server_->start();
@@ -151,11 +154,12 @@ class RawConn {
     return f;
   }
 
-  // Sends a request whose body `body` writes, and reads its reply (op 0 when none came).
+  // Sends a request (header flags `flags`) whose body `body` writes, and reads its reply (op 0
+  // when none came).
   template <typename F>
-  Frame call(uint16_t op, F&& body) {
+  Frame call(uint16_t op, F&& body, uint32_t flags = 0) {
     proto::Writer w;
-    w.begin(op, next_id_++);
+    w.begin(op, next_id_++, flags);
     body(w);
     Frame f;
     if (!send(w) || !recv(&f)) return Frame();

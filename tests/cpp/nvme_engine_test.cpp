@@ -8,12 +8,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/aligned_buffer.h"
+#include "common/checksum.h"
 #include "common/status.h"
 #include "test_util.h"
 
@@ -212,6 +216,57 @@ TEST_P(NvmeEngineTest, ARemovedKeyStaysRemovedAfterARestart) {
   auto e = open();
   EXPECT_EQ(get_one(*e, "drop", 4096).first, kNotFound);
   EXPECT_EQ(get_one(*e, "keep", 4096).first, 4096);
+}
+
+TEST_P(NvmeEngineTest, RemovePrefixTakesEveryKeyUnderItAndOnlyThoseForGood) {
+  {
+    auto e = open();
+    ASSERT_EQ(put_all(*e, {"tenant-a/1", "tenant-a/2", "tenant-ab/3", "tenant-b/1"}, 4096),
+              (std::vector<int32_t>{kOk, kOk, kOk, kOk}));
+    e->close();
+  }
+  auto e = open();  // the keys now come back from the record headers on disk, not from memory
+  std::vector<KeyDigest> removed;
+  EXPECT_EQ(e->remove_prefix("tenant-a/", &removed), 2);
+  EXPECT_EQ(removed.size(), 2u);
+  EXPECT_EQ(e->remove_prefix("tenant-a/", &removed), 0) << "nothing left under it";
+  EXPECT_EQ(removed.size(), 2u);
+  e->close();
+  e = open();
+  std::vector<int32_t> ex(4, 99);
+  e->batch_exists({"tenant-a/1", "tenant-a/2", "tenant-ab/3", "tenant-b/1"}, ex.data());
+  EXPECT_EQ(ex, (std::vector<int32_t>{0, 0, 1, 1})) << "tombstones outlive the restart";
+}
+
+// A located page (GET_LOCATE's engine side): the offset and checksum describe the value in the
+// file, and its region is not reclaimed until unpin_location, however much is written meanwhile.
+TEST_P(NvmeEngineTest, ALocatedValueStaysInTheFileUntilItIsUnpinned) {
+  const size_t len = 10000;
+  NvmeOptions o = options(4 * kMiB, 1 * kMiB);
+  o.reinsertion = false;  // a hit page would otherwise be re-appended when its region goes
+  auto e = open(o);
+  ASSERT_EQ(put_all(*e, {"located"}, len)[0], kOk);
+  NvmeEngine::ValueLocation loc;
+  ASSERT_EQ(e->pin_location("located", &loc), static_cast<int64_t>(len));
+  EXPECT_EQ(loc.len, len);
+  EXPECT_EQ(e->pin_location("absent", &loc), kNotFound);
+  ASSERT_EQ(e->pin_location("located", &loc), static_cast<int64_t>(len));
+  e->unpin_location(loc.region);  // pinned twice, released once: still pinned
+  std::atomic<bool> wrote_all{false};
+  std::thread writer([&] {  // 3x the device: must reclaim the located page's region
+    for (int i = 0; i < 200; i++) put_all(*e, {testing::key_of(i)}, 64 * 1024);
+    wrote_all = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(wrote_all) << "the writer waits for the pinned region";
+  AlignedBuffer buf((len + 4095) / 4096 * 4096);
+  EXPECT_EQ(pread(e->read_fd(), buf.data(), buf.size(), static_cast<off_t>(loc.offset)), static_cast<ssize_t>(buf.size()));
+  EXPECT_EQ(memcmp(buf.data(), testing::pattern("located", len).data(), len), 0);
+  EXPECT_EQ(checksum64(buf.data(), len), loc.checksum);
+  e->unpin_location(loc.region);
+  writer.join();
+  EXPECT_TRUE(wrote_all);
+  EXPECT_EQ(get_one(*e, "located", len).first, kNotFound) << "its region was reclaimed after the unpin";
 }
 
 TEST_P(NvmeEngineTest, RemoveAllEmptiesTheEngineForGood) {

@@ -36,7 +36,7 @@ void expect_engine_error(F&& f, EngineError::Kind kind, const std::string& text 
 // The per-key result codes as the integers batch calls store, under their C++ names, so a test
 // compares results with kNotFound rather than status_code(Status::kNotFound).
 namespace codes {
-#define MCH_TEST_CODE(id, name, value, doc) constexpr int32_t id = value;
+#define MCH_TEST_CODE(id, name, value, mooncake, doc) constexpr int32_t id = value;
 MCH_STATUS_CODES(MCH_TEST_CODE)
 #undef MCH_TEST_CODE
 }  // namespace codes
