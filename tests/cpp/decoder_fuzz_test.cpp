@@ -7,6 +7,7 @@
 // caught.
 #include <gtest/gtest.h>
 
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,8 +27,8 @@ using testing::Mutator;
 
 // A valid body of one of the codecs in protocol.h, or of the token lists the node parses.
 std::vector<uint8_t> valid_body(Mutator& m) {
-  static const uint16_t ops[] = {kHello, kPutReserve, kPutCommit, kGetPin, kGetUnpin, kExists, kPing};
-  std::vector<uint8_t> frame = testing::valid_request(m, ops[m.below(7)], 1, {});
+  static const uint16_t ops[] = {kHello, kPutReserve, kPutCommit, kGetPin, kGetUnpin, kExists, kPing, kRemovePrefix};
+  std::vector<uint8_t> frame = testing::valid_request(m, ops[m.below(std::size(ops))], 1, {});
   if (m.one_in(4)) {  // a HELLO reply body instead
     Writer w;
     w.begin(kHello, 1, kFlagReply);
@@ -196,12 +197,11 @@ void check_dispatch(Dispatcher::Outcome outcome, Session& s, const Header& req, 
 
 // What NodeServer does when a connection ends: the store gets back what the session held.
 void end_session(TieredStore& store, Session& s) {
-  std::vector<uint64_t> t;
-  s.reservations.drain(&t);
-  if (!t.empty()) store.abort_puts(t);
-  t.clear();
-  s.pins.drain(&t);
-  if (!t.empty()) store.get_unpin(t);
+  uint64_t reservations = 0, pins = 0;
+  release_held(s, store, &reservations, &pins);
+  std::vector<uint64_t> locations;
+  s.locations.drain(&locations);
+  store.release_locations(locations);
 }
 
 // Hands one request frame (length field made to match, body in an exactly-sized buffer) to the
@@ -226,8 +226,9 @@ TEST(DecoderFuzz, DispatcherAnswersEveryFrameWithAReplyOrAnErrorCode) {
   FuzzBudget budget(100000, 2.0);
   std::unique_ptr<Session> s;
   std::vector<uint64_t> tokens;
-  static const uint16_t ops[] = {kHello, kPutReserve, kPutCommit, kGetPin, kGetUnpin, kExists,
-                                 kPrefetch, kRemove, kRemoveAll, kStats, kPing, 77};
+  static const uint16_t ops[] = {kHello,     kPutReserve, kPutCommit, kGetPin,     kGetUnpin,      kExists,
+                                 kPrefetch,  kRemove,     kRemoveAll, kStats,      kPing,          kValueSize,
+                                 kOpenData,  kGetLocate,  kLocateRelease, kRemovePrefix, 77};
   while (budget.next()) {
     if (!s || m.one_in(50)) {  // a new connection, which (mostly) says HELLO first
       if (s) end_session(node.store(), *s);
@@ -237,7 +238,7 @@ TEST(DecoderFuzz, DispatcherAnswersEveryFrameWithAReplyOrAnErrorCode) {
         ASSERT_EQ(dispatch(d, *s, hello, &tokens), Dispatcher::Outcome::kReplyWithArena);
       }
     }
-    std::vector<uint8_t> frame = testing::valid_request(m, ops[m.below(12)], static_cast<uint32_t>(m.next()), tokens);
+    std::vector<uint8_t> frame = testing::valid_request(m, ops[m.below(std::size(ops))], static_cast<uint32_t>(m.next()), tokens);
     if (m.one_in(2)) m.mutate(frame, kHeaderSize);  // the body; the header stays parseable
     if (frame.size() < kHeaderSize) continue;
     Dispatcher::Outcome o = dispatch(d, *s, frame, &tokens);

@@ -131,6 +131,7 @@ inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, 
       }
       break;
     case proto::kGetUnpin:
+    case proto::kLocateRelease:
       w.u32(static_cast<uint32_t>(n));
       for (size_t i = 0; i < n; i++) w.u64(token());
       break;
@@ -138,12 +139,17 @@ inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, 
     case proto::kExists:
     case proto::kPrefetch:
     case proto::kRemove:
+    case proto::kValueSize:
+    case proto::kGetLocate:
       proto::encode_keys(w, keys, idx);
+      break;
+    case proto::kRemovePrefix:  // "fuzz-key-1" takes 1 and 10..19; now and then an empty prefix
+      w.str(m.one_in(8) ? std::string() : "fuzz-key-" + std::to_string(m.below(20)));
       break;
     case proto::kPing:
       w.str("ping");
       break;
-    default:  // REMOVE_ALL, STATS: empty bodies
+    default:  // REMOVE_ALL, STATS, OPEN_DATA: empty bodies
       break;
   }
   const uint8_t* f = w.finish();
@@ -151,8 +157,8 @@ inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, 
 }
 
 // Checks one frame a node sent (header h, body r): a reply header, a body of the op's shape, a
-// known code in an ERROR frame. Appends the tokens of PUT_RESERVE and GET_PIN replies to
-// *tokens (the most recent 64), so later requests can use them.
+// known code in an ERROR frame. Appends the tokens of PUT_RESERVE, GET_PIN and GET_LOCATE
+// replies to *tokens (the most recent 64), so later requests can use them.
 inline void check_node_reply(const proto::Header& h, proto::Reader r, std::vector<uint64_t>* tokens) {
   using namespace proto;
   ASSERT_EQ(h.magic, kMagic);
@@ -170,9 +176,10 @@ inline void check_node_reply(const proto::Header& h, proto::Reader r, std::vecto
     return;
   }
   ASSERT_LT(h.op, kOpCount);
-  if (h.op != kPutReserve && h.op != kGetPin) return;
+  if (h.op != kPutReserve && h.op != kGetPin && h.op != kGetLocate) return;
   uint32_t n = r.u32();
-  ASSERT_EQ(r.remaining(), n * (h.op == kPutReserve ? kReserveResultWire : kPinResultWire));
+  const size_t wire = h.op == kPutReserve ? kReserveResultWire : h.op == kGetPin ? kPinResultWire : kLocateResultWire;
+  ASSERT_EQ(r.remaining(), n * wire);
   for (uint32_t i = 0; i < n; i++) {
     if (h.op == kPutReserve) {
       r.i32();
@@ -180,6 +187,7 @@ inline void check_node_reply(const proto::Header& h, proto::Reader r, std::vecto
       r.i64();
     }
     r.u64();
+    if (h.op == kGetLocate) r.u64();  // the checksum
     tokens->push_back(r.u64());
     if (h.op == kGetPin) r.u8();
   }

@@ -4,7 +4,9 @@
 // its buffers). Bounded by count and time (MCH_FUZZ_SECONDS), seeded by MCH_TEST_SEED.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,8 +23,10 @@ using testing::Frame;
 using testing::FuzzBudget;
 using testing::Mutator;
 
-const uint16_t kAllOps[] = {kHello, kPutReserve, kPutCommit, kGetPin, kGetUnpin, kExists,
-                            kPrefetch, kRemove, kRemoveAll, kStats, kPing};
+const uint16_t kAllOps[] = {kHello,     kPutReserve, kPutCommit, kGetPin,   kGetUnpin,  kExists,
+                            kPrefetch,  kRemove,     kRemoveAll, kStats,    kPing,      kValueSize,
+                            kOpenData,  kGetLocate,  kLocateRelease, kRemovePrefix};
+constexpr size_t kOps = std::size(kAllOps);
 constexpr uint32_t kSentinelId = 0xfffffff0u;
 
 // A frame that is random bytes (often with the right magic) or a mutated valid request.
@@ -33,7 +37,7 @@ std::vector<uint8_t> fuzzed_frame(Mutator& m, uint32_t id, const std::vector<uin
     if (bad.size() >= 4 && !m.one_in(4)) store_le<uint32_t>(bad.data(), kMagic);
     return bad;
   }
-  bad = testing::valid_request(m, kAllOps[m.below(11)], id, tokens);
+  bad = testing::valid_request(m, kAllOps[m.below(kOps)], id, tokens);
   m.mutate(bad, m.one_in(2) ? kHeaderSize : 0);
   if (bad.size() >= kHeaderSize && !m.one_in(4))  // mostly keep the length field honest
     store_le<uint64_t>(&bad[16], bad.size() - kHeaderSize);
@@ -50,10 +54,10 @@ void fuzz_one_connection(testing::TestNode& node, Mutator& m, std::vector<uint64
     ASSERT_EQ(c.hello(kMinVersion, kVersion, /*map=*/false).h.op, kHello);
   }
   for (int i = static_cast<int>(m.below(3)); i > 0; i--) {
-    uint16_t op = kAllOps[1 + m.below(10)];
+    uint16_t op = kAllOps[1 + m.below(kOps - 1)];
     std::vector<uint8_t> f = testing::valid_request(m, op, c.next_id(), *tokens);
     if (!c.send(f.data(), f.size())) return;
-    if (op == kGetUnpin) continue;
+    if (op == kGetUnpin || op == kLocateRelease) continue;
     Frame reply;
     if (!c.recv(&reply)) return;  // closed (e.g. no HELLO): fine
     testing::check_node_reply(reply.h, reply.reader(), tokens);
@@ -72,7 +76,16 @@ void fuzz_one_connection(testing::TestNode& node, Mutator& m, std::vector<uint64
 
 TEST(NodeFuzz, NodeSurvivesRandomAndMutatedFramesAndLeaksNoTokens) {
   // A short timeout: a frame whose body never completes costs the node (and the test) 100 ms.
-  testing::TestNode node(/*timeout_ms=*/100);
+  // An NVMe tier that every put reaches (GET_LOCATE finds pages) and kept keys (REMOVE_PREFIX).
+  testing::TestNode node(/*timeout_ms=*/100, 8ull << 20, [](TieredOptions& o, const testing::TempDir& dir) {
+    o.keep_keys = true;
+    o.has_nvme = true;
+    o.write_through = true;
+    o.nvme.path = dir.file("nvme.data");
+    o.nvme.capacity = 16ull << 20;
+    o.nvme.region_size = 2ull << 20;
+    o.nvme.queue_depth = 8;
+  });
   Mutator m(testing::test_seed() + 3);
   std::vector<uint64_t> tokens;
   uint64_t replies = 0;
@@ -90,6 +103,7 @@ TEST(NodeFuzz, NodeSurvivesRandomAndMutatedFramesAndLeaksNoTokens) {
   NodeStats s = node.server().stats();
   EXPECT_EQ(s.pins_held, 0u) << "a closed connection left pins behind";
   EXPECT_EQ(s.reservations_held, 0u) << "a closed connection left reservations behind";
+  EXPECT_EQ(s.locations_held, 0u) << "a closed connection left NVMe regions pinned";
   EXPECT_GT(s.bad_frames, 0u);
   EXPECT_GT(replies, budget.done() / 2);
   // The node still serves a well-behaved client.
@@ -108,9 +122,11 @@ constexpr uint64_t kRogueArena = 4ull << 20;
 class Rogue {
  public:
   explicit Rogue(uint64_t seed) : m_(seed) {}
+  uint64_t located() const { return located_.load(); }  // GET_LOCATE requests seen
   testing::FakeNode::Action answer(const Frame& req, std::vector<uint8_t>* out) {
     using Action = testing::FakeNode::Action;
-    if (req.h.op == kGetUnpin) return Action::kSilent;
+    if (req.h.op == kGetLocate) located_++;
+    if (req.h.op == kGetUnpin || req.h.op == kLocateRelease) return Action::kSilent;
     if (m_.one_in(20)) return Action::kHangUp;
     Writer w;
     build(req, w);
@@ -120,7 +136,10 @@ class Rogue {
       // Mostly keep the length field honest: a frame cut short costs the client a timeout.
       if (out->size() >= kHeaderSize && !m_.one_in(8)) store_le<uint64_t>(&(*out)[16], out->size() - kHeaderSize);
     }
-    return req.h.op == kHello ? Action::kSendWithArena : Action::kSend;
+    // HELLO's arena; OPEN_DATA's "data file" is that arena too, half of the time (reads from it
+    // fail their checksums: misses), else no descriptor at all.
+    bool fd = req.h.op == kHello || (req.h.op == kOpenData && m_.one_in(2));
+    return fd ? Action::kSendWithArena : Action::kSend;
   }
 
  private:
@@ -138,6 +157,10 @@ class Rogue {
       case kPutCommit:
       case kExists:
       case kRemove: return status_list(w, n);
+      case kValueSize: return i64_list(w, n);
+      case kGetLocate: return locate_body(w, n);
+      case kRemovePrefix: return w.i64(static_cast<int64_t>(m_.one_in(3) ? m_.next() : m_.below(5)));
+      case kOpenData: return w.i32(m_.one_in(4) ? -704 : 0);
       case kStats: return w.str(m_.one_in(2) ? "{\"dram\":{}}" : "not json");
       case kPing: return w.bytes(req.body.data(), req.body.size());
       default: return w.i32(static_cast<int32_t>(m_.next()));  // PREFETCH, REMOVE_ALL
@@ -165,11 +188,25 @@ class Rogue {
   void pin_body(Writer& w, uint32_t n) {
     w.u32(n);
     for (uint32_t i = 0; i < n; i++) {
-      w.i64(static_cast<int64_t>(m_.one_in(4) ? m_.interesting() : m_.below(64 * 1024)));
+      // NO_SPACE now and then: the page is on NVMe but not staged, so the client locates it.
+      w.i64(m_.one_in(6) ? -200 : static_cast<int64_t>(m_.one_in(4) ? m_.interesting() : m_.below(64 * 1024)));
       w.u64(offset());
       w.u64(m_.next());
       w.u8(static_cast<uint8_t>(m_.below(3)));
     }
+  }
+  void locate_body(Writer& w, uint32_t n) {
+    w.u32(n);
+    for (uint32_t i = 0; i < n; i++) {
+      w.i64(static_cast<int64_t>(m_.one_in(4) ? m_.interesting() : m_.below(64 * 1024)));
+      w.u64(m_.one_in(2) ? 4096 * m_.below(64) : offset());  // mostly block aligned
+      w.u64(m_.next());                                      // a checksum that will not match
+      w.u64(m_.next());
+    }
+  }
+  void i64_list(Writer& w, uint32_t n) {
+    w.u32(n);
+    for (uint32_t i = 0; i < n; i++) w.i64(static_cast<int64_t>(m_.one_in(3) ? m_.interesting() : m_.below(64 * 1024)));
   }
   void status_list(Writer& w, uint32_t n) {
     w.u32(n);
@@ -177,6 +214,7 @@ class Rogue {
   }
 
   Mutator m_;
+  std::atomic<uint64_t> located_{0};
 };
 
 // One random client call; checks what the client promises its caller whatever the node sends:
@@ -232,6 +270,8 @@ void client_call(NodeClient& client, Mutator& m) {
       client.remove(keys[0]);
       client.remove_all();
       client.value_size(keys[0]);
+      client.remove_prefix(keys[0]);
+      client.locate_and_hold(keys[0]);
       break;
   }
 }
@@ -261,6 +301,7 @@ TEST(NodeFuzz, ClientSurvivesARogueNodesRepliesAndNeverHangs) {
   }
   client.close();
   EXPECT_GT(node.requests(), budget.done() / 2) << "most calls must reach the node";
+  EXPECT_GT(rogue.located(), 0u) << "no call reached the direct-read path";
   RecordProperty("calls", static_cast<int>(budget.done()));
   RecordProperty("requests", static_cast<int>(node.requests()));
 }
