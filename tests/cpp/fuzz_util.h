@@ -93,64 +93,72 @@ class Mutator {
   std::mt19937_64 rng_;
 };
 
-// A valid request frame of `op` (keys from a small pool so that gets can hit what puts stored;
-// tokens from `tokens`, which the caller fills from earlier replies).
+// Bodies of valid requests, one writer per shape (valid_request picks by op).
+struct RequestBody {
+  Mutator& m;
+  const std::vector<uint64_t>& tokens;
+  proto::Writer& w;
+  std::vector<std::string> keys;  // from a small pool, so that gets can hit what puts stored
+  std::vector<uint32_t> idx;
+
+  RequestBody(Mutator& mut, const std::vector<uint64_t>& t, proto::Writer& out) : m(mut), tokens(t), w(out) {
+    for (size_t i = 0, n = m.below(6); i < n; i++) {
+      keys.push_back("fuzz-key-" + std::to_string(m.below(20)));
+      idx.push_back(static_cast<uint32_t>(i));
+    }
+  }
+  uint64_t token() { return tokens.empty() || m.one_in(4) ? m.next() : tokens[m.below(tokens.size())]; }
+  void hello() {
+    w.u16(proto::kMinVersion);
+    w.u16(proto::kVersion);
+    w.u32(1);
+    w.str("fuzz");
+  }
+  void reserve() {
+    std::vector<uint64_t> sizes;
+    std::vector<uint32_t> depths;
+    for (size_t i = 0; i < keys.size(); i++) {
+      sizes.push_back(m.one_in(8) ? m.interesting() : 1 + m.below(64 * 1024));
+      depths.push_back(static_cast<uint32_t>(m.below(5)));
+    }
+    proto::encode_put_reserve(w, keys, idx, sizes, depths);
+  }
+  void commit() {  // (token, ok) pairs
+    w.u32(static_cast<uint32_t>(keys.size()));
+    for (size_t i = 0; i < keys.size(); i++) {
+      w.u64(token());
+      w.u8(static_cast<uint8_t>(m.below(2)));
+    }
+  }
+  void token_list() {  // GET_UNPIN, LOCATE_RELEASE
+    w.u32(static_cast<uint32_t>(keys.size()));
+    for (size_t i = 0; i < keys.size(); i++) w.u64(token());
+  }
+  void prefix() {  // "fuzz-key-1" takes 1 and 10..19; now and then an empty prefix
+    w.str(m.one_in(8) ? std::string() : "fuzz-key-" + std::to_string(m.below(20)));
+  }
+};
+
+// A valid request frame of `op`; tokens from `tokens`, which the caller fills from earlier replies.
 inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, const std::vector<uint64_t>& tokens) {
   proto::Writer w;
   w.begin(op, id);
-  std::vector<std::string> keys;
-  std::vector<uint32_t> idx;
-  size_t n = m.below(6);
-  for (size_t i = 0; i < n; i++) {
-    keys.push_back("fuzz-key-" + std::to_string(m.below(20)));
-    idx.push_back(static_cast<uint32_t>(i));
-  }
-  auto token = [&]() { return tokens.empty() || m.one_in(4) ? m.next() : tokens[m.below(tokens.size())]; };
+  RequestBody b(m, tokens, w);
   switch (op) {
-    case proto::kHello:
-      w.u16(proto::kMinVersion);
-      w.u16(proto::kVersion);
-      w.u32(1);
-      w.str("fuzz");
-      break;
-    case proto::kPutReserve: {
-      std::vector<uint64_t> sizes;
-      std::vector<uint32_t> depths;
-      for (size_t i = 0; i < n; i++) {
-        sizes.push_back(m.one_in(8) ? m.interesting() : 1 + m.below(64 * 1024));
-        depths.push_back(static_cast<uint32_t>(m.below(5)));
-      }
-      proto::encode_put_reserve(w, keys, idx, sizes, depths);
-      break;
-    }
-    case proto::kPutCommit:
-      w.u32(static_cast<uint32_t>(n));
-      for (size_t i = 0; i < n; i++) {
-        w.u64(token());
-        w.u8(static_cast<uint8_t>(m.below(2)));
-      }
-      break;
+    case proto::kHello: b.hello(); break;
+    case proto::kPutReserve: b.reserve(); break;
+    case proto::kPutCommit: b.commit(); break;
     case proto::kGetUnpin:
-    case proto::kLocateRelease:
-      w.u32(static_cast<uint32_t>(n));
-      for (size_t i = 0; i < n; i++) w.u64(token());
-      break;
+    case proto::kLocateRelease: b.token_list(); break;
     case proto::kGetPin:
     case proto::kExists:
     case proto::kPrefetch:
     case proto::kRemove:
     case proto::kValueSize:
-    case proto::kGetLocate:
-      proto::encode_keys(w, keys, idx);
-      break;
-    case proto::kRemovePrefix:  // "fuzz-key-1" takes 1 and 10..19; now and then an empty prefix
-      w.str(m.one_in(8) ? std::string() : "fuzz-key-" + std::to_string(m.below(20)));
-      break;
-    case proto::kPing:
-      w.str("ping");
-      break;
-    default:  // REMOVE_ALL, STATS, OPEN_DATA: empty bodies
-      break;
+    case proto::kGetLocate: proto::encode_keys(w, b.keys, b.idx); break;
+    case proto::kRemovePrefix: b.prefix(); break;
+    case proto::kPing: w.str("ping"); break;
+    default: break;  // REMOVE_ALL, STATS, OPEN_DATA: empty bodies
   }
   const uint8_t* f = w.finish();
   return std::vector<uint8_t>(f, f + w.size());

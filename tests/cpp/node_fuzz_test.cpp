@@ -150,7 +150,10 @@ class Rogue {
     Reader r = req.reader();
     uint32_t n = h.op == kHello || h.op == kStats || h.op == kRemoveAll || h.op == kPing ? 0 : r.u32();
     if (m_.one_in(10)) n = static_cast<uint32_t>(m_.below(n + 3));  // a wrong count now and then
-    switch (h.op) {
+    body(req, n, w);
+  }
+  void body(const Frame& req, uint32_t n, Writer& w) {
+    switch (req.h.op) {
       case kHello: return hello_body(w);
       case kPutReserve: return reserve_body(w, n);
       case kGetPin: return pin_body(w, n);

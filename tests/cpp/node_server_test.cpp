@@ -79,6 +79,17 @@ std::vector<int32_t> i32_list(const Frame& f) {
   return out;
 }
 
+// The reader of a reply of `op` with n results of `wire` bytes each, past the count; a reader
+// that is not ok() (after a failed EXPECT) when the reply is not that.
+Reader results_of(const Frame& f, uint16_t op, uint32_t n, size_t wire) {
+  Reader r = f.reader();
+  EXPECT_EQ(f.h.op, op);
+  EXPECT_EQ(r.u32(), n);
+  EXPECT_EQ(r.remaining(), n * wire);
+  if (f.h.op != op || r.remaining() != n * wire) r.fail();
+  return r;
+}
+
 Frame keys_call(RawConn& c, uint16_t op, const std::vector<std::string>& keys) {
   std::vector<uint32_t> idx;
   for (uint32_t i = 0; i < keys.size(); i++) idx.push_back(i);
@@ -173,10 +184,8 @@ TEST(NodeServer, PutReserveCopyCommitThenGetPinCopyUnpin) {
   EXPECT_EQ(i32_list(keys_call(c, kExists, {"page-0", "nope", "page-1"})), (std::vector<int32_t>{1, 0, 1}));
 
   Frame pin = keys_call(c, kGetPin, {"page-1", "nope"});
-  ASSERT_EQ(pin.h.op, kGetPin);
-  Reader r = pin.reader();
-  ASSERT_EQ(r.u32(), 2u);
-  ASSERT_EQ(r.remaining(), 2 * kPinResultWire);
+  Reader r = results_of(pin, kGetPin, 2, kPinResultWire);
+  ASSERT_TRUE(r.ok());
   int64_t st = r.i64();
   uint64_t off = r.u64(), token = r.u64();
   uint8_t tier = r.u8();
@@ -293,10 +302,8 @@ TEST(NodeServer, GetLocateNamesWhereAPageLiesInTheDataFileOpenDataSends) {
   EXPECT_EQ(data.reader().i32(), kOk);
   ASSERT_GE(data.fd, 0) << "the data file rides on the reply";
   Frame loc = keys_call(c, kGetLocate, {"on-disk", "absent"});
-  ASSERT_EQ(loc.h.op, kGetLocate);
-  Reader r = loc.reader();
-  ASSERT_EQ(r.u32(), 2u);
-  ASSERT_EQ(r.remaining(), 2 * kLocateResultWire);
+  Reader r = results_of(loc, kGetLocate, 2, kLocateResultWire);
+  ASSERT_TRUE(r.ok());
   int64_t st = r.i64();
   uint64_t off = r.u64(), sum = r.u64(), token = r.u64();
   EXPECT_EQ(st, static_cast<int64_t>(len));
