@@ -17,7 +17,10 @@ ROOT=$PWD
 KIND=${1:-}
 shift $(( $# > 0 ? 1 : 0 ))
 
-PY_TESTS=(tests/test_node_transport.py tests/test_tiering.py tests/test_concurrency.py tests/test_crash_recovery.py)
+# The concurrency-heavy Python tests: node transport, tiering, concurrency, crashes, removals
+# racing puts/gets/prefetches, and clients reading NVMe pages straight from the node's data file.
+PY_TESTS=(tests/test_node_transport.py tests/test_tiering.py tests/test_concurrency.py tests/test_crash_recovery.py
+  tests/test_remove_races.py tests/test_direct_reads.py)
 PY_SKIP=()
 B=build/$KIND
 REPORTS=$ROOT/$B/reports
