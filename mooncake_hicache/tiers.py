@@ -1,7 +1,8 @@
 """The in-process tier stack (``TieredStore``, or the NVMe engine alone) built from a config,
 and the helpers every holder of a native backend shares: its figures as one dict and its notes
 logged at the level the C++ side gave them. Used by ``Store`` (in-process mode) and by the node
-process (``node.Node``); imports neither.
+process (``node.Node``); imports neither. ``Tier`` names the tiers a page can be in, as
+``Store.batch_locate`` reports them.
 """
 
 from __future__ import annotations
@@ -9,10 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+from enum import IntEnum
 
 from . import _native
 from .config import Config
 from .errors import ConfigError, StoreError
+
+
+class Tier(IntEnum):
+    """Where a page is: the codes the C++ tiers answer an existence query with
+    (``TieredStore::batch_exists``, the node's ``EXISTS`` reply). A negative code (a bad key) is an
+    ``ErrorCode``, not a tier."""
+
+    ABSENT = 0
+    """Not stored: a miss."""
+    DRAM = 1
+    """In this host's DRAM tier: a get copies it out of the arena."""
+    NVME = 2
+    """On this host's NVMe tier only: a get reads it from the device (and promotes it to DRAM)."""
 
 
 def open_tiers(config: Config):

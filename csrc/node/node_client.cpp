@@ -518,7 +518,7 @@ void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
   release(std::move(c));
 }
 
-int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
+int32_t NodeClient::prefetch(const std::vector<std::string>& keys, uint32_t step) {
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
   if (!c) return 0;
@@ -530,6 +530,7 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
   }
   c->begin(kPrefetch);
   encode_keys(c->w, keys, c->idx);
+  if (step) c->w.u32(step);  // optional trailing field: absent means the node's default step
   Reader r;
   int e = roundtrip(*c, &r);
   int32_t q = e == 0 ? r.i32() : 0;

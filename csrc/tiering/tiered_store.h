@@ -42,6 +42,7 @@ struct TieredOptions {
   // Tiering
   std::string admission = "always";     // which DRAM victims go to NVMe: always | never | second_hit
   bool write_through = false;           // also write every put to NVMe at commit
+  int prefetch_workers = 1;             // background threads promoting prefetched pages (>= 1)
   // NVMe tier (absent when has_nvme is false)
   bool has_nvme = false;
   NvmeOptions nvme;
@@ -79,10 +80,15 @@ class TieredStore {
                  const std::vector<uint32_t>& depths, int32_t* results);
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
 
-  // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
+  // results[i]: where the key is: 1 in DRAM, 2 on NVMe only (a get promotes it; pages on their
+  // way to NVMe count as NVMe), 0 absent, negative Status for a bad key. Touches no data.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
-  // Starts copying NVMe-only pages of `keys` into DRAM (in the background); returns how many.
-  int32_t prefetch(const std::vector<std::string>& keys);
+  // Starts copying NVMe-only pages of `keys` into DRAM in the background, in the order given, in
+  // steps of `step` pages (0: kDefaultPrefetchStep); a step's pages land together. Queued lists
+  // start in the order they were queued (prefetch_workers steps run at once). Returns how many
+  // pages were queued.
+  static constexpr uint32_t kDefaultPrefetchStep = 16;
+  int32_t prefetch(const std::vector<std::string>& keys, uint32_t step = 0);
   int32_t remove(const std::string& key);
   int32_t remove_all();
   void close();  // seals NVMe; DRAM content that was not demoted is dropped
