@@ -1,6 +1,7 @@
 """What the tiers do for the prefetch policies: ``Store.batch_locate`` says where each page is
 (DRAM, NVMe, absent), in-process and through the node; ``Store.prefetch`` promotes pages in the
-order it is given and in steps of ``batch_pages`` that land together.
+order it is given and in steps of ``batch_pages`` that land together; with
+``prefetch.concurrency`` workers every queued page still lands with its own bytes.
 
 Real ``TieredStore`` instances (in-process and behind a node process) with an 8 MiB DRAM arena of
 256 KiB pages in front of a 64 MiB NVMe file under tmp_path."""
@@ -23,11 +24,13 @@ PAGE = 256 * 1024
 SLOTS = 32  # an 8 MiB arena of 256 KiB pages
 
 
-def tiers_config(tmp_path) -> dict:
+def tiers_config(tmp_path, **prefetch) -> dict:
     cfg = {"mode": "in_process",
            "tiers": {"dram": {"capacity": 8 * MiB, "slab_size": 1 * MiB, "hugepages": False},
                      "nvme": {"path": str(tmp_path / "nvme.data"), "capacity": "64MiB", "region_size": "4MiB",
                               "queue_depth": 8}}}
+    if prefetch:
+        cfg["prefetch"] = prefetch
     return cfg
 
 
@@ -98,6 +101,18 @@ def test_prefetch_promotes_in_the_order_given_and_a_step_lands_together(tmp_path
         assert done == list(range(len(done))), f"promoted out of order: {done}"
         assert len(done) % 4 == 0, f"a step of 4 landed partly: {done}"
     assert store.stats()["tiering"]["prefetch_done"] == 12
+
+
+def test_with_several_promotion_workers_every_queued_page_lands_with_its_own_bytes(tmp_path, store_from_config, page_buf):
+    store = store_from_config(tiers_config(tmp_path, concurrency=3))
+    store.register_buffer(page_buf.addr, page_buf.size)
+    on_nvme, _ = overflow(store, page_buf, 12)
+    for i in range(0, 12, 2):  # six queued lists, three workers
+        assert store.prefetch(on_nvme[i:i + 2], batch_pages=1) == 2
+    watch_promotions(store, on_nvme)
+    for k in on_nvme:
+        assert store.batch_get_into([k], [page_buf.addr], [PAGE]) == [PAGE]
+        assert page_buf.read(0, PAGE) == pattern(k, PAGE)
 
 
 def test_the_node_reports_tiers_and_honours_the_step_over_its_protocol(tmp_path):
