@@ -222,13 +222,26 @@ class Store:
 
     # ---- lifecycle and figures -----------------------------------------------------------
 
+    @property
+    def prefetcher(self):
+        """The prefetch policy layer of this store (``config.prefetch``; a
+        :class:`~mooncake_hicache.policies.Prefetcher`), built on first use."""
+        found = self.__dict__.get("_prefetcher")
+        if found is None:
+            from .policies import Prefetcher
+            found = self.__dict__.setdefault("_prefetcher", Prefetcher(self, self.config.prefetch))
+        return found
+
     def stats(self) -> dict:
         """Live figures as a plain dict with one section per part: ``dram``, ``nvme``,
-        ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode). Keys include
-        entries, value_bytes, hits, misses, checksum_failures, evictions,
-        index_bytes_per_entry and recovery_seconds."""
+        ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode), ``prefetch``
+        (once the prefetch policy has been used). Keys include entries, value_bytes, hits,
+        misses, checksum_failures, evictions, index_bytes_per_entry and recovery_seconds."""
         self._log_notes()
-        return backend_stats(self._backend)
+        out = backend_stats(self._backend)
+        if "_prefetcher" in self.__dict__:
+            out["prefetch"] = self.__dict__["_prefetcher"].stats()
+        return out
 
     def close(self) -> None:
         """Seal the open region, flush, release the data file. Idempotent."""
