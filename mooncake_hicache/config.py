@@ -20,7 +20,7 @@ document (or no document at all) is valid::
       batch_pages: 16         # pages promoted NVMe -> DRAM per step (a step lands together)
       concurrency: 1          # promotion steps running at once
       cost_model: {preset: 8b, prefill_tflops: 494.5}   # cost_aware: what recomputing costs
-      estimates: {dram_gbps: 10, nvme_gbps: 2, smoothing: 0.1, probe_every: 32, probe_pages: 1}
+      estimates: {dram_gbps: 10, nvme_gbps: 8, smoothing: 0.1, probe_every: 32, probe_pages: 1}
 
 Sizes are byte counts (``4096``) or a number with a unit: ``KB MB GB TB`` are decimal,
 ``KiB MiB GiB TiB`` (and the shorthands ``k m g t``) are binary, ``B`` is bytes; units are
@@ -672,10 +672,12 @@ class CostModelConfig:
 
 @dataclass(frozen=True)
 class EstimatesConfig:
-    """The online transfer estimates (per tier, from completed gets) and how they start and refresh."""
+    """The online transfer estimates (per tier, from completed gets) and how they start and refresh.
+    The starting speeds are optimistic on purpose: a tier thought fast is used, so measured, and
+    its estimate corrected by the first get; a tier thought slow would be declined until a probe."""
 
     dram_gbps: float = _setting(10.0, _positive_number("dram_gbps", "10"))
-    nvme_gbps: float = _setting(2.0, _positive_number("nvme_gbps", "2"))
+    nvme_gbps: float = _setting(8.0, _positive_number("nvme_gbps", "8"))
     smoothing: float = _setting(0.1, _positive_number("smoothing", "0.1 (the weight of each new transfer)", most=1.0))
     probe_every: int = _setting(32, _parse_int)
     probe_pages: int = _setting(1, _parse_int)

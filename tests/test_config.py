@@ -102,7 +102,7 @@ def test_to_dict_returns_plain_dicts_with_sizes_as_ints(data_path):
         "prefetch": {"policy": "prefix_order", "batch_pages": 16, "concurrency": 1,
                      "cost_model": {"preset": "8b", "prefill_tflops": 494.5, "params_b": None, "layers": None,
                                     "q_dim": None},
-                     "estimates": {"dram_gbps": 10.0, "nvme_gbps": 2.0, "smoothing": 0.1, "probe_every": 32,
+                     "estimates": {"dram_gbps": 10.0, "nvme_gbps": 8.0, "smoothing": 0.1, "probe_every": 32,
                                    "probe_pages": 1}},
     }
 

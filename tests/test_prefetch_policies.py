@@ -42,6 +42,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "prefetch.md"
 
 
 def context(**prefetch) -> PolicyContext:
+    """A policy context with the module doc's starting estimates (DRAM 10 GB/s, NVMe 2 GB/s)."""
+    prefetch["estimates"] = {"dram_gbps": 10, "nvme_gbps": 2, **prefetch.get("estimates", {})}
     config = load_config({"prefetch": prefetch}, env={}).prefetch
     return PolicyContext(config, TransferEstimator(config.estimates), RecomputeModel.from_config(config.cost_model))
 
@@ -77,7 +79,7 @@ def test_model_overrides_replace_the_presets_numbers():
 
 
 def test_estimator_starts_from_the_configured_speeds_then_fits_completed_transfers():
-    est = TransferEstimator(load_config({"prefetch": {"estimates": {"smoothing": 0.5}}}, env={}).prefetch.estimates)
+    est = TransferEstimator(context(estimates={"smoothing": 0.5}).config.estimates)
     nvme = (N, None)
     assert est.cost(nvme) == (pytest.approx(5e-10), 0.0)          # 1 / 2 GB/s, no latency yet
     est.observe({nvme: 1}, 1e6, 1.2e-3)
@@ -93,7 +95,7 @@ def test_estimator_starts_from_the_configured_speeds_then_fits_completed_transfe
 
 
 def test_a_mixed_get_is_charged_to_its_slow_tier_after_taking_off_the_fast_tiers_share():
-    est = TransferEstimator()
+    est = TransferEstimator(context().config.estimates)
     dram, nvme = (D, None), (N, None)
     est.observe({dram: 1}, 1e6, 1e-4)                 # DRAM: 1e-10 s/B (10 GB/s)
     # 2 DRAM + 2 NVMe pages of 1e6 bytes in 5.2 ms: NVMe should take the most (2e6 * 5e-10 = 1 ms
@@ -287,7 +289,7 @@ def test_the_prefetcher_reports_the_policys_pages_counts_the_declined_and_moves_
 
 
 def test_the_prefetcher_declines_slow_pages_and_learns_the_tier_from_the_gets(tiered_store):
-    store, buf = tiered_store(policy="cost_aware")
+    store, buf = tiered_store(policy="cost_aware", estimates={"nvme_gbps": 2})
     prefetcher = store.prefetcher
     keys = [f"p{i}" for i in range(8, 10)] + [f"p{i}" for i in range(0, 3)]
     assert prefetcher.leading_pages(keys, page_tokens=64, page_bytes=PAGE_BYTES) == 2
@@ -301,6 +303,12 @@ def test_the_prefetcher_declines_slow_pages_and_learns_the_tier_from_the_gets(ti
     # keys it never located are not attributed
     prefetcher.observe_get(["p30"], PAGE_BYTES, 1.0)
     assert store.stats()["prefetch"]["dram_transfers"] == 1
+    # SGLang recomputes the declined pages and backs them up: they are written again (to DRAM),
+    # once; pages present and not declined are not
+    found = store.batch_is_exist(keys + ["new"])
+    assert found == [1, 1, 1, 1, 1, 0]
+    assert prefetcher.to_write(keys + ["new"], found) == [2, 3, 4, 5]
+    assert prefetcher.to_write(keys + ["new"], found) == [5]
 
 
 def test_prefix_order_through_the_prefetcher_asks_exists_and_promotes_what_it_reports(tiered_store):
@@ -346,7 +354,7 @@ def test_two_objects_per_page_count_a_page_present_only_with_both_and_at_its_slo
 
 
 def test_batches_of_one_request_are_linked_so_the_deadline_counts_the_earlier_loads(tiered_store):
-    store, _ = tiered_store(policy="cost_aware")
+    store, _ = tiered_store(policy="cost_aware", estimates={"dram_gbps": 10})
     p = store.prefetcher
     p.settings = SGLangPrefetchSettings(timeout_base_s=0.003, timeout_per_ki_token_s=0.0)
     dram = [f"p{i}" for i in range(8, 40)]
@@ -356,3 +364,29 @@ def test_batches_of_one_request_are_linked_so_the_deadline_counts_the_earlier_lo
     assert p.leading_pages(dram[3:6], page_tokens=64, page_bytes=PAGE_BYTES, prev_key="k3", offset_pages=3) == 0
     # an unrelated batch starts its own budget
     assert p.leading_pages(dram[6:9], page_tokens=64, page_bytes=PAGE_BYTES, prev_key="other") == 3
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_pass_over_every_page_plans_what_the_look_at_run_ends_plans(seed, monkeypatch):
+    """Requests of many short runs are planned by a pass over every page; both ways must agree."""
+    import random
+
+    import mooncake_hicache.policies.cost_aware as ca
+
+    rnd = random.Random(seed)
+    tiers = []
+    while len(tiers) < rnd.randint(30, 300):
+        tiers += [rnd.choice([D, N])] * rnd.randint(1, 6)
+    ctx = context(estimates={"nvme_gbps": rnd.uniform(1, 8), "probe_pages": 0})
+    if rnd.random() < 0.5:
+        ctx.estimator.observe({(N, None): 1}, 1e6, rnd.uniform(1e-4, 1e-3))
+    policy = CostAwarePolicy(ctx)
+    settings = SGLangPrefetchSettings(timeout_base_s=rnd.uniform(0.01, 0.5), timeout_per_ki_token_s=0.0) \
+        if rnd.random() < 0.5 else NO_DEADLINE
+    req = request(tiers, settings=settings, offset_pages=rnd.randint(0, 800))
+    monkeypatch.setattr(ca, "MANY_RUNS", 10**6)
+    by_runs = policy.plan(req)
+    monkeypatch.setattr(ca, "MANY_RUNS", 0)
+    by_pages = policy.plan(req)
+    assert by_pages.report == by_runs.report
+    assert list(by_pages.prefetch) == list(by_runs.prefetch)

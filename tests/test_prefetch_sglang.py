@@ -122,9 +122,9 @@ def test_sglangs_prefetch_thread_asks_the_default_policy_and_gets_every_hit(cont
 
 
 def test_cost_aware_from_the_extra_config_declines_pages_slower_than_recompute(controller, tmp_path):
-    # NVMe at the starting 2 GB/s: an 8b page of 4 tokens (4 x 128 KiB) loads in 0.26 ms and
+    # NVMe at a starting 2 GB/s: an 8b page of 4 tokens (4 x 128 KiB) loads in 0.26 ms and
     # recomputes in about 0.13 ms, so every page is declined and SGLang finds no hit
-    ctrl = controller(nvme(tmp_path, prefetch={"policy": "cost_aware"}))
+    ctrl = controller(nvme(tmp_path, prefetch={"policy": "cost_aware", "estimates": {"nvme_gbps": 2}}))
     tokens = back_up(ctrl, PAGES)
     assert hit_tokens(ctrl, tokens) == 0
     st = ctrl.storage_backend.store.stats()["prefetch"]
@@ -160,6 +160,6 @@ def test_sglangs_prefetch_settings_reach_the_policy_from_the_server_arguments(co
     assert len(seen) == 1
     request = seen[0]
     assert (request.pages, request.batch_pages, request.page_tokens) == (10, 10, PS)
-    assert request.tiers == [2] * 10   # on NVMe: this store has no DRAM tier
+    assert list(request.tiers) == [2] * 10   # on NVMe: this store has no DRAM tier
     s = request.settings
     assert (s.threshold_tokens, s.timeout_base_s, s.timeout_per_ki_token_s, s.stop_policy) == (512, 3.0, 0.5, "best_effort")

@@ -60,7 +60,8 @@ class PrefetchRequest:
     """Leading pages of this batch that the store holds: the candidates for ``report``."""
     tiers: Optional[Sequence[int]]
     """Where each of those pages is (a ``Tier`` code; for a page of several objects, its slowest
-    object's), or None when the policy does not want locations (``wants_locations = False``)."""
+    object's), or None when the policy does not want locations (``wants_locations = False``).
+    A sequence of ints (often a ``bytes`` object: index it, iterate it, compare with ``Tier``)."""
     nodes: Optional[Sequence[Optional[str]]] = None
     """Which node holds each page (None: this host), once pages can live on other hosts."""
     batch_pages: int = 0

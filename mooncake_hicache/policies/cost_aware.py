@@ -19,7 +19,9 @@ stats) so the estimate follows the hardware.
 
 from __future__ import annotations
 
-import re
+from bisect import bisect_right
+from itertools import accumulate, compress, repeat
+from operator import add, sub
 from typing import List, Optional, Sequence, Tuple
 
 from ..tiers import Tier
@@ -28,22 +30,65 @@ from .estimator import Place
 
 __all__ = ["CostAwarePolicy"]
 
-_RUNS = re.compile(rb"(.)\1*", re.DOTALL)
 Run = Tuple[int, int, Place]   # pages [start, end) at one place
+MANY_RUNS = 24                # past this many runs, one pass over the pages costs less than the loop
 
 
-def runs_of(tiers: Optional[Sequence[int]], nodes: Optional[Sequence[Optional[str]]], n: int) -> List[Run]:
-    """The maximal runs of consecutive pages at the same place. Unknown tiers count as NVMe."""
+def runs_of(tiers: Optional[Sequence[int]], nodes: Optional[Sequence[Optional[str]]], n: int,
+            limit: Optional[int] = None) -> Optional[List[Run]]:
+    """The maximal runs of consecutive pages at the same place (unknown tiers count as NVMe), or
+    None once there are more than ``limit``."""
     if tiers is None:
         return [(0, n, (int(Tier.NVME), None))] if n else []
-    if nodes is None and all(0 <= t < 256 for t in tiers[:n]):
-        return [(m.start(), m.end(), (m.group()[0], None)) for m in _RUNS.finditer(bytes(tiers[:n]))]
+    if nodes is None:
+        try:
+            codes = bytes(tiers if len(tiers) == n else tiers[:n])   # every tier code fits a byte
+        except ValueError:
+            codes = None
+        if codes is not None:
+            return _byte_runs(codes, limit)
     out: List[Run] = []
     start = 0
     for i in range(1, n + 1):
         if i == n or tiers[i] != tiers[start] or (nodes is not None and nodes[i] != nodes[start]):
             out.append((start, i, (int(tiers[start]), None if nodes is None else nodes[start])))
+            if limit is not None and len(out) > limit:
+                return None
             start = i
+    return out
+
+
+def _byte_runs(codes: bytes, limit: Optional[int]) -> Optional[List[Run]]:
+    """runs_of for tier codes in a bytes object: each run's end is found with bytes.find (memchr)
+    of the other codes present, so a batch of few runs costs a few C calls."""
+    n, values = len(codes), set(codes)
+    others = {v: [w for w in values if w != v] for v in values}
+    out: List[Run] = []
+    start = 0
+    while start < n:
+        if limit is not None and len(out) == limit:
+            return None
+        v = codes[start]
+        end = n
+        for w in others[v]:
+            i = codes.find(w, start)
+            if 0 <= i < end:
+                end = i
+        out.append((start, end, (v, None)))
+        start = end
+    return out
+
+
+def _running_latency(keys: Sequence, costs: dict) -> List[float]:
+    """Per page, the largest latency of the places up to it (it changes where a place first
+    appears: a few list extensions, not a call per page)."""
+    firsts = sorted((keys.index(k), costs[k][1]) for k in costs)
+    out: List[float] = []
+    top = 0.0
+    for j, (start, lat) in enumerate(firsts):
+        top = max(top, lat)
+        end = firsts[j + 1][0] if j + 1 < len(firsts) else len(keys)
+        out.extend([top] * (end - start))
     return out
 
 
@@ -54,29 +99,41 @@ class CostAwarePolicy(PrefetchPolicy):
         r = request
         if r.pages <= 0:
             return PrefetchPlan(0)
-        runs = runs_of(r.tiers, r.nodes, r.pages)
         page_bytes = r.page_bytes or self.context.recompute.shape.kv_bytes_per_token * r.page_tokens
+        runs = runs_of(r.tiers, r.nodes, r.pages, limit=MANY_RUNS)
+        if runs is None:   # pages of many short runs: one pass over every page instead
+            return self._plan_paged(r, page_bytes)
         best = self.best_prefix(r, runs, page_bytes)
-        report, probe = best, self._probe(r, runs, best)
-        report += probe
+        probe = self._probe(r, [place for start, end, place in runs if end > best], best)
+        report = best + probe
         order: Sequence[int] = ()
-        more_to_come = report == r.pages == r.batch_pages
-        if more_to_come or (r.offset_pages + report) * r.page_tokens >= r.settings.threshold_tokens:
-            order = self.deadline_order(runs, report, page_bytes)   # SGLang drops shorter hits
+        if self._worth_moving(r, report):
+            order = self.deadline_order(runs, report, page_bytes)
         return PrefetchPlan(report=report, prefetch=order, batch_pages=self.context.config.batch_pages,
                             probe_pages=probe)
+
+    @staticmethod
+    def _worth_moving(r: PrefetchRequest, report: int) -> bool:
+        """SGLang drops a hit shorter than its threshold, unless the batch goes on in the next one."""
+        more_to_come = report == r.pages == r.batch_pages
+        return more_to_come or (r.offset_pages + report) * r.page_tokens >= r.settings.threshold_tokens
+
+    def _budget(self, r: PrefetchRequest) -> float:
+        """Seconds of load SGLang waits for, counting the request's earlier batches."""
+        deadline = r.settings.deadline_s(max(r.requested_tokens, r.batch_pages * r.page_tokens, 1))
+        return float("inf") if deadline is None else deadline - r.loaded_before_s
 
     def best_prefix(self, r: PrefetchRequest, runs: List[Run], page_bytes: int) -> int:
         """The ``k`` that minimises ``L(k) - R(k)`` with ``L(k)`` within SGLang's deadline (0 if
         no prefix saves time)."""
-        est, rec = self.context.estimator, self.context.recompute
-        first_token = r.offset_pages * r.page_tokens
-        deadline = r.settings.deadline_s(max(r.requested_tokens, r.batch_pages * r.page_tokens, 1))
-        budget = float("inf") if deadline is None else deadline - r.loaded_before_s
+        est = self.context.estimator
+        recompute = self._recompute_of_first(r)
+        budget = self._budget(r)
+        costs = {place: est.cost(place) for place in {place for _, _, place in runs}}
         best_k, best_gain = 0, 0.0
         load = latency = 0.0
         for start, end, place in runs:
-            spb, lat = est.cost(place)
+            spb, lat = costs[place]
             per_page = page_bytes * spb
             latency = max(latency, lat)
             room = budget - latency - load
@@ -84,21 +141,63 @@ class CostAwarePolicy(PrefetchPolicy):
                 fits = end - start
             else:
                 fits = min(end - start, int(room // per_page)) if room > 0 and per_page > 0 else 0
-            for k in {start + 1, start + fits} if fits else ():
-                gain = latency + load + (k - start) * per_page - rec.seconds(first_token, k * r.page_tokens)
-                if gain < best_gain:
-                    best_k, best_gain = k, gain
+            if fits:
+                # the ends of the stretch where L - R is concave (k = start was looked at before)
+                for k in ((start + 1, start + fits) if fits > 1 else (start + 1,)):
+                    gain = latency + load + (k - start) * per_page - recompute(k)
+                    if gain < best_gain:
+                        best_k, best_gain = k, gain
             if fits < end - start:
                 break  # later pages land after SGLang's deadline
             load += (end - start) * per_page
         return best_k
 
-    def _probe(self, r: PrefetchRequest, runs: List[Run], report: int) -> int:
-        """Pages to report past ``report`` to measure the first declined place again (0 mostly)."""
+    def _plan_paged(self, r: PrefetchRequest, page_bytes: int) -> PrefetchPlan:
+        """The same plan as ``plan``, for pages in many short runs: ``L(k) - R(k)`` at every ``k``
+        from a few C-speed passes over the pages (accumulate, map) instead of a Python loop over
+        the runs."""
+        keys = r.tiers[:r.pages] if r.nodes is None else list(zip(r.tiers[:r.pages], r.nodes[:r.pages]))
+        place = (lambda k: (int(k), None)) if r.nodes is None else (lambda k: (int(k[0]), k[1]))
+        costs = {k: self.context.estimator.cost(place(k)) for k in set(keys)}
+        per_page = list(map({k: page_bytes * c[0] for k, c in costs.items()}.__getitem__, keys))
+        load = list(map(add, accumulate(per_page), _running_latency(keys, costs)))   # L(k) at index k - 1
+        fits = bisect_right(load, self._budget(r))                    # L only grows
+        rec = self._recompute_of_first(r)
+        a2 = (rec(2) - 2 * rec(1)) / 2                                # R(k) = a1 k + a2 k^2
+        recompute = accumulate(accumulate(repeat(2 * a2, fits - 1), initial=rec(1)))
+        gain = list(map(sub, load[:fits], recompute))
+        low = min(gain, default=0.0)
+        best = gain.index(low) + 1 if low < 0 else 0
+        probe = self._probe(r, [place(k) for k in dict.fromkeys(keys[best:])], best)
+        report = best + probe
+        order: Sequence[int] = ()
+        if self._worth_moving(r, report):
+            movers = {k for k in costs if self._moves(place(k))}
+            moving = list(compress(range(report), map(movers.__contains__, keys[:report])))
+            if len({keys[i] for i in moving}) > 1:   # by latest start: reached at L(i) - c_i, takes c_i
+                moving.sort(key=lambda i: load[i] - 2 * per_page[i])
+            order = moving
+        return PrefetchPlan(report=report, prefetch=order, batch_pages=self.context.config.batch_pages,
+                            probe_pages=probe)
+
+    def _recompute_of_first(self, r: PrefetchRequest):
+        """``k -> R(k)``: seconds to recompute the batch's first ``k`` pages (cost_model.py's
+        formula, with the constants taken out of the loop)."""
+        rec = self.context.recompute
+        shape, first, tokens = rec.shape, float(r.offset_pages * r.page_tokens), r.page_tokens
+        dense, attention, flops = 2.0 * shape.params, 4.0 * shape.layers * shape.q_dim, rec.flops_per_s
+
+        def recompute(k: int) -> float:
+            n = float(k * tokens)
+            return (dense * n + attention * (first * n + n * (n - 1.0) / 2.0)) / flops
+        return recompute
+
+    def _probe(self, r: PrefetchRequest, declined: Sequence[Place], report: int) -> int:
+        """Pages to report past ``report`` to measure the first declined place again (0 mostly);
+        ``declined``: the places of the pages past ``report``, in page order (repeats allowed)."""
         if report >= r.pages:
             return 0
         est = self.context.estimator
-        declined = [place for start, end, place in runs if end > report]
         for place in dict.fromkeys(declined):
             est.note_declined(place)
         pages = self.context.config.estimates.probe_pages
@@ -110,11 +209,13 @@ class CostAwarePolicy(PrefetchPolicy):
     def _moves(place: Place) -> bool:
         return place[0] != Tier.DRAM or place[1] is not None
 
-    def deadline_order(self, runs: List[Run], report: int, page_bytes: int) -> List[int]:
+    def deadline_order(self, runs: List[Run], report: int, page_bytes: int) -> Sequence[int]:
         """Reported pages not in local DRAM, the one that must start loading soonest first: a
         page is needed once the pages before it are loaded, and must start its own load that much
         earlier (for one such place, this is prefix order)."""
         moving = [(s, min(e, report), p) for s, e, p in runs if s < report and self._moves(p)]
+        if len(moving) == 1:
+            return range(moving[0][0], moving[0][1])
         if len({p for _, _, p in moving}) <= 1:
             return [i for s, e, _ in moving for i in range(s, e)]
         est = self.context.estimator

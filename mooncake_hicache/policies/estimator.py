@@ -8,8 +8,10 @@ average of the fit's sums). While every recent transfer has about the same size,
 be told apart from the bandwidth and the fit goes through the origin (latency 0). Before the first
 transfer of a place, its configured starting bandwidth is used (``prefetch.estimates``).
 
-A transfer that mixed places (a get of DRAM and NVMe pages) is charged to the place that should
-have taken most of its time; the others' share, at their current estimates, is taken off first.
+A transfer that mixed places (a get of DRAM and NVMe pages) teaches the place known least (the
+fewest transfers so far; among equals, the one that should have taken most of the time): the
+others' share, at their current estimates, is taken off first. So a few NVMe pages reported
+among many DRAM pages (a probe) measure NVMe, not DRAM.
 
 Places that a policy keeps declining are never measured again on their own; ``note_declined``
 counts such plans and ``needs_probe`` says when a place is due for a re-measurement.
@@ -94,7 +96,7 @@ class TransferEstimator:
             return
         per = nbytes / total
         with self._lock:
-            main = max(pages, key=lambda p: self.seconds(p, pages[p] * per))
+            main = min(pages, key=lambda p: (self._samples(p), -self.seconds(p, pages[p] * per)))
             others = sum(self.seconds(p, n * per) for p, n in pages.items() if p != main and n)
             y = max(seconds - others, 0.1 * seconds)   # the main place took at least a tenth
             fit = self._fits.get(main)
@@ -104,6 +106,10 @@ class TransferEstimator:
             self._solved[main] = fit.solve()
             for p in pages:
                 self._declined[p] = 0
+
+    def _samples(self, place: Place) -> int:
+        fit = self._fits.get(place)
+        return fit.samples if fit else 0
 
     def note_declined(self, place: Place) -> None:
         """A plan declined pages at ``place`` (so they were not measured)."""

@@ -29,22 +29,26 @@ log = logging.getLogger("mooncake_hicache.prefetch")
 __all__ = ["Prefetcher"]
 
 _PLACES_KEPT = 1 << 16   # object keys whose place is remembered, to attribute the gets that follow
+_DECLINED_KEPT = 1 << 16  # declined object keys whose recomputed pages are written again (to DRAM)
 _CHAINS_KEPT = 1 << 10   # requests whose next batch may still come
 _COUNTERS = ("queries", "candidate_pages", "reported_pages", "declined_pages", "declined_tokens", "probe_pages",
              "prefetch_pages", "prefetch_queued", "prefetch_errors", "observed_gets", "plan_errors")
 
 
 def leading_run(codes: Sequence[int], objects_per_page: int, pages: int, want_tiers: bool
-                ) -> Tuple[int, Optional[List[int]]]:
+                ) -> Tuple[int, Optional[Sequence[int]]]:
     """Leading pages whose objects are all present (code > 0) and, if wanted, each page's tier
-    (its slowest object's: the largest code)."""
+    (its slowest object's: the largest code; a ``bytes`` of tier codes for one object a page)."""
     m = objects_per_page
     if m == 1:
-        if not codes or min(codes) > 0:
-            n = pages
-        else:
+        try:
+            b = bytes(codes)   # C speed; fails only on a negative code (a bad key)
+        except ValueError:
             n = next(i for i, c in enumerate(codes) if c <= 0)
-        return n, (list(codes[:n]) if want_tiers else None)
+            return n, (bytes(codes[:n]) if want_tiers else None)
+        n = b.find(0)
+        n = pages if n < 0 else n
+        return n, (b[:n] if want_tiers else None)
     tiers: List[int] = []
     for p in range(pages):
         obj = codes[p * m:(p + 1) * m]
@@ -72,6 +76,7 @@ class Prefetcher:
         self._plan_s_total = self._plan_s_max = 0.0
         self._places: "OrderedDict[str, Place]" = OrderedDict()
         self._chains: "OrderedDict[str, Tuple[int, float]]" = OrderedDict()
+        self._declined: "OrderedDict[str, None]" = OrderedDict()
         self._thread = threading.local()   # this thread's last reported object keys
         self._warned = False
         log.info("mooncake-hicache: prefetch policy %s", self.policy.name)
@@ -102,6 +107,8 @@ class Prefetcher:
         queued = self._execute(obj_keys, m, order, plan.batch_pages)
         self._thread.reported = frozenset(obj_keys[:report * m])
         self._remember(obj_keys, m, report, tiers)
+        if report < pages:
+            self._note_declined(obj_keys[report * m:pages * m])
         if report == batch and last_key is not None:
             self._chain_extend(last_key, first, before_s + self._load_estimate(request, report))
         self._count(request, report, plan, len(order), queued, plan_s)
@@ -115,6 +122,18 @@ class Prefetcher:
         reported = getattr(self._thread, "reported", frozenset())
         rest = [k for k in obj_keys if k not in reported]
         return self._execute(rest, 1, range(len(rest)), 0) if rest else 0
+
+    def to_write(self, obj_keys: Sequence[str], found: Sequence[int]) -> List[int]:
+        """Which of ``obj_keys`` SGLang's backup should store, given ``Store.batch_is_exist``'s
+        ``found``: the absent ones, and the ones a plan declined (SGLang recomputed them, so their
+        bytes are at hand: storing them again puts them in DRAM, where the next request finds them
+        fast, instead of leaving them on the slow tier that had them declined)."""
+        with self._lock:
+            declined = self._declined
+            out = [i for i, c in enumerate(found) if c != 1 or obj_keys[i] in declined]
+            for i in out:
+                declined.pop(obj_keys[i], None)
+        return out
 
     def observe_get(self, obj_keys: Sequence[str], nbytes: int, seconds: float) -> None:
         """A get of ``obj_keys`` moved ``nbytes`` in ``seconds``: learn each place's cost from it
@@ -159,9 +178,12 @@ class Prefetcher:
             plan = PrefetchPlan(request.pages)
         return plan, time.perf_counter() - t0
 
-    def _checked(self, plan: PrefetchPlan, pages: int) -> Tuple[int, List[int]]:
+    def _checked(self, plan: PrefetchPlan, pages: int) -> Tuple[int, Sequence[int]]:
         report = max(0, min(int(plan.report), pages))
-        order = [i for i in plan.prefetch if 0 <= i < report]
+        order = plan.prefetch
+        if isinstance(order, range) and order.step == 1 and (not order or (order[0] >= 0 and order[-1] < report)):
+            return report, order   # a run of pages: valid as it is (the common plan)
+        order = [i for i in order if 0 <= i < report]
         if len(order) != len(plan.prefetch) or len(set(order)) != len(order) or report != plan.report:
             if not self._warned:
                 log.warning("mooncake-hicache: prefetch policy %s returned report=%s of %d pages and prefetch "
@@ -199,6 +221,15 @@ class Prefetcher:
                     places.move_to_end(key)
             while len(places) > _PLACES_KEPT:
                 places.popitem(last=False)
+
+    def _note_declined(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            declined = self._declined
+            for key in keys:
+                declined[key] = None
+                declined.move_to_end(key)
+            while len(declined) > _DECLINED_KEPT:
+                declined.popitem(last=False)
 
     def _chain_start(self, prev_key: Optional[str], offset_pages: int) -> Tuple[int, float]:
         """(the request's first page offset seen, estimated load of its earlier batches)."""

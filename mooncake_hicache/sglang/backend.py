@@ -279,7 +279,7 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
             return [False] * n
         obj_keys = view.object_keys(keys)
         found = self.store.batch_is_exist(obj_keys)
-        todo = [o for o in range(n * m) if found[o] != 1]  # pages already present are not written again
+        todo = self._prefetcher.to_write(obj_keys, found)  # present pages are not written again, unless declined
         ok = [True] * (n * m)
         if todo:
             ptrs, sizes = view.scatter_gather(host_indices, n)
