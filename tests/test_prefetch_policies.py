@@ -390,3 +390,20 @@ def test_the_pass_over_every_page_plans_what_the_look_at_run_ends_plans(seed, mo
     by_pages = policy.plan(req)
     assert by_pages.report == by_runs.report
     assert list(by_pages.prefetch) == list(by_runs.prefetch)
+
+
+def test_a_closed_store_with_a_prefetcher_is_freed_at_once_not_by_a_later_collection(tmp_path):
+    import gc
+    import weakref
+
+    gc.disable()   # only reference counting: a Store <-> Prefetcher cycle would keep it (and its arena)
+    try:
+        store = Store.from_config({"mode": "in_process", "tiers": {"nvme": {
+            "path": str(tmp_path / "nvme.data"), "capacity": "64MiB", "region_size": "4MiB"}}})
+        assert store.prefetcher.leading_pages(["absent"]) == 0
+        ref = weakref.ref(store)
+        store.close()
+        del store
+        assert ref() is None
+    finally:
+        gc.enable()

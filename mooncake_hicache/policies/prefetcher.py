@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import Counter, OrderedDict
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -64,7 +65,9 @@ class Prefetcher:
 
     def __init__(self, store: Any, config: Optional[PrefetchConfig] = None, *,
                  settings: Optional[SGLangPrefetchSettings] = None, policy: Optional[PrefetchPolicy] = None):
-        self._store = store
+        # A weak reference: the store holds its Prefetcher, and a cycle would keep a closed store
+        # (and its arena) alive until a full garbage collection.
+        self._store = weakref.proxy(store) if type(store).__weakrefoffset__ else store
         self.config = config or PrefetchConfig()
         self.settings = settings or SGLangPrefetchSettings()
         self.estimator = TransferEstimator(self.config.estimates)
