@@ -407,3 +407,29 @@ def test_a_closed_store_with_a_prefetcher_is_freed_at_once_not_by_a_later_collec
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_the_prefetch_figures_are_in_the_stats_and_in_prometheus(tiered_store):
+    from mooncake_hicache.metrics import to_prometheus
+
+    store, _ = tiered_store(policy="cost_aware", estimates={"nvme_gbps": 2})
+    store.prefetcher.leading_pages(["p8", "p9", "p0", "absent"], page_tokens=64, page_bytes=PAGE_BYTES)
+    text = to_prometheus(store.stats())
+    assert "mooncake_hicache_prefetch_declined_pages 1" in text
+    assert "mooncake_hicache_prefetch_declined_tokens 64" in text
+    assert 'mooncake_hicache_prefetch_policy_info{value="cost_aware"} 1' in text
+
+
+def test_the_old_prefetch_on_exists_switch_maps_to_a_policy_and_a_set_policy_wins(caplog):
+    from mooncake_hicache.sglang.options import parse_extra_config
+
+    with caplog.at_level("INFO", logger="mooncake_hicache.sglang"):
+        off = parse_extra_config({"prefetch_on_exists": False}, env={})
+    assert off.store_config == {"prefetch": {"policy": "none"}}
+    assert "read as prefetch.policy: none" in caplog.text
+    assert load_config(off.store_config, env={}).prefetch.policy == "none"
+    assert parse_extra_config({"prefetch_on_exists": True}, env={}).store_config is None   # the default policy
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mooncake_hicache.sglang"):
+        both = parse_extra_config({"prefetch_on_exists": False, "prefetch": {"policy": "cost_aware"}}, env={})
+    assert both.store_config["prefetch"]["policy"] == "cost_aware" and "is ignored" in caplog.text
