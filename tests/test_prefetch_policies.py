@@ -433,3 +433,54 @@ def test_the_old_prefetch_on_exists_switch_maps_to_a_policy_and_a_set_policy_win
     with caplog.at_level("WARNING", logger="mooncake_hicache.sglang"):
         both = parse_extra_config({"prefetch_on_exists": False, "prefetch": {"policy": "cost_aware"}}, env={})
     assert both.store_config["prefetch"]["policy"] == "cost_aware" and "is ignored" in caplog.text
+
+
+def test_a_full_batch_is_reported_whole_when_the_requests_later_pages_are_worth_it():
+    """Recomputing the 128-page bin that starts at page 128k (8192 tokens from token 8192k; 8b,
+    494.5 TFLOP/s) costs (2 * 8e9 * 8192 + 524,288 * (8192k * 8192 + 8192 * 8191 / 2)) / 494.5e12
+    = (1.3107e14 + 1.7591e13 + 3.5184e13 k) / 494.5e12 = 0.3006 + 0.0711 k s, and
+    loading it from NVMe at 2 GB/s 128 * 4.194 ms = 0.5369 s: bin k loses 0.2363 - 0.0711 k s.
+    The first batch alone loses 0.236 s (declined), but when recent requests' stored pages ran
+    to page 2000, bins 1..15 follow with certainty: 15 * 0.2363 - 0.0711 * 120 = -4.99 s."""
+    from mooncake_hicache.policies.run_lengths import RunLengths
+
+    def plan_with(ends, recorded=40):
+        ctx = context()
+        lengths = RunLengths()
+        for _ in range(recorded):
+            lengths.record(ends)
+        ctx = PolicyContext(ctx.config, ctx.estimator, ctx.recompute, lengths)
+        policy = CostAwarePolicy(ctx)
+        return policy.plan(request([N] * 128)), policy.stats()
+
+    long_plan, stats = plan_with(2000)
+    assert long_plan.report == 128 and stats == {"continued_batches": 1}
+    assert plan_with(130)[0].report == 0        # the next bin alone loses 0.165 s: not worth going on
+    assert plan_with(2000, recorded=10)[0].report == 0   # too few requests seen to weigh later pages
+    # a batch that is not full ends the request's query anyway: nothing to go on for
+    lengths_ctx = context()
+    assert CostAwarePolicy(lengths_ctx).plan(request([N] * 100, batch=128)).report == 0
+
+
+def test_run_lengths_give_the_chance_a_stored_prefix_reaches_each_later_bin():
+    from mooncake_hicache.policies.run_lengths import RunLengths
+
+    lengths = RunLengths(keep=4)
+    for end in (100, 300, 300, 1000):
+        lengths.record(end)
+    # from page 128: ends in bins 2 (300, 300) and 7 (1000): bins 1 and 2 are reached by all 3,
+    # bins 3..7 by 1 of 3
+    bins = list(lengths.beyond(128))
+    assert bins[0] == (128, 256, 1.0) and bins[1] == (256, 384, 1.0)
+    assert bins[2] == (384, 512, pytest.approx(1 / 3)) and bins[-1] == (896, 1024, pytest.approx(1 / 3))
+    lengths.record(5000)   # keeps the last 4: 100 is forgotten
+    assert len(lengths) == 4 and list(lengths.beyond(0))[0] == (0, 128, 1.0)
+    # a run cut short by a decline at page 256 (bin 2) counts as running through bin 2, as
+    # Kaplan-Meier counts a censored run at risk where it was censored: from page 128, bin 2 is
+    # reached by all three runs, and of the three at risk in bin 2 one ends there (300): bin 3 is
+    # reached with chance 1 - 1/3
+    cut = RunLengths()
+    for end, ended in ((300, True), (1000, True), (256, False)):
+        cut.record(end, ended)
+    got = list(cut.beyond(128))
+    assert got[1] == (256, 384, 1.0) and got[2] == (384, 512, pytest.approx(2 / 3))

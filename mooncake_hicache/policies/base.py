@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from ..config import PrefetchConfig
 from .cost_model import RecomputeModel
 from .estimator import TransferEstimator
+from .run_lengths import RunLengths
 
 __all__ = ["PolicyContext", "PrefetchPlan", "PrefetchPolicy", "PrefetchRequest", "SGLangPrefetchSettings"]
 
@@ -98,11 +99,13 @@ class PrefetchPlan:
 @dataclass(frozen=True)
 class PolicyContext:
     """What a policy is built with: the ``prefetch`` configuration, the store's transfer estimates
-    (learned from its completed gets) and the recompute cost model."""
+    (learned from its completed gets), the recompute cost model, and how far the stored prefixes of
+    recent requests reached (``RunLengths``; None when not tracked)."""
 
     config: PrefetchConfig
     estimator: TransferEstimator
     recompute: RecomputeModel
+    run_lengths: Optional[RunLengths] = None
 
 
 class PrefetchPolicy(ABC):

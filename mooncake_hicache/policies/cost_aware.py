@@ -12,6 +12,13 @@ Finding that ``k`` takes a look at a few points per run of pages on the same pla
 page: within a run, ``L`` grows linearly and ``R`` grows faster and faster (the attention term), so
 ``L - R`` is concave there and its least value is at an end of the run.
 
+SGLang asks about a request 128 pages at a time and stops at the first batch that reports fewer
+pages than it asked about, so declining part of a full batch also gives up the request's later
+pages, the dearest to recompute. When a full batch would be cut, the policy weighs the later pages
+by the chance the request's stored prefix reaches them (``RunLengths``, from recent requests) at
+the batch's last tier, stopping where that expectation is best; if going on saves time, the whole
+batch is reported (``continued_batches`` in the stats).
+
 Pages of a place the policy keeps declining are never measured again; every ``probe_every``
 declining plans of a place, ``probe_pages`` more pages of it are reported (``probe_pages`` in the
 stats) so the estimate follows the hardware.
@@ -22,6 +29,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from itertools import accumulate, compress, repeat
 from operator import add, sub
+import threading
 from typing import List, Optional, Sequence, Tuple
 
 from ..tiers import Tier
@@ -32,6 +40,7 @@ __all__ = ["CostAwarePolicy"]
 
 Run = Tuple[int, int, Place]   # pages [start, end) at one place
 MANY_RUNS = 24                # past this many runs, one pass over the pages costs less than the loop
+MIN_RUNS_SEEN = 32            # request ends seen before later pages are weighed (continuation)
 
 
 def runs_of(tiers: Optional[Sequence[int]], nodes: Optional[Sequence[Optional[str]]], n: int,
@@ -95,6 +104,15 @@ def _running_latency(keys: Sequence, costs: dict) -> List[float]:
 class CostAwarePolicy(PrefetchPolicy):
     name = "cost_aware"
 
+    def __init__(self, context):
+        super().__init__(context)
+        self._lock = threading.Lock()   # guards _continued
+        self._continued = 0
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"continued_batches": self._continued}
+
     def plan(self, request: PrefetchRequest) -> PrefetchPlan:
         r = request
         if r.pages <= 0:
@@ -103,7 +121,8 @@ class CostAwarePolicy(PrefetchPolicy):
         runs = runs_of(r.tiers, r.nodes, r.pages, limit=MANY_RUNS)
         if runs is None:   # pages of many short runs: one pass over every page instead
             return self._plan_paged(r, page_bytes)
-        best = self.best_prefix(r, runs, page_bytes)
+        best, best_gain, all_gain = self.best_prefix(r, runs, page_bytes)
+        best = self._go_on(r, best, best_gain, all_gain, runs[-1][2], page_bytes)
         probe = self._probe(r, [place for start, end, place in runs if end > best], best)
         report = best + probe
         order: Sequence[int] = ()
@@ -123,9 +142,10 @@ class CostAwarePolicy(PrefetchPolicy):
         deadline = r.settings.deadline_s(max(r.requested_tokens, r.batch_pages * r.page_tokens, 1))
         return float("inf") if deadline is None else deadline - r.loaded_before_s
 
-    def best_prefix(self, r: PrefetchRequest, runs: List[Run], page_bytes: int) -> int:
+    def best_prefix(self, r: PrefetchRequest, runs: List[Run], page_bytes: int) -> Tuple[int, float, Optional[float]]:
         """The ``k`` that minimises ``L(k) - R(k)`` with ``L(k)`` within SGLang's deadline (0 if
-        no prefix saves time)."""
+        no prefix saves time), that least ``L - R``, and ``L - R`` of every page (None when they do
+        not all land before the deadline)."""
         est = self.context.estimator
         recompute = self._recompute_of_first(r)
         budget = self._budget(r)
@@ -148,9 +168,40 @@ class CostAwarePolicy(PrefetchPolicy):
                     if gain < best_gain:
                         best_k, best_gain = k, gain
             if fits < end - start:
-                break  # later pages land after SGLang's deadline
+                return best_k, best_gain, None   # later pages land after SGLang's deadline
             load += (end - start) * per_page
-        return best_k
+        return best_k, best_gain, latency + load - recompute(r.pages)
+
+    def _go_on(self, r: PrefetchRequest, best: int, best_gain: float, all_gain: Optional[float],
+               last: Place, page_bytes: int) -> int:
+        """``r.pages`` instead of ``best`` when the batch is full and reporting all of it, so that
+        SGLang asks about the request's later pages, is expected to save more."""
+        if best >= r.pages or r.pages != r.batch_pages or all_gain is None:
+            return best
+        if all_gain + self._later_pages_gain(r, last, page_bytes, all_gain) >= best_gain:
+            return best
+        with self._lock:
+            self._continued += 1
+        return r.pages
+
+    def _later_pages_gain(self, r: PrefetchRequest, last: Place, page_bytes: int, all_gain: float) -> float:
+        """Expected ``L - R`` of the request's pages after this batch at ``last``'s cost, each
+        128-page bin weighted by the chance the stored prefix reaches it, up to the best bin to
+        stop after and within SGLang's deadline (0 until enough requests were seen)."""
+        lengths = self.context.run_lengths
+        if lengths is None or len(lengths) < MIN_RUNS_SEEN:
+            return 0.0
+        per_page = page_bytes * self.context.estimator.cost(last)[0]
+        rec, tokens = self.context.recompute, r.page_tokens
+        room = self._budget(r) - (all_gain + rec.seconds(r.offset_pages * tokens, r.pages * tokens))
+        total = best = 0.0
+        for start, end, chance in lengths.beyond(r.offset_pages + r.pages):
+            room -= (end - start) * per_page
+            if room < 0:
+                break
+            total += chance * ((end - start) * per_page - rec.seconds(start * tokens, (end - start) * tokens))
+            best = min(best, total)
+        return best
 
     def _plan_paged(self, r: PrefetchRequest, page_bytes: int) -> PrefetchPlan:
         """The same plan as ``plan``, for pages in many short runs: ``L(k) - R(k)`` at every ``k``
@@ -168,6 +219,7 @@ class CostAwarePolicy(PrefetchPolicy):
         gain = list(map(sub, load[:fits], recompute))
         low = min(gain, default=0.0)
         best = gain.index(low) + 1 if low < 0 else 0
+        best = self._go_on(r, best, min(low, 0.0), gain[-1] if fits == r.pages else None, place(keys[-1]), page_bytes)
         probe = self._probe(r, [place(k) for k in dict.fromkeys(keys[best:])], best)
         report = best + probe
         order: Sequence[int] = ()

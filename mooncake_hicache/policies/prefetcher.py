@@ -24,6 +24,7 @@ from .base import PolicyContext, PrefetchPlan, PrefetchPolicy, PrefetchRequest, 
 from .cost_model import RecomputeModel
 from .estimator import Place, TransferEstimator
 from .registry import load_policy
+from .run_lengths import RunLengths
 
 log = logging.getLogger("mooncake_hicache.prefetch")
 
@@ -72,7 +73,8 @@ class Prefetcher:
         self.settings = settings or SGLangPrefetchSettings()
         self.estimator = TransferEstimator(self.config.estimates)
         self.recompute = RecomputeModel.from_config(self.config.cost_model)
-        self.context = PolicyContext(self.config, self.estimator, self.recompute)
+        self.run_lengths = RunLengths()
+        self.context = PolicyContext(self.config, self.estimator, self.recompute, self.run_lengths)
         self.policy = policy if policy is not None else load_policy(self.config.policy, self.context)
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
@@ -100,6 +102,8 @@ class Prefetcher:
         wants = self.policy.wants_locations
         codes = self._store.batch_locate(obj_keys) if wants else self._store.batch_is_exist(obj_keys)
         pages, tiers = leading_run(codes, m, batch, wants)
+        if pages < batch:
+            self.run_lengths.record(offset_pages + pages)   # where this request's stored pages end
         first, before_s = self._chain_start(prev_key, offset_pages)
         request = PrefetchRequest(pages=pages, tiers=tiers, batch_pages=batch, offset_pages=offset_pages,
                                   page_tokens=page_tokens, page_bytes=page_bytes, loaded_before_s=before_s,
@@ -112,6 +116,8 @@ class Prefetcher:
         self._remember(obj_keys, m, report, tiers)
         if report < pages:
             self._note_declined(obj_keys[report * m:pages * m])
+        if pages == batch and report < batch:
+            self.run_lengths.record(offset_pages + batch, ended=False)   # reached at least here
         if report == batch and last_key is not None:
             self._chain_extend(last_key, first, before_s + self._load_estimate(request, report))
         self._count(request, report, plan, len(order), queued, plan_s)
