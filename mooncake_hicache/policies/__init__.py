@@ -6,6 +6,7 @@ them move into this host's DRAM before SGLang reads them (docs/prefetch.md).
   ``prefix_order`` (the default), ``none`` and ``cost_aware``;
 * :mod:`.cost_model` -- what recomputing tokens costs (model presets, prefill speed);
 * :mod:`.estimator` -- per-tier transfer costs learned from the store's completed gets;
+* :mod:`.run_lengths` -- how far recent requests' stored prefixes reached (the value of going on);
 * :mod:`.registry` -- policies by name, or a user's class as ``package.module:ClassName``;
 * :mod:`.prefetcher` -- ``Prefetcher``: asks the policy on each existence question and carries
   out its plan (``Store.prefetcher``).
