@@ -16,6 +16,7 @@ EPILOG = """examples:
   mooncake-hicache node --config configs/single-host.yaml
   mooncake-hicache check-config configs/single-host.yaml
   mooncake-hicache stats --config configs/single-host.yaml --format prometheus
+  mooncake-hicache cluster status --config configs/cluster.yaml
 """
 
 
@@ -45,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
     s.add_argument("--interval", type=float, default=0.0,
                    help="also measure bandwidth: sample twice, this many seconds apart")
+
+    cl = sub.add_parser("cluster", help="the pool across hosts: 'cluster status' lists the members",
+                        description="Commands about the cluster this host's node belongs to (its config's cluster: "
+                                    "section).")
+    cl_sub = cl.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
+    st = cl_sub.add_parser("status", help="members, epoch, health, pages and capacity of every node",
+                           description="Ask this host's node for the membership view, then every member for its "
+                                       "figures (over the cluster's authenticated TCP path; the config must hold "
+                                       "the cluster secret). Exit 1 when the node is not running.")
+    st.add_argument("--config", "-c", help="the node's YAML config (default: $MOONCAKE_HICACHE_CONFIG)")
+    st.add_argument("--format", choices=("table", "json"), default="table")
+    st.add_argument("--timeout-ms", type=int, default=2000, help="how long to wait for each member (default 2000)")
 
     b = sub.add_parser("bench", help="the main job: start a node on the default config and run a KV-page workload",
                        description="Start a private node (in a temporary directory unless --config is given), "
@@ -132,6 +145,18 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_cluster(args) -> int:
+    from .cluster.status import cluster_status, status_table
+    from .config import load_config
+    config = load_config(args.config)
+    if config.cluster is None:
+        raise ConfigError("cluster", "this config has no cluster: section; pass the config of a cluster member "
+                                     "(see configs/cluster.yaml)")
+    status = cluster_status(config, args.timeout_ms)
+    print(json.dumps(status) if args.format == "json" else status_table(status))
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench_command import run_bench
     return run_bench(args)
@@ -139,7 +164,8 @@ def _cmd_bench(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"node": _cmd_node, "check-config": _cmd_check_config, "stats": _cmd_stats, "bench": _cmd_bench}
+    handlers = {"node": _cmd_node, "check-config": _cmd_check_config, "stats": _cmd_stats, "bench": _cmd_bench,
+                "cluster": _cmd_cluster}
     try:
         return handlers[args.command](args)
     except ConfigError as e:

@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
+import pwd
 import re
 import socket
 import stat
@@ -58,7 +60,12 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import yaml
 
+from . import _native
 from .errors import ConfigError
+from .memory_limits import memory_limit
+from .runtime_dir import default_socket_path
+
+log = logging.getLogger("mooncake_hicache.config")
 
 __all__ = [
     "ClusterConfig",
@@ -72,6 +79,7 @@ __all__ = [
     "ENV_PREFIX",
     "CONFIG_ENV_VAR",
     "DEFAULT_NVME_PATH",
+    "default_socket_path",
     "EtcdConfig",
     "format_size",
     "load_config",
@@ -91,12 +99,13 @@ IO_BACKENDS = ("auto", "io_uring", "threads")
 EVICTION_POLICIES = ("lru", "s3fifo", "prefix_lru")
 ADMISSION_POLICIES = ("always", "never", "second_hit")
 MODES = ("auto", "node", "in_process")
-DEFAULT_SOCKET = "/tmp/mooncake-hicache/node.sock"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 REGION_ALIGNMENT = 4096
 MIN_REGION_SIZE = 1 * MiB
-MAX_REGION_SIZE = 4 * GiB
+MAX_REGION_SIZE = _native.MAX_REGION_SIZE  # lengths and block offsets are 32-bit on disk
+MAX_SLAB_SIZE = _native.MAX_SLAB_SIZE      # DRAM slot lengths are 32-bit
+NVME_REGION_OVERHEAD = _native.NVME_REGION_OVERHEAD  # a region's record header, summary and trailer
 MIN_QUEUE_DEPTH = 1
 MAX_QUEUE_DEPTH = 1024
 
@@ -197,6 +206,24 @@ def _parse_path(value: Any, field: str) -> str:
     return os.path.expanduser(value)
 
 
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _parse_bind_host(value: Any, field: str) -> str:
+    """An address to listen on: an IPv4/IPv6 address or a host name, taken as written (never
+    expanded like a path)."""
+    import ipaddress
+    text = value.strip() if isinstance(value, str) else None
+    if text:
+        try:
+            ipaddress.ip_address(text)
+            return text
+        except ValueError:
+            if _HOSTNAME_RE.match(text):
+                return text
+    raise ConfigError(field, f"invalid host {_show(value)}; give a host name or an IP address to listen on, such as 127.0.0.1 (no port, no scheme)")
+
+
 def _choice(choices: tuple[str, ...], normalize: Callable[[str], str]) -> Callable[[Any, str], str]:
     def parse(value: Any, field: str) -> str:
         if isinstance(value, str) and normalize(value.strip()) in choices:
@@ -270,13 +297,22 @@ class DramConfig:
     admission: str = _setting("always", _choice(ADMISSION_POLICIES, str.lower))
     write_through: bool = _setting(False, _parse_bool)
     hugepages: bool = _setting(True, _parse_bool)
+    # Keep each page's key also without an NVMe tier (with one they are always kept: a demoted
+    # page is written under its key). remove_prefix (SGLang's clear()) needs them; they cost about
+    # the key's length + 10 bytes of node memory per page.
+    keep_keys: bool = _setting(False, _parse_bool)
 
     def _check(self, where: str) -> None:
         at = _joiner(where)
         if self.slab_size % REGION_ALIGNMENT or self.slab_size == 0:
             raise ConfigError(at("slab_size"), f"slab size {self.slab_size} bytes is not a positive multiple of {REGION_ALIGNMENT}; use e.g. 32MiB (it must hold your largest page)")
+        if self.slab_size > MAX_SLAB_SIZE:
+            raise ConfigError(at("slab_size"), f"slab size {format_size(self.slab_size)} is above the maximum of {format_size(MAX_SLAB_SIZE)}; lower it to the size of your largest page (32MiB is a good default)")
         if self.capacity < self.slab_size:
             raise ConfigError(at("capacity"), f"capacity {format_size(self.capacity)} is smaller than one slab of {format_size(self.slab_size)}; raise {at('capacity')} or lower {at('slab_size')}")
+        limit = memory_limit()
+        if self.capacity > limit.usable:
+            raise ConfigError(at("capacity"), f"capacity {format_size(self.capacity)} does not fit in {limit.what}: {format_size(limit.bytes)}, of which at most {format_size(limit.usable)} may go to the arena (the rest is the node's own); lower {at('capacity')} or raise the limit")
 
 
 @dataclass(frozen=True)
@@ -286,14 +322,58 @@ class TiersConfig:
     dram: Optional[DramConfig] = _section(DramConfig, optional=True)
     nvme: Optional[NvmeConfig] = _section(NvmeConfig, optional=True)
 
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if self.dram is None or self.nvme is None:
+            return
+        largest = self.nvme.region_size - NVME_REGION_OVERHEAD  # the largest value a region stores
+        if self.dram.slab_size > largest:
+            raise ConfigError(at("dram.slab_size"), f"slab size {format_size(self.dram.slab_size)} admits pages larger than a region of {format_size(self.nvme.region_size)} ({at('nvme.region_size')}) can store (at most {largest} bytes), so such pages would be lost when they leave DRAM; lower {at('dram.slab_size')} to {largest} or less (e.g. half the region size), or raise {at('nvme.region_size')}")
+
+
+def _parse_mode(value: Any, field: str) -> int:
+    """A permission mode, written in octal: 0600 (YAML reads an unquoted 0600 as octal), '0660'."""
+    mode = value
+    if isinstance(value, str) and re.fullmatch(r"\s*(0o?)?[0-7]{3,4}\s*", value):
+        mode = int(value.strip().replace("0o", ""), 8)
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ConfigError(field, f"{_show(value)} is not a permission mode; write it in octal as a quoted string such as '0600' or '0660'")
+    if mode & 0o600 != 0o600:
+        raise ConfigError(field, f"mode {mode:04o} does not let the node's own user read and write the socket; include 0600, e.g. '0600' or '0660'")
+    return mode
+
+
+def _parse_uids(value: Any, field: str) -> tuple:
+    """User ids or user names; names are looked up now."""
+    items = [] if value is None else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(field, f"expected a list of user ids or names, e.g. [1001, sglang], got {_show(value)}")
+    uids = []
+    for i, item in enumerate(items):
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            uids.append(item)
+            continue
+        try:
+            uids.append(pwd.getpwnam(str(item)).pw_uid)
+        except KeyError:
+            raise ConfigError(f"{field}[{i}]", f"no user named {_show(item)} on this host; give a user id or an existing user name") from None
+    return tuple(uids)
+
 
 @dataclass(frozen=True)
 class NodeConfig:
     """The per-host node that serves the tiers to every process on the host."""
 
-    socket: str = _setting(DEFAULT_SOCKET, _parse_path)
+    # Default: this user's runtime directory (runtime_dir.default_socket_path).
+    socket: str = _dataclass_field(default_factory=lambda: default_socket_path(os.environ),
+                                   metadata={"parse": _parse_path})
     timeout_ms: int = _setting(5000, _parse_int)
     autostart: bool = _setting(True, _parse_bool)
+    max_connections: int = _setting(1024, _parse_int)
+    socket_mode: int = _setting(0o600, _parse_mode)
+    # Users besides the node's own that may be on the other end of the socket: clients the node
+    # serves, and (for a client) the user the node may run as.
+    allowed_uids: tuple = _setting((), _parse_uids)
 
     def _check(self, where: str) -> None:
         at = _joiner(where)
@@ -301,6 +381,8 @@ class NodeConfig:
             raise ConfigError(at("socket"), f"socket path {self.socket!r} is longer than the 107 bytes a Unix socket allows; choose a shorter path")
         if not 1 <= self.timeout_ms <= 600_000:
             raise ConfigError(at("timeout_ms"), f"timeout {self.timeout_ms} ms is out of range; choose 1 to 600000 (5000 is a good default)")
+        if not 1 <= self.max_connections <= 65536:
+            raise ConfigError(at("max_connections"), f"{self.max_connections} connections is out of range; choose 1 to 65536 (1024 is a good default)")
 
 
 @dataclass(frozen=True)
@@ -308,11 +390,18 @@ class MetricsConfig:
     """Prometheus metrics served by the node over HTTP (``GET /metrics``)."""
 
     port: int = _setting(9731, _parse_int)
-    host: str = _setting("127.0.0.1", _parse_path)
+    host: str = _setting("127.0.0.1", _parse_bind_host)
+    max_connections: int = _setting(16, _parse_int)  # open at once; more wait in the listen backlog
+    timeout_s: int = _setting(5, _parse_int)         # an idle connection is closed after it
 
     def _check(self, where: str) -> None:
+        at = _joiner(where)
         if not 0 <= self.port <= 65535:
-            raise ConfigError(_joiner(where)("port"), f"port {self.port} is out of range; choose 1 to 65535, or 0 to turn metrics off")
+            raise ConfigError(at("port"), f"port {self.port} is out of range; choose 1 to 65535, or 0 to turn metrics off")
+        if not 1 <= self.max_connections <= 1024:
+            raise ConfigError(at("max_connections"), f"{self.max_connections} connections is out of range; choose 1 to 1024 (16 is a good default)")
+        if not 1 <= self.timeout_s <= 600:
+            raise ConfigError(at("timeout_s"), f"{self.timeout_s} s is out of range; choose 1 to 600 (5 is a good default)")
 
 
 @dataclass(frozen=True)
@@ -331,6 +420,7 @@ LATER_TRANSPORTS = ("rdma", "auto")  # accepted names that arrive with the RDMA 
 REDACTED = "<redacted>"  # what Config.to_dict() shows in place of an inline secret
 MIN_SECRET_BYTES = 16
 MAX_REPLICAS = 8
+MAX_SPILL_DEPTH = 4
 DEFAULT_ETCD_PREFIX = "/mooncake-hicache/"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ID_RULE = "use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -559,6 +649,7 @@ class ClusterConfig:
     connect_timeout_ms: int = _setting(1000, _parse_int)
     request_timeout_ms: int = _setting(5000, _parse_int)
     grace_window_ms: int = _setting(30000, _parse_int)
+    spill_depth: int = _setting(1, _parse_int)
     secret: Optional[str] = _dataclass_field(default=None, repr=False, metadata={"parse": _optional(_parse_secret)})
     secret_file: Optional[str] = _setting(None, _optional(_parse_secret_path))
 
@@ -615,6 +706,8 @@ class ClusterConfig:
             raise ConfigError(at("replicas"), f"replicas {self.replicas} is out of range; choose 1 to {MAX_REPLICAS} (1 = no copies)")
         if self.write_quorum > self.replicas:
             raise ConfigError(at("write_quorum"), f"write quorum {self.write_quorum} is more than replicas {self.replicas}; write 'all' or a number from 1 to {self.replicas}")
+        if not 0 <= self.spill_depth <= MAX_SPILL_DEPTH:
+            raise ConfigError(at("spill_depth"), f"spill depth {self.spill_depth} is out of range; choose 0 (never spill) to {MAX_SPILL_DEPTH} (1 is a good default)")
         for name, low, high in (("connect_timeout_ms", 1, 600_000), ("request_timeout_ms", 1, 600_000),
                                 ("grace_window_ms", 0, 3_600_000)):
             value = getattr(self, name)
@@ -747,6 +840,21 @@ class Config:
         elif redact_secrets and out["cluster"]["secret"] is not None:
             out["cluster"]["secret"] = REDACTED
         return out
+
+    def node_settings(self) -> str:
+        """The settings that shape the node's store (every ``tiers`` field) as ``name=value``
+        lines: the fingerprint a client sends in HELLO, so a node started with other settings
+        refuses it naming the fields that differ (instead of being reused silently)."""
+        lines = []
+        for tier in dataclasses.fields(self.tiers):
+            section = getattr(self.tiers, tier.name)
+            if section is None:
+                lines.append(f"tiers.{tier.name}=none")
+                continue
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                lines.append(f"tiers.{tier.name}.{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+        return "\n".join(lines) + "\n"
 
     def validate(self) -> "Config":
         """Check the rules that involve several settings or the file system; return ``self``.
@@ -995,7 +1103,9 @@ def load_config(source: Union[str, os.PathLike, Mapping, None] = None,
     else:
         raise ConfigError("", f"cannot load a configuration from {type(source).__name__}; pass a YAML file path, a dict or None")
 
-    if raw is None:  # an empty file
+    if raw is None:  # a file with no document (empty, or comments only)
+        log.info("configuration file %s is empty: using the defaults for every setting",
+                 os.fspath(source) if source is not None else env.get(CONFIG_ENV_VAR))
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"the top level of the configuration must be a mapping of sections ({', '.join(f.name for f in dataclasses.fields(Config))}), got {_show(raw)}")
@@ -1006,7 +1116,10 @@ def load_config(source: Union[str, os.PathLike, Mapping, None] = None,
         origin[_apply_override(doc, variable, parts, value)] = variable
 
     try:
-        return _build(Config, doc, "").validate()
+        config = _build(Config, doc, "")
+        if "socket" not in (doc.get("node") or {}):  # the default follows the environment given
+            config = dataclasses.replace(config, node=dataclasses.replace(config.node, socket=default_socket_path(env)))
+        return config.validate()
     except ConfigError as e:
         variable = next((v for p, v in origin.items() if e.field == p or e.field.startswith(p + ".")), None)
         if variable is None:

@@ -19,8 +19,9 @@ from .errors import ConfigError, StoreError
 
 class Tier(IntEnum):
     """Where a page is: the codes the C++ tiers answer an existence query with
-    (``TieredStore::batch_exists``, the node's ``EXISTS`` reply). A negative code (a bad key) is an
-    ``ErrorCode``, not a tier."""
+    (``TieredStore::batch_exists``, the node's ``EXISTS`` reply; in a pool ``PoolClient`` answers
+    the cheapest holder's, a remote member's shifted by 2). Larger codes cost more to read. A
+    negative code (a bad key) is an ``ErrorCode``, not a tier."""
 
     ABSENT = 0
     """Not stored: a miss."""
@@ -28,6 +29,10 @@ class Tier(IntEnum):
     """In this host's DRAM tier: a get copies it out of the arena."""
     NVME = 2
     """On this host's NVMe tier only: a get reads it from the device (and promotes it to DRAM)."""
+    REMOTE_DRAM = 3
+    """In a pool (``cluster:``), in another member's DRAM tier only: a get reads it over TCP."""
+    REMOTE_NVME = 4
+    """In a pool, on another member's NVMe tier only: a get reads it over TCP from the device."""
 
 
 def open_tiers(config: Config):
@@ -44,7 +49,7 @@ def open_tiers(config: Config):
                 sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
         kwargs = dict(dram_capacity=dr.capacity, slab_size=dr.slab_size, eviction=dr.eviction,
                       hugepages=dr.hugepages, admission=dr.admission, write_through=dr.write_through,
-                      prefetch_workers=config.prefetch.concurrency)
+                      keep_keys=dr.keep_keys, prefetch_workers=config.prefetch.concurrency)
         if nv is not None:
             kwargs.update(nvme_path=nv.path, nvme_capacity=nv.capacity, nvme_region_size=nv.region_size,
                           nvme_queue_depth=nv.queue_depth, nvme_direct_io=nv.direct_io,
@@ -52,10 +57,14 @@ def open_tiers(config: Config):
                           nvme_reinsertion=nv.reinsertion)
         return _native.TieredStore(**kwargs)
     except _native.EngineError as e:
-        kind, message = e.args if len(e.args) == 2 else ("io", str(e))  # (kind code, message)
-        if kind == "invalid":
-            raise ConfigError("", message) from None
-        raise StoreError(message) from None
+        raise native_error(e) from None
+
+
+def native_error(e: "_native.EngineError") -> Exception:
+    """The package's exception for an EngineError: ConfigError for its 'invalid' kind (a setting
+    to change), StoreError otherwise. Decided on the kind, never on the message."""
+    kind, message = e.args if len(e.args) == 2 else ("io", str(e))  # (kind code, message)
+    return ConfigError("", message) if kind == "invalid" else StoreError(message)
 
 
 def backend_stats(backend) -> dict:

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # etcd-server: the cluster membership tests start a real etcd on free loopback ports (on a host
 # with systemd, Debian also enables an etcd service on :2379: 'systemctl disable --now etcd' if
-# it is not wanted).
-APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev fio etcd-server)
+# it is not wanted). libssl-dev: HMAC-SHA256 for the cluster handshake (OpenSSL libcrypto).
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libssl-dev fio etcd-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml "prometheus-client>=0.17" pytest numpy matplotlib tqdm \
+.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja pyyaml "prometheus-client>=0.17" "waitress>=3.0" pytest numpy matplotlib tqdm \
   "etcd3gw>=2.4"
 # SGLang integration and its tests: CPU torch, the sglang wheel without its (GPU) dependencies,
 # and the few pure-Python packages its mem_cache modules import.

@@ -120,7 +120,11 @@ class TcpProxy:
                 if self._cut:
                     client.close()
                     continue
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                except OSError:  # the target is down (etcd stopped): refuse this one, keep accepting
+                    client.close()
+                    continue
                 upstream.settimeout(None)
                 self._conns += [client, upstream]
             for src, dst in ((client, upstream), (upstream, client)):

@@ -59,13 +59,15 @@ def test_a_static_cluster_loads_with_its_defaults(secret_file):
         node_id="a", listen_host="127.0.0.1", listen_port=7700, advertise_host=None, capacity=None,
         members=(ClusterMember("a", "127.0.0.1", 7700), ClusterMember("b", "10.0.0.2", 7700)), etcd=None,
         replicas=1, write_quorum=0, transport="tcp", connect_timeout_ms=1000, request_timeout_ms=5000,
-        grace_window_ms=30000, secret=None, secret_file=secret_file)
+        grace_window_ms=30000, spill_depth=1, secret=None, secret_file=secret_file)
     assert cluster.read_secret() == SECRET.encode()
     assert [m.placement_weight for m in cluster.members] == [1.0, 1.0]
 
 
 def test_the_shipped_cluster_yaml_is_valid_and_comments_its_fields(secret_file):
-    config = load_config(CLUSTER_YAML, env={"MOONCAKE_HICACHE_CLUSTER__SECRET_FILE": secret_file})
+    # The example's 64 GiB DRAM tier is checked against this machine's memory: give it a share that fits.
+    config = load_config(CLUSTER_YAML, env={"MOONCAKE_HICACHE_CLUSTER__SECRET_FILE": secret_file,
+                                            "MOONCAKE_HICACHE_TIERS__DRAM__CAPACITY": "1GiB"})
     cluster = config.cluster
     assert cluster.self_id == "node-a" and cluster.listen_port == 7700 and cluster.write_quorum == 0
     assert [m.placement_weight for m in cluster.members] == [64.0 * GiB, 64.0 * GiB, 32.0 * GiB]
@@ -78,7 +80,8 @@ def test_check_config_never_prints_the_secret(tmp_path, secret_file):
     inline = tmp_path / "inline.yaml"
     inline.write_text(yaml.safe_dump(doc(None, secret=SECRET)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOONCAKE_HICACHE_")}
-    for path, extra in ((inline, {}), (CLUSTER_YAML, {"MOONCAKE_HICACHE_CLUSTER__SECRET_FILE": secret_file})):
+    for path, extra in ((inline, {}), (CLUSTER_YAML, {"MOONCAKE_HICACHE_CLUSTER__SECRET_FILE": secret_file,
+                                                      "MOONCAKE_HICACHE_TIERS__DRAM__CAPACITY": "1GiB"})):
         r = subprocess.run([sys.executable, "-m", "mooncake_hicache", "check-config", str(path)],
                            capture_output=True, text=True, timeout=60, env={**env, **extra})
         assert r.returncode == 0, r.stderr
@@ -162,6 +165,7 @@ def test_an_error_from_an_env_value_names_the_variable_and_not_the_secret():
     ({"transport": "udp"}, "cluster.transport", "choose one of: tcp"),
     ({"request_timeout_ms": 0}, "cluster.request_timeout_ms", "out of range"),
     ({"grace_window_ms": -5}, "cluster.grace_window_ms", "out of range"),
+    ({"spill_depth": 9}, "cluster.spill_depth", "out of range"),
     ({"capacity": "1GiB"}, "cluster.capacity", "static members"),
     ({"unknown": 1}, "cluster.unknown", "known fields"),
 ])

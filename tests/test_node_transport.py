@@ -10,6 +10,7 @@ client timeout). Bandwidth and exists latency through the node, against memcpy: 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import mmap
 import os
@@ -29,8 +30,10 @@ import pytest
 from mooncake_hicache import _native
 
 KiB, MiB = 1 << 10, 1 << 20
-OK, INVALID_PARAMS, BUFFER_TOO_SMALL, KEY_TOO_LONG = 0, -600, -601, -603
-NOT_FOUND, NO_SPACE, NODE_UNAVAILABLE = -704, -802, -901
+from mooncake_hicache.errors import ErrorCode  # noqa: E402
+
+OK, INVALID_PARAMS, BUFFER_TOO_SMALL, KEY_TOO_LONG = 0, ErrorCode.INVALID_PARAMS, ErrorCode.BUFFER_TOO_SMALL, ErrorCode.KEY_TOO_LONG
+NOT_FOUND, NO_SPACE, NODE_UNAVAILABLE = ErrorCode.NOT_FOUND, ErrorCode.NO_SPACE, ErrorCode.NODE_UNAVAILABLE
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -56,11 +59,12 @@ class Buf:
 
 
 NODE_SCRIPT = textwrap.dedent("""
-    import sys
+    import json, sys
     from mooncake_hicache import _native
     path, dram, slab, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    server_options = json.loads(sys.argv[5])  # keyword arguments of NodeServer
     store = _native.TieredStore(dram_capacity=dram, slab_size=slab, hugepages=False)
-    server = _native.NodeServer(store, path, timeout)
+    server = _native.NodeServer(store, path, timeout, **server_options)
     try:
         server.start()
     except Exception as e:
@@ -74,12 +78,16 @@ NODE_SCRIPT = textwrap.dedent("""
 
 
 class Node:
-    """A node in a child process."""
+    """A node in a child process. ``server``: keyword arguments of ``NodeServer``; ``popen``:
+    of ``subprocess.Popen`` (another user, a umask, a cgroup)."""
 
-    def __init__(self, path: str, dram: int = 64 * MiB, slab: int = 4 * MiB, timeout_ms: int = 5000):
+    def __init__(self, path: str, dram: int = 64 * MiB, slab: int = 4 * MiB, timeout_ms: int = 5000,
+                 server: dict | None = None, **popen):
         self.path = path
-        self.proc = subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, path, str(dram), str(slab), str(timeout_ms)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, path, str(dram), str(slab), str(timeout_ms),
+                                      json.dumps(server or {})],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     **popen)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             self.proc.kill()
@@ -244,9 +252,9 @@ def test_pages_round_trip_through_the_shared_arena(start_node):
     for i, k in enumerate(sg_keys):
         assert dst.get(i * page + half, half) + dst.get(i * page, half) == pattern(k, page)
 
-    # A second put of a stored page is acknowledged without a copy.
+    # With keep_existing a second put of a stored page is acknowledged without a copy.
     before = node_stats(c)["tiering"]["skipped_existing"]
-    assert c.batch_put(keys[:2], [src.addr, src.addr + page], [page, page]) == [0, 0]
+    assert c.batch_put(keys[:2], [src.addr, src.addr + page], [page, page], keep_existing=True) == [0, 0]
     assert node_stats(c)["tiering"]["skipped_existing"] == before + 2
 
     assert c.get_bytes("page-3") == pattern("page-3", page)
@@ -261,7 +269,7 @@ def test_pages_round_trip_through_the_shared_arena(start_node):
     s = node_stats(c)["node"]
     assert s["pins_held"] == 0 and s["reservations_held"] == 0 and s["connections"] >= 1
     c.close()
-    assert c.batch_exists(["x"]) == [-900]
+    assert c.batch_exists(["x"]) == [ErrorCode.CLOSED]
 
 
 def test_a_put_batch_larger_than_dram_goes_in_waves(start_node):
@@ -754,25 +762,29 @@ def test_garbage_frames_close_only_that_connection(start_node):
     wait_for(lambda: node_stats(good)["node"]["connections"] == 1, what="bad connections to close")
 
 
-def test_connections_beyond_the_cap_are_refused_with_a_message(start_node):
-    node = start_node()
+def test_connections_beyond_the_cap_are_refused_with_a_message_when_all_are_busy(start_node):
+    """At the cap a new connection takes the place of a silent or idle one (test_limits.py); when
+    every connection holds tokens it is refused with ERROR 7, which names the cap."""
+    node = start_node(server={"max_connections": 2})
     c = _native.NodeClient(node.path, 5000)
-    cap = _native.NodeServer.MAX_CONNECTIONS
-    socks = []
-    try:
-        for _ in range(cap - 1):  # c holds one connection
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(node.path)
-            socks.append(s)
-        wait_for(lambda: node_stats(c)["node"]["connections"] == cap, timeout=30, what="the cap to be reached")
-        extra = _native.NodeClient(node.path, 2000)
-        assert not extra.healthy and "connections already" in extra.last_error
-        assert node_stats(c)["node"]["refused_connections"] == 1
-    finally:
-        for s in socks:
-            s.close()
-    wait_for(lambda: node_stats(c)["node"]["connections"] == 1, timeout=30, what="the connections to close")
-    assert extra.ping() and extra.healthy
+    b = Buf(4096)
+    assert c.batch_put(["k"], [b.addr], [4096]) == [0]
+    c.close()
+    holders = []
+    for _ in range(2):  # each holds a pin: busy, never closed to make room
+        raw = RawClient(node.path)
+        raw.hello()
+        raw.send(OP_GET_PIN, wire_keys(["k"]))
+        assert raw.recv()[0] == OP_GET_PIN
+        holders.append(raw)
+    extra = _native.NodeClient(node.path, 2000)
+    assert not extra.healthy and "too many connections" in extra.last_error and "2 connections" in extra.last_error
+    assert extra.last_error_code == errno.EUSERS
+    holders.pop().close()
+    wait_for(lambda: extra.ping(), timeout=10, what="a free connection")
+    assert node_stats(extra)["node"]["refused_connections"] >= 1
+    for raw in holders:
+        raw.close()
 
 
 # ---- concurrency --------------------------------------------------------------------------

@@ -13,6 +13,25 @@
 
 namespace mch {
 
+// Empties table[i] of an open-addressing table with linear probing (its size a power of two),
+// pulling later members of the probe run into the hole, so lookups need no tombstones: entry j
+// moves iff its home (home(entry)) is not cyclically within (hole, j]. is_free(entry): a free slot.
+// Shared by OpenHashMap and dram/slot_index.h.
+template <class T, class Home, class IsFree>
+void backward_shift_erase(std::vector<T>& table, size_t i, Home home, IsFree is_free) {
+  const size_t mask = table.size() - 1;
+  size_t hole = i;
+  for (size_t j = (i + 1) & mask; !is_free(table[j]); j = (j + 1) & mask) {
+    size_t h = home(table[j]) & mask;
+    bool stays = hole <= j ? (h > hole && h <= j) : (h > hole || h <= j);
+    if (!stays) {
+      table[hole] = table[j];
+      hole = j;
+    }
+  }
+  table[hole] = T{};
+}
+
 template <class Key, class Value, class Traits>
 class OpenHashMap {
  public:
@@ -51,20 +70,8 @@ class OpenHashMap {
       if (Traits::empty(slots_[i].key)) return false;
       if (slots_[i].key == k) break;
     }
-    // Pull later members of the probe run into the hole: slot j may move iff its home is not
-    // cyclically within (hole, j].
-    size_t hole = i;
-    for (size_t j = next(i);; j = next(j)) {
-      Slot& s = slots_[j];
-      if (Traits::empty(s.key)) break;
-      size_t h = home(s.key);
-      bool stays = hole <= j ? (h > hole && h <= j) : (h > hole || h <= j);
-      if (!stays) {
-        slots_[hole] = s;
-        hole = j;
-      }
-    }
-    slots_[hole] = Slot{};
+    backward_shift_erase(
+        slots_, i, [](const Slot& s) { return Traits::hash(s.key); }, [](const Slot& s) { return Traits::empty(s.key); });
     size_--;
     return true;
   }

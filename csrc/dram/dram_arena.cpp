@@ -22,10 +22,22 @@
 #define MFD_HUGE_2MB (21U << 26)
 #endif
 
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#define F_SEAL_SEAL 0x0001
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#endif
+
 namespace mch {
 
 namespace {
 constexpr uint64_t k2M = 2ull << 20;
+
+// The arena's size never changes and no further seal may be added: a client that holds the fd
+// can neither shrink it under the node (SIGBUS) nor add a write seal that would make every later
+// client's mapping fail.
+bool lock_seals(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0; }
 
 bool thp_shmem_advisable() {
   std::ifstream f("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
@@ -45,7 +57,7 @@ DramArena::DramArena(uint64_t size, bool try_hugepages) {
       // mmap of a hugetlb memfd reserves the pages up front, so a shortage fails here and not
       // later with SIGBUS.
       void* p = MAP_FAILED;
-      if (ftruncate(fd, static_cast<off_t>(size_)) == 0)
+      if (ftruncate(fd, static_cast<off_t>(size_)) == 0 && lock_seals(fd))
         p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       if (p != MAP_FAILED) {
         fd_ = fd;
@@ -63,6 +75,11 @@ DramArena::DramArena(uint64_t size, bool try_hugepages) {
     ::close(fd_);
     throw EngineError(EngineError::kInvalid, "cannot size the DRAM arena to " + std::to_string(size_) +
                                                  " bytes (" + strerror(e) + "); lower tiers.dram.capacity");
+  }
+  if (!lock_seals(fd_)) {
+    int e = errno;
+    ::close(fd_);
+    throw EngineError(EngineError::kIo, std::string("cannot seal the DRAM arena's memfd: ") + strerror(e));
   }
   void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) {

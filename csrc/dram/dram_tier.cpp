@@ -1,20 +1,44 @@
 #include "dram/dram_tier.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/aligned_buffer.h"
 #include "common/error.h"
 #include "common/status.h"
+#include "common/text.h"
 
 namespace mch {
 
-DramTier::DramTier(const Options& opt) : opt_(opt), arena_(opt.capacity, opt.hugepages) {
-  if (opt_.slab_size < kBlock || !is_aligned(opt_.slab_size))
+static_assert(sizeof(DramTier::Slot) == 40, "the per-slot cost docs/architecture.md states");
+
+namespace {
+constexpr uint64_t kMinSlot = 256;
+
+uint64_t bit_ceil(uint64_t v) {
+  uint64_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+}  // namespace
+
+const DramTier::Options& DramTier::checked(const Options& opt) {
+  if (opt.slab_size < kBlock || !is_aligned(opt.slab_size))
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size must be a positive multiple of 4 KiB");
+  if (opt.slab_size > kMaxSlabSize)
+    throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size " + format_bytes(opt.slab_size) +
+                                                 " is above the maximum of " + format_bytes(kMaxSlabSize) + "; lower it");
+  return opt;
+}
+
+DramTier::DramTier(const Options& opt) : opt_(checked(opt)), arena_(opt.capacity, opt.hugepages) {
   if (opt_.slab_size > arena_.size())
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size is larger than tiers.dram.capacity; lower it");
-  EvictionPolicy::make(opt_.eviction);  // validates the name early
-  per_page_max_ = static_cast<uint32_t>(opt_.slab_size / kBlock);
+  (void)EvictionPolicy::make(opt_.eviction, *this);  // validates the name early
+  // Slot ids are 32-bit: the smallest slot grows with arenas of 512 GiB and more.
+  min_slot_ = kMinSlot;
+  while (arena_.size() / min_slot_ >= (1ull << 31)) min_slot_ *= 2;
+  per_page_max_ = static_cast<uint32_t>(opt_.slab_size / std::min<uint64_t>(min_slot_, opt_.slab_size));
   uint64_t n = arena_.size() / opt_.slab_size;
   pages_.resize(n);
   for (uint64_t p = n; p > 0; p--) free_pages_.push_back(static_cast<uint32_t>(p - 1));
@@ -30,19 +54,25 @@ uint64_t DramTier::offset(uint32_t id) const {
   return uint64_t(p) * opt_.slab_size + uint64_t(i) * pages_[p].slot_size;
 }
 
-int64_t DramTier::find(const KeyDigest& d) const {
-  auto it = index_.find(d);
-  return it == index_.end() ? -1 : static_cast<int64_t>(it->second);
+std::string DramTier::key_of(uint32_t id) const {
+  const Page& pg = pages_[id / per_page_max_];
+  if (pg.keys.empty()) return {};
+  const char* k = pg.keys[id % per_page_max_].get();
+  if (!k) return {};
+  uint16_t n;
+  memcpy(&n, k, sizeof n);
+  return std::string(k + sizeof n, n);
 }
 
+// Up to 4 KiB: the next power of two from min_slot_; above: a multiple of 4 KiB.
 int DramTier::class_for(uint64_t len) {
-  uint64_t size = std::max<uint64_t>(align_up(len), kBlock);
+  uint64_t size = std::max(min_slot_, len <= kBlock ? bit_ceil(std::max<uint64_t>(len, 1)) : align_up(len));
   auto it = class_by_size_.find(size);
   if (it != class_by_size_.end()) return it->second;
   SizeClass c;
   c.slot_size = size;
   c.slots_per_page = static_cast<uint32_t>(opt_.slab_size / size);
-  c.policy = EvictionPolicy::make(opt_.eviction);
+  c.policy = EvictionPolicy::make(opt_.eviction, *this);
   classes_.push_back(std::move(c));
   class_by_size_[size] = static_cast<int>(classes_.size() - 1);
   return static_cast<int>(classes_.size() - 1);
@@ -53,12 +83,34 @@ bool DramTier::assign_free_page(int cls) {
   uint32_t p = free_pages_.back();
   free_pages_.pop_back();
   SizeClass& c = classes_[cls];
-  pages_[p].cls = cls;
-  pages_[p].slot_size = c.slot_size;
-  pages_[p].slots.assign(c.slots_per_page, Slot{});
+  Page& pg = pages_[p];
+  pg.cls = cls;
+  pg.slot_size = c.slot_size;
+  pg.slots.assign(c.slots_per_page, Slot{});
+  pg.slots.shrink_to_fit();
+  if (opt_.keep_keys) pg.keys.resize(c.slots_per_page);
   c.pages.push_back(p);
   for (uint32_t i = c.slots_per_page; i > 0; i--) c.free.push_back(p * per_page_max_ + i - 1);
   return true;
+}
+
+// Takes the ready slot `id` out of the index and its policy (counted as evicted); its bytes are
+// copied into the victim when the slot is about to be re-cut.
+DramTier::Victim DramTier::evict(uint32_t id, bool copy_bytes) {
+  Slot& s = slots_at(id);
+  Victim v;
+  v.key = key_of(id);
+  v.digest = s.digest;
+  v.len = s.len;
+  v.hits = s.flags & 1;
+  if (copy_bytes) {
+    v.copy = AlignedBuffer(align_up(std::max<uint64_t>(s.len, 1)));
+    memcpy(v.copy.data(), data(id), s.len);
+  }
+  classes_[pages_[id / per_page_max_].cls].policy->remove(id, true);
+  index_.erase(s.digest);
+  value_bytes_ -= s.len;
+  return v;
 }
 
 // Moves one slab page from the class holding the most pages to `cls`; its entries are evicted
@@ -74,34 +126,22 @@ bool DramTier::steal_page(int cls, std::vector<Victim>* victims) {
   SizeClass& d = classes_[donor];
   for (size_t pi = 0; pi < d.pages.size(); pi++) {
     uint32_t p = d.pages[pi];
-    bool movable = true;
-    for (const Slot& s : pages_[p].slots)
-      if (s.state == kWriting || s.state == kOrphan || s.pins > 0) movable = false;
+    bool movable = std::none_of(pages_[p].slots.begin(), pages_[p].slots.end(), [](const Slot& s) {
+      return s.state == kWriting || s.state == kOrphan || s.pins > 0;
+    });
     if (!movable) continue;
     for (uint32_t i = 0; i < pages_[p].slots.size(); i++) {
-      Slot& s = pages_[p].slots[i];
-      if (s.state == kReady) {
-        Victim v;
-        v.key = s.key;
-        v.digest = s.digest;
-        v.len = s.len;
-        v.hits = s.hits;
-        v.copy = AlignedBuffer(align_up(std::max<uint64_t>(s.len, 1)));
-        memcpy(v.copy.data(), data(p * per_page_max_ + i), s.len);
-        victims->push_back(std::move(v));
-        d.policy->remove(p * per_page_max_ + i, true);
-        index_.erase(s.digest);
-        value_bytes_ -= s.len;
-        dropped_++;
-      }
+      if (pages_[p].slots[i].state != kReady) continue;
+      victims->push_back(evict(p * per_page_max_ + i, true));
+      dropped_++;
     }
     std::vector<uint32_t> keep;
     for (uint32_t id : d.free)
       if (id / per_page_max_ != p) keep.push_back(id);
     d.free.swap(keep);
     d.pages.erase(d.pages.begin() + static_cast<long>(pi));
-    pages_[p].cls = -1;
-    pages_[p].slots.clear();
+    for (uint32_t i = 0; i < pages_[p].keys.size(); i++) drop_key(p * per_page_max_ + i);
+    pages_[p] = Page{};
     free_pages_.push_back(p);
     return assign_free_page(cls);
   }
@@ -117,26 +157,12 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
       const Slot& s = slots_at(id);
       return s.state == kReady && s.pins == 0;
     });
+    if (v < 0 && !steal_page(cls, victims)) return status_code(Status::kNoSpace);
     if (v >= 0) {
-      Slot& s = slots_at(static_cast<uint32_t>(v));
-      Victim vic;
-      vic.key = s.key;
-      vic.digest = s.digest;
-      vic.len = s.len;
-      vic.hits = s.hits;
-      victims->push_back(std::move(vic));
-      c.policy->remove(static_cast<uint32_t>(v), true);
-      index_.erase(s.digest);
-      value_bytes_ -= s.len;
+      victims->push_back(evict(static_cast<uint32_t>(v), false));
       evictions_++;
-      s.state = kWriting;
-      if (++s.gen == 0) s.gen = 1;  // tokens (gen << 32 | slot) are never 0
-      s.pins = 0;
-      s.hits = 0;
-      s.key.clear();
-      return v;
+      c.free.push_back(static_cast<uint32_t>(v));
     }
-    if (!steal_page(cls, victims)) return status_code(Status::kNoSpace);
   }
   uint32_t id = c.free.back();
   c.free.pop_back();
@@ -144,28 +170,49 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
   s.state = kWriting;
   if (++s.gen == 0) s.gen = 1;  // tokens (gen << 32 | slot) are never 0
   s.pins = 0;
-  s.hits = 0;
+  s.flags = 0;
   return id;
 }
 
-void DramTier::publish(uint32_t id, const std::string& key, const KeyDigest& d, uint32_t len, uint32_t depth) {
-  erase(d);
+void DramTier::prepare(uint32_t id, std::string_view key, const KeyDigest& d, uint64_t len, uint32_t depth) {
   Slot& s = slots_at(id);
-  s.state = kReady;
-  s.key = key;
   s.digest = d;
-  s.len = len;
-  s.depth = depth;
-  index_[d] = id;
-  value_bytes_ += len;
-  classes_[pages_[id / per_page_max_].cls].policy->insert(id, d, depth);
+  s.len = static_cast<uint32_t>(len);
+  s.depth = static_cast<uint16_t>(std::min<uint32_t>(depth, UINT16_MAX));
+  Page& pg = pages_[id / per_page_max_];
+  if (pg.keys.empty()) return;
+  drop_key(id);
+  uint16_t n = static_cast<uint16_t>(std::min(key.size(), kMaxKeyLen));
+  std::unique_ptr<char[]>& k = pg.keys[id % per_page_max_];
+  k.reset(new char[sizeof n + n]);
+  memcpy(k.get(), &n, sizeof n);
+  memcpy(k.get() + sizeof n, key.data(), n);
+  key_bytes_ += sizeof n + n;
+}
+
+void DramTier::drop_key(uint32_t id) {
+  Page& pg = pages_[id / per_page_max_];
+  if (pg.keys.empty() || !pg.keys[id % per_page_max_]) return;
+  uint16_t n;
+  memcpy(&n, pg.keys[id % per_page_max_].get(), sizeof n);
+  key_bytes_ -= sizeof n + n;
+  pg.keys[id % per_page_max_].reset();
+}
+
+void DramTier::publish(uint32_t id) {
+  Slot& s = slots_at(id);
+  erase(s.digest);
+  s.state = kReady;
+  index_.insert(s.digest, id);
+  value_bytes_ += s.len;
+  classes_[pages_[id / per_page_max_].cls].policy->insert(id);
 }
 
 void DramTier::release(uint32_t id) {
   Slot& s = slots_at(id);
   s.state = kFree;
-  s.key.clear();
   s.pins = 0;
+  drop_key(id);
   classes_[pages_[id / per_page_max_].cls].free.push_back(id);
 }
 
@@ -180,16 +227,15 @@ void DramTier::unpin(uint32_t id) {
 }
 
 void DramTier::touch(uint32_t id) {
-  Slot& s = slots_at(id);
-  s.hits++;
+  slots_at(id).flags |= 1;
   classes_[pages_[id / per_page_max_].cls].policy->access(id);
 }
 
 bool DramTier::erase(const KeyDigest& d) {
-  auto it = index_.find(d);
-  if (it == index_.end()) return false;
-  uint32_t id = it->second;
-  index_.erase(it);
+  int64_t found = index_.find(d);
+  if (found < 0) return false;
+  uint32_t id = static_cast<uint32_t>(found);
+  index_.erase(d);
   Slot& s = slots_at(id);
   classes_[pages_[id / per_page_max_].cls].policy->remove(id, false);
   value_bytes_ -= s.len;
@@ -202,8 +248,23 @@ bool DramTier::erase(const KeyDigest& d) {
 
 void DramTier::clear() {
   std::vector<KeyDigest> all;
-  for (const auto& [d, id] : index_) all.push_back(d);
+  all.reserve(index_.size());
+  index_.for_each([&](uint32_t id) { all.push_back(slots_at(id).digest); });
   for (const auto& d : all) erase(d);
+}
+
+bool DramTier::erase_prefix(std::string_view prefix, std::vector<KeyDigest>* erased) {
+  if (!opt_.keep_keys) return false;
+  const size_t first = erased->size();
+  index_.for_each([&](uint32_t id) {
+    const char* k = pages_[id / per_page_max_].keys[id % per_page_max_].get();
+    uint16_t n = 0;
+    if (k) memcpy(&n, k, sizeof n);
+    if (k && n >= prefix.size() && memcmp(k + sizeof n, prefix.data(), prefix.size()) == 0)
+      erased->push_back(slots_at(id).digest);
+  });
+  for (size_t i = first; i < erased->size(); i++) erase((*erased)[i]);
+  return true;
 }
 
 DramTier::Stats DramTier::stats() const {
@@ -215,6 +276,9 @@ DramTier::Stats DramTier::stats() const {
   s.size_classes = classes_.size();
   s.evictions = evictions_;
   s.dropped_for_rebalance = dropped_;
+  s.metadata_bytes = index_.memory_bytes() + pages_.capacity() * sizeof(Page) + key_bytes_;
+  for (const SizeClass& c : classes_)  // slot tables (and key pointers) of the pages in use
+    s.metadata_bytes += c.pages.size() * c.slots_per_page * (sizeof(Slot) + (opt_.keep_keys ? sizeof(void*) : 0));
   return s;
 }
 

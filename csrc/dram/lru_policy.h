@@ -1,28 +1,23 @@
-// LruPolicy ("lru"): least recently used first. PrefixLruPolicy ("prefix_lru") reuses its order.
+// LruPolicy ("lru"): least recently used first, one list threaded through the slot table.
+// PrefixLruPolicy ("prefix_lru") reuses its order.
 // Not thread-safe: the owner (TieredStore) holds its mutex around every call.
 #pragma once
-#include <list>
-#include <unordered_map>
-
 #include "dram/eviction_policy.h"
 
 namespace mch {
 
 class LruPolicy : public EvictionPolicy {
  public:
-  void insert(uint32_t slot, const KeyDigest&, uint32_t depth) override;
-  void access(uint32_t slot) override;
-  void remove(uint32_t slot, bool evicted) override;
+  explicit LruPolicy(SlotTable& t) : table_(t), order_(t) {}
+  void insert(uint32_t slot) override { order_.push_front(slot); }
+  void access(uint32_t slot) override { order_.move_to_front(slot); }
+  void remove(uint32_t slot, bool) override { order_.remove(slot); }
   int64_t victim(const std::function<bool(uint32_t)>& can_evict) override;
-  size_t size() const override { return pos_.size(); }
+  size_t size() const override { return order_.size(); }
 
  protected:
-  struct Pos {
-    std::list<uint32_t>::iterator it;
-    uint32_t depth;
-  };
-  std::list<uint32_t> order_;  // front = most recently used
-  std::unordered_map<uint32_t, Pos> pos_;
+  SlotTable& table_;
+  SlotList order_;  // front = most recently used
 };
 
 }  // namespace mch

@@ -7,12 +7,12 @@ int64_t PrefixLruPolicy::victim(const std::function<bool(uint32_t)>& can_evict) 
   int64_t best = -1;
   uint32_t best_depth = 0;
   int seen = 0;
-  for (auto it = order_.rbegin(); it != order_.rend() && seen < kWindow; ++it) {
-    if (!can_evict(*it)) continue;
+  for (uint32_t s = order_.back(); s != kNoSlot && seen < kWindow; s = order_.prev(s)) {
+    if (!can_evict(s)) continue;
     seen++;
-    uint32_t d = pos_[*it].depth;
+    uint32_t d = table_.depth(s);
     if (best < 0 || d > best_depth) {  // strictly deeper wins; ties keep the colder one
-      best = *it;
+      best = s;
       best_depth = d;
     }
   }

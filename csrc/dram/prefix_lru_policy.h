@@ -10,6 +10,7 @@ namespace mch {
 class PrefixLruPolicy : public LruPolicy {
  public:
   static constexpr int kWindow = 16;  // how many of the coldest pages count as "equally cold"
+  explicit PrefixLruPolicy(SlotTable& t) : LruPolicy(t) {}
   int64_t victim(const std::function<bool(uint32_t)>& can_evict) override;
 };
 

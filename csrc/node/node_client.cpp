@@ -9,8 +9,11 @@
 
 #include <cstdio>
 
+#include "common/fork_generation.h"
 #include "common/put_waves.h"
 #include "common/status.h"
+#include "node/direct_reader.h"
+#include "node/limits.h"
 #include "transport/frame_reader.h"
 #include "transport/uds.h"
 
@@ -19,21 +22,17 @@ namespace mch {
 using namespace proto;
 
 namespace {
-// Bumped in the child of every fork(): connections inherited from the parent share their sockets
-// (and request ids) with it, so a child must never use them. Written only by the atfork hook.
-std::atomic<uint64_t> g_fork_gen{0};
-void on_fork_child() { g_fork_gen.fetch_add(1, std::memory_order_relaxed); }
-uint64_t fork_gen() {
-  static std::once_flag once;
-  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, on_fork_child); });
-  return g_fork_gen.load(std::memory_order_relaxed);
-}
+uint64_t fork_gen() { return fork_generation(); }  // common/fork_generation.h
 }  // namespace
 
 struct NodeClient::ArenaMap {
   uint8_t* base = nullptr;
   uint64_t size = 0;
   uint64_t instance = 0;
+  // The reader of this node's NVMe data file, opened on first need (data_mu guards both).
+  std::mutex data_mu;
+  std::shared_ptr<DirectReader> reader;
+  bool data_asked = false;
   ~ArenaMap() {
     if (base) munmap(base, size);
   }
@@ -45,7 +44,7 @@ struct NodeClient::Conn {
   std::unique_ptr<Stream> stream;
   std::shared_ptr<ArenaMap> map;
   uint32_t next_id = 1;
-  uint64_t fork_gen = 0;  // the process generation that opened it (see g_fork_gen)
+  uint64_t fork_gen = 0;  // the process generation that opened it (common/fork_generation.h)
   uint16_t version = kVersion;
   uint16_t sent_op = 0;
   uint32_t sent_id = 0;
@@ -60,10 +59,10 @@ struct NodeClient::Conn {
   std::vector<uint64_t> sizes, tokens;
   PutWaveScratch waves;
 
-  uint32_t begin(uint16_t op) {
+  uint32_t begin(uint16_t op, uint32_t flags = 0) {
     sent_op = op;
     sent_id = next_id++;
-    w.begin(op, sent_id, 0, version);
+    w.begin(op, sent_id, flags, version);
     return sent_id;
   }
 };
@@ -73,11 +72,79 @@ struct NodeClient::Conn {
 NodeClient::NodeClient(std::string socket_path, int timeout_ms, uint16_t protocol_version)
     : NodeClient(std::make_unique<UnixEndpoint>(std::move(socket_path)), timeout_ms, protocol_version) {}
 
+namespace {
+NodeClientOptions plain(int timeout_ms, uint16_t protocol_version) {
+  NodeClientOptions o;
+  o.timeout_ms = timeout_ms;
+  o.protocol_version = protocol_version;
+  return o;
+}
+
+// The errno a refused HELLO stands for (node_client.h, last_error_code).
+int hello_refusal_errno(int32_t error_code) {
+  switch (error_code) {
+    case kErrVersion: return EPROTONOSUPPORT;
+    case kErrTooManyConnections: return EUSERS;
+    case kErrNotAllowed: return EACCES;
+    case kErrSettings: return ESTALE;
+    default: return EPROTO;
+  }
+}
+
+// idx cut into parts that each fit one request frame of `op`: at most kMaxBatch keys and at
+// most limits::max_request_body(op) bytes, a key costing `per_key` bytes plus its length, each
+// frame also carrying `trailer` bytes after the list.
+std::vector<std::pair<size_t, size_t>> frame_parts(const std::vector<std::string>& keys,
+                                                   const std::vector<uint32_t>& idx, uint16_t op, size_t per_key,
+                                                   size_t trailer = 0) {
+  std::vector<std::pair<size_t, size_t>> parts;
+  const uint64_t max_body = limits::max_request_body(op);
+  size_t begin = 0;
+  uint64_t body = 4 + trailer;
+  for (size_t j = 0; j < idx.size(); j++) {
+    uint64_t cost = per_key + keys[idx[j]].size();
+    if (j > begin && (j - begin >= kMaxBatch || body + cost > max_body)) {
+      parts.emplace_back(begin, j);
+      begin = j;
+      body = 4 + trailer;
+    }
+    body += cost;
+  }
+  if (begin < idx.size()) parts.emplace_back(begin, idx.size());
+  return parts;
+}
+
+// Runs run(part) (false: the connection was lost) over each part of idx; after a loss, lost(part)
+// for the rest. One part (the usual case) runs on idx itself, without a copy.
+template <class Run, class Lost>
+void run_in_parts(std::vector<uint32_t>& idx, const std::vector<std::pair<size_t, size_t>>& parts, Run run,
+                  Lost lost) {
+  if (parts.size() <= 1) {
+    run(idx);
+    return;
+  }
+  std::vector<uint32_t> all(idx), part;  // idx may belong to the connection a failure drops
+  bool alive = true;
+  for (auto [a, b] : parts) {
+    part.assign(all.begin() + static_cast<long>(a), all.begin() + static_cast<long>(b));
+    if (alive)
+      alive = run(part);
+    else
+      lost(part);
+  }
+}
+}  // namespace
+
 NodeClient::NodeClient(std::unique_ptr<Endpoint> endpoint, int timeout_ms, uint16_t protocol_version)
+    : NodeClient(std::move(endpoint), plain(timeout_ms, protocol_version)) {}
+
+NodeClient::NodeClient(std::unique_ptr<Endpoint> endpoint, NodeClientOptions options)
     : endpoint_(std::move(endpoint)),
       path_(endpoint_->address()),
-      timeout_ms_(timeout_ms > 0 ? timeout_ms : 5000),
-      version_(protocol_version) {
+      timeout_ms_(options.timeout_ms > 0 ? options.timeout_ms : 5000),
+      version_(options.protocol_version),
+      peers_(std::move(options.allowed_uids)),
+      settings_(std::move(options.settings)) {
   connect_first();
 }
 
@@ -204,6 +271,7 @@ int NodeClient::say_hello(Conn& c, HelloReply* hr, int* arena_fd) {
   c.w.u16(version_);
   c.w.u32(static_cast<uint32_t>(getpid()));
   c.w.str("mooncake-hicache client");
+  c.w.str(settings_);
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   Reader r;
   int e = send_request(c);
@@ -258,6 +326,11 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
   c->fork_gen = fork_gen();
   c->stream = endpoint_->connect(timeout_ms_, err, msg);
   if (!c->stream) return nullptr;
+  if (!peers_.allows(c->stream->peer_uid())) {  // never hand pages to a node of another user
+    *err = EACCES;
+    *msg = peers_.refusal(c->stream->peer_uid(), "the node", path_);
+    return nullptr;
+  }
   HelloReply hr;
   int afd = -1;
   int e = say_hello(*c, &hr, &afd);
@@ -268,7 +341,7 @@ std::unique_ptr<NodeClient::Conn> NodeClient::connect_new(int* err, std::string*
     }
   } guard{afd};
   if (e != 0) {
-    *err = (e == EPROTO && c->error_code == kErrVersion) ? EPROTONOSUPPORT : e;
+    *err = e == EPROTO ? hello_refusal_errno(c->error_code) : e;
     *msg = describe(e, c.get());
     return nullptr;
   }
@@ -353,6 +426,7 @@ struct NodeClient::PutOps {
   const std::vector<SgList>& values;
   const std::vector<uint32_t>& depths;
   int32_t* results;
+  PutMode mode;
 
   bool lost(int e, const char* what, const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
     for (uint32_t i : a) results[i] = status_code(Status::kNodeUnavailable);
@@ -361,7 +435,7 @@ struct NodeClient::PutOps {
     return false;
   }
   bool reserve(const std::vector<uint32_t>& todo, std::vector<Reservation>* out) {
-    c->begin(kPutReserve);
+    c->begin(kPutReserve, mode == PutMode::kKeepExisting ? kFlagKeepExisting : 0);
     encode_put_reserve(c->w, keys, todo, c->sizes, depths);
     Reader r;
     int e = client.roundtrip(*c, &r);
@@ -401,7 +475,7 @@ struct NodeClient::PutOps {
 };
 
 void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           const std::vector<uint32_t>& depths, int32_t* results) {
+                           const std::vector<uint32_t>& depths, int32_t* results, PutMode mode) {
   if (keys.empty()) return;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
@@ -423,8 +497,16 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
     todo.erase(todo.begin() + static_cast<long>(k));
   }
   if (!c) return;
-  PutOps ops{*this, c, keys, values, depths, results};
-  run_put_waves(todo, results, ops, c->waves);
+  PutOps ops{*this, c, keys, values, depths, results, mode};
+  run_in_parts(
+      todo, frame_parts(keys, todo, kPutReserve, 4 + 8 + 4),
+      [&](std::vector<uint32_t>& part) {
+        run_put_waves(part, results, ops, c->waves);
+        return c != nullptr;
+      },
+      [&](const std::vector<uint32_t>& part) {
+        for (uint32_t i : part) results[i] = status_code(Status::kNodeUnavailable);
+      });
   if (c) release(std::move(c));
 }
 
@@ -485,12 +567,128 @@ void NodeClient::batch_get(const std::vector<std::string>& keys, const std::vect
   for (size_t i = 0; i < keys.size(); i++)
     results[i] = codes[i] == status_code(Status::kOk) && !c ? down : codes[i];
   if (!c) return;
+  run_in_parts(
+      c->idx, frame_parts(keys, c->idx, kGetPin, 4),
+      [&](std::vector<uint32_t>& part) {
+        if (&part != &c->idx) c->idx = part;
+        return get_part(c, keys, buffers, results);
+      },
+      [&](const std::vector<uint32_t>& part) {
+        for (uint32_t i : part) results[i] = status_code(Status::kNotFound);
+      });
+  if (c) release(std::move(c));
+}
+
+bool NodeClient::get_part(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys,
+                          const std::vector<SgList>& buffers, int64_t* results) {
   while (!c->idx.empty()) {
     size_t before = c->idx.size();
-    if (!get_wave(c, keys, buffers, results)) return;
+    if (!get_wave(c, keys, buffers, results)) return false;
     if (c->idx.size() == before && c->tokens.empty()) break;  // nothing pinned: no progress
   }
-  release(std::move(c));
+  // On NVMe but not stageable in DRAM: the client reads them itself, as an in-process store does.
+  return c->idx.empty() || read_direct(c, keys, buffers, results);
+}
+
+// ---- direct reads -------------------------------------------------------------------------------
+
+// This node's data file reader (OPEN_DATA on first need, once per node instance), or null when
+// the node has none to give (no NVMe tier, or a transport that cannot pass descriptors).
+std::shared_ptr<DirectReader> NodeClient::data_reader(std::unique_ptr<Conn>& c) {
+  std::shared_ptr<ArenaMap> map = c->map;
+  std::lock_guard<std::mutex> lk(map->data_mu);
+  if (map->data_asked) return map->reader;
+  c->begin(kOpenData);
+  Reader r;
+  int fd = -1, e = send_request(*c);
+  if (e == 0) e = recv_reply(*c, &r, Clock::now() + std::chrono::milliseconds(timeout_ms_), &fd);
+  int32_t status = e == 0 ? r.i32() : 0;
+  if (e == 0 && !r.done()) e = EPROTO;
+  if (e) {
+    if (fd >= 0) ::close(fd);
+    fail(std::move(c), e, "open data");
+    return nullptr;
+  }
+  map->data_asked = true;
+  if (status == status_code(Status::kOk) && fd >= 0) {
+    try {
+      map->reader = std::make_shared<DirectReader>(fd, notes_);
+    } catch (const std::exception& ex) {
+      notes_.warn(std::string("cannot read the node's NVMe file directly: ") + ex.what());
+    }
+  } else if (fd >= 0) {
+    ::close(fd);
+  }
+  return map->reader;
+}
+
+// GET_LOCATE for keys[idx]: *locs gets one result per key. False when the connection failed.
+bool NodeClient::locate(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys,
+                        const std::vector<uint32_t>& idx, std::vector<LocateResult>* locs) {
+  c->begin(kGetLocate);
+  encode_keys(c->w, keys, idx);
+  Reader r;
+  int e = roundtrip(*c, &r);
+  if (e == 0 && (r.u32() != idx.size() || r.remaining() != idx.size() * kLocateResultWire)) e = EPROTO;
+  if (e) {
+    fail(std::move(c), e, "locate");
+    return false;
+  }
+  locs->resize(idx.size());
+  for (LocateResult& l : *locs) {
+    l.status = r.i64();
+    l.offset = r.u64();
+    l.checksum = r.u64();
+    l.token = r.u64();
+  }
+  return true;
+}
+
+// Fire and forget, like GET_UNPIN.
+int NodeClient::send_release(Conn& c, const std::vector<LocateResult>& locs) {
+  c.begin(kLocateRelease);
+  c.w.reserve(4 + 8 * locs.size());
+  uint32_t n = 0;
+  for (const LocateResult& l : locs) n += l.status >= 0;
+  c.w.u32(n);
+  for (const LocateResult& l : locs)
+    if (l.status >= 0) c.w.u64(l.token);
+  return n ? send_request(c) : 0;
+}
+
+// Reads keys[c->idx] (on NVMe, not staged in DRAM) straight into their buffers: GET_LOCATE, the
+// reads, LOCATE_RELEASE. Keys it cannot read stay misses. False when the connection failed.
+bool NodeClient::read_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys,
+                             const std::vector<SgList>& buffers, int64_t* results) {
+  std::shared_ptr<DirectReader> reader = data_reader(c);
+  if (!c) return false;
+  std::vector<LocateResult> locs;
+  if (!reader || !locate(c, keys, c->idx, &locs)) return c != nullptr;
+  std::vector<ValueRead> reads;
+  std::vector<uint32_t> which;
+  for (size_t j = 0; j < locs.size(); j++) {
+    const uint32_t i = c->idx[j];
+    results[i] = located_fits(locs[j], buffers[i]);
+    if (results[i] != status_code(Status::kOk) || locs[j].status == 0) continue;
+    reads.push_back(ValueRead{locs[j].offset, static_cast<uint64_t>(locs[j].status), locs[j].checksum, &buffers[i]});
+    which.push_back(i);
+  }
+  std::vector<int64_t> got(reads.size());
+  reader->read(reads, got.data());
+  for (size_t j = 0; j < which.size(); j++) results[which[j]] = got[j];
+  int e = send_release(*c, locs);
+  if (e) fail(std::move(c), e, "release");
+  return c != nullptr;
+}
+
+// kOk when a located value can be read into buf (then the result is set by the read), else the
+// result: the location's own Status, BUFFER_TOO_SMALL or INVALID_PARAMS; 0 for an empty value.
+int64_t NodeClient::located_fits(const LocateResult& l, const SgList& buf) {
+  if (l.status <= 0) return l.status;
+  bool null_ptr = false;
+  uint64_t cap = sg_bytes(buf, &null_ptr);
+  if (null_ptr) return status_code(Status::kInvalidParams);
+  return cap < static_cast<uint64_t>(l.status) ? status_code(Status::kBufferTooSmall) : status_code(Status::kOk);
 }
 
 void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
@@ -505,17 +703,24 @@ void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
     return;
   }
   if (idx.empty()) return release(std::move(c));
-  c->begin(kExists);
-  encode_keys(c->w, keys, idx);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  if (e == 0 && (r.u32() != idx.size() || r.remaining() != 4ull * idx.size())) e = EPROTO;
-  if (e) {
-    for (uint32_t i : idx) results[i] = 0;
-    return fail(std::move(c), e, "exists");
-  }
-  for (uint32_t i : idx) results[i] = r.i32();
-  release(std::move(c));
+  auto absent = [&](const std::vector<uint32_t>& part) {
+    for (uint32_t i : part) results[i] = 0;
+  };
+  run_in_parts(idx, frame_parts(keys, idx, kExists, 4), [&](std::vector<uint32_t>& part) {
+    c->begin(kExists);
+    encode_keys(c->w, keys, part);
+    Reader r;
+    int e = roundtrip(*c, &r);
+    if (e == 0 && (r.u32() != part.size() || r.remaining() != 4ull * part.size())) e = EPROTO;
+    if (e) {
+      absent(part);
+      fail(std::move(c), e, "exists");
+      return false;
+    }
+    for (uint32_t i : part) results[i] = r.i32();
+    return true;
+  }, absent);
+  if (c) release(std::move(c));
 }
 
 int32_t NodeClient::prefetch(const std::vector<std::string>& keys, uint32_t step) {
@@ -524,65 +729,81 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys, uint32_t step
   if (!c) return 0;
   std::vector<int32_t> codes(keys.size());
   check_keys(keys, keys.size(), codes.data(), &c->idx);
-  if (c->idx.empty()) {
-    release(std::move(c));
-    return 0;
-  }
-  c->begin(kPrefetch);
-  encode_keys(c->w, keys, c->idx);
-  if (step) c->w.u32(step);  // optional trailing field: absent means the node's default step
+  int32_t queued = 0;
+  run_in_parts(c->idx, frame_parts(keys, c->idx, kPrefetch, 4, step ? 4 : 0), [&](std::vector<uint32_t>& part) {
+    if (part.empty()) return true;
+    c->begin(kPrefetch);
+    encode_keys(c->w, keys, part);
+    if (step) c->w.u32(step);  // optional trailing field: absent means the node's default step
+    Reader r;
+    int e = roundtrip(*c, &r);
+    int32_t q = e == 0 ? r.i32() : 0;
+    if (e == 0 && !r.done()) e = EPROTO;
+    if (e) {
+      fail(std::move(c), e, "prefetch");
+      return false;
+    }
+    queued += q;
+    return true;
+  }, [](const std::vector<uint32_t>&) {});
+  if (c) release(std::move(c));
+  return queued;
+}
+
+// One request whose body write(w) writes and whose reply read(r, &v) reads (false: malformed).
+// Returns v, or `unavailable` (CLOSED once closed) when the node could not be asked.
+template <class T, class Write, class Read>
+T NodeClient::ask(uint16_t op, const char* what, T unavailable, Write write, Read read) {
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  if (!c) return why == Fail::kClosed ? T(status_code(Status::kClosed)) : unavailable;
+  c->begin(op);
+  write(c->w);
   Reader r;
   int e = roundtrip(*c, &r);
-  int32_t q = e == 0 ? r.i32() : 0;
-  if (e == 0 && !r.done()) e = EPROTO;
+  T v{};
+  if (e == 0 && (!read(r, &v) || !r.done())) e = EPROTO;
   if (e) {
-    fail(std::move(c), e, "prefetch");
-    return 0;
+    fail(std::move(c), e, what);
+    return unavailable;
   }
   release(std::move(c));
-  return q;
+  return v;
+}
+
+// ask() with a one-key list for body and a one-entry list for reply.
+template <class T>
+T NodeClient::single_key(uint16_t op, const std::string& key, const char* what, T unavailable) {
+  return ask<T>(
+      op, what, unavailable,
+      [&](Writer& w) {
+        w.u32(1);
+        w.str(key);
+      },
+      [](Reader& r, T* v) {
+        uint32_t m = r.u32();
+        *v = sizeof(T) == 8 ? static_cast<T>(r.i64()) : static_cast<T>(r.i32());
+        return m == 1;
+      });
 }
 
 int32_t NodeClient::remove(const std::string& key) {
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
-  Fail why = Fail::kNone;
-  std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return status_code(why == Fail::kClosed ? Status::kClosed : Status::kNodeUnavailable);
-  c->begin(kRemove);
-  c->w.u32(1);
-  c->w.str(key);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  int32_t rc = 0;
-  if (e == 0) {
-    uint32_t m = r.u32();
-    rc = r.i32();
-    if (m != 1 || !r.done()) e = EPROTO;
-  }
-  if (e) {
-    fail(std::move(c), e, "remove");
-    return status_code(Status::kNodeUnavailable);
-  }
-  release(std::move(c));
-  return rc;
+  return single_key<int32_t>(kRemove, key, "remove", status_code(Status::kNodeUnavailable));
+}
+
+int64_t NodeClient::remove_prefix(const std::string& prefix) {
+  if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+  return ask<int64_t>(
+      kRemovePrefix, "remove_prefix", status_code(Status::kNodeUnavailable), [&](Writer& w) { w.str(prefix); },
+      [](Reader& r, int64_t* v) { return (*v = r.i64()), true; });
 }
 
 int32_t NodeClient::remove_all() {
-  Fail why = Fail::kNone;
-  std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return status_code(why == Fail::kClosed ? Status::kClosed : Status::kNodeUnavailable);
-  c->begin(kRemoveAll);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  int32_t rc = e == 0 ? r.i32() : 0;
-  if (e == 0 && !r.done()) e = EPROTO;
-  if (e) {
-    fail(std::move(c), e, "remove_all");
-    return status_code(Status::kNodeUnavailable);
-  }
-  release(std::move(c));
-  return rc;
+  return ask<int32_t>(
+      kRemoveAll, "remove_all", status_code(Status::kNodeUnavailable), [](Writer&) {},
+      [](Reader& r, int32_t* v) { return (*v = r.i32()), true; });
 }
 
 bool NodeClient::stats_json(std::string* out) {
@@ -632,6 +853,7 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
     fail(std::move(c), e, "get");
     return status_code(Status::kNotFound);
   }
+  if (status == status_code(Status::kNoSpace)) return get_value_direct(c, one, alloc);
   if (status < 0) {
     release(std::move(c));
     return status;
@@ -654,7 +876,45 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
   return result;
 }
 
-int64_t NodeClient::value_size(const std::string& key) { return get_value(key, nullptr); }
+// get_value of a page on NVMe that the node could not stage: located, then read into alloc(len).
+int64_t NodeClient::get_value_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& one,
+                                     const std::function<uint8_t*(size_t)>& alloc) {
+  std::shared_ptr<DirectReader> reader = data_reader(c);
+  std::vector<LocateResult> locs;
+  if (!c || !reader || !locate(c, one, {0}, &locs)) {
+    if (c) release(std::move(c));
+    return status_code(Status::kNotFound);
+  }
+  int64_t result = locs[0].status;
+  uint8_t* dst = result > 0 && alloc ? alloc(static_cast<size_t>(result)) : nullptr;
+  if (result > 0 && alloc && !dst) result = status_code(Status::kInvalidParams);
+  if (dst) {
+    SgList buf{Segment{dst, static_cast<uint64_t>(locs[0].status)}};
+    reader->read({ValueRead{locs[0].offset, static_cast<uint64_t>(locs[0].status), locs[0].checksum, &buf}}, &result);
+  }
+  int e = send_release(*c, locs);
+  if (e) {
+    fail(std::move(c), e, "release");
+    return result;
+  }
+  release(std::move(c));
+  return result;
+}
+
+int64_t NodeClient::locate_and_hold(const std::string& key) {
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  std::vector<LocateResult> locs;
+  if (!c || !locate(c, {key}, {0}, &locs)) return status_code(Status::kNodeUnavailable);
+  release(std::move(c));
+  return locs[0].status;
+}
+
+int64_t NodeClient::value_size(const std::string& key) {
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  return single_key<int64_t>(kValueSize, key, "value_size", status_code(Status::kNotFound));
+}
 
 bool NodeClient::ping() {
   Fail why = Fail::kNone;
@@ -671,6 +931,29 @@ bool NodeClient::ping() {
   }
   release(std::move(c));
   return true;
+}
+
+bool NodeClient::call(uint16_t op, const std::string& body, std::string* reply) {
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  if (!c) return false;
+  c->begin(op);
+  c->w.bytes(body.data(), body.size());
+  c->error_code = 0;
+  c->error.clear();
+  Reader r;
+  int e = roundtrip(*c, &r);
+  if (e == EPROTO && c->error_code == kErrUnknownOp) {  // an older node: it is fine, the op is not
+    std::lock_guard<std::mutex> lk(pool_mu_);
+    last_error_ = describe(e, c.get());
+  } else if (e) {
+    fail(std::move(c), e, op_name(op));
+    return false;
+  } else {
+    reply->assign(reinterpret_cast<const char*>(r.pos()), r.remaining());
+  }
+  release(std::move(c));
+  return e == 0;
 }
 
 }  // namespace mch

@@ -20,6 +20,11 @@
 // fail at once without trying (a hung node costs one timeout per window, not one per call).
 // healthy() says whether the last call reached the node.
 //
+// Trust: the client talks only to a node run by its own uid or one of allowed_uids (the kernel's
+// peer credentials; node/peer_policy.h), and sends its settings fingerprint in HELLO so a node
+// built from other settings refuses it. A batch larger than one frame may carry (node/limits.h:
+// 65,536 keys, or the op's body bound) is sent as several requests, never refused.
+//
 // Threading: every method may be called from any thread concurrently. pool_mu_ guards the idle
 // list, the current mapping, the cool-down, closed_ and last_error_; it is held only for those
 // list/field operations, never across socket I/O or memcpy. A Conn is used by one thread at a
@@ -34,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "node/peer_policy.h"
 #include "node/protocol.h"
 #include "transport/stream.h"
 #include "common/error.h"
@@ -43,6 +49,13 @@
 
 namespace mch {
 
+struct NodeClientOptions {
+  int timeout_ms = 5000;
+  uint16_t protocol_version = proto::kVersion;  // a test hook: a client of another version
+  std::vector<uint32_t> allowed_uids;           // node uids trusted besides this process's own
+  std::string settings;                         // this client's settings fingerprint ("": none)
+};
+
 struct NodeInfo {
   uint16_t version = 0;     // protocol version agreed at HELLO
   uint32_t node_pid = 0;
@@ -50,6 +63,8 @@ struct NodeInfo {
   uint64_t arena_size = 0;
   std::string info;
 };
+
+class DirectReader;
 
 class NodeClient {
  public:
@@ -59,14 +74,15 @@ class NodeClient {
   // try to connect. protocol_version is a test hook (a client of another version).
   NodeClient(std::string socket_path, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
   NodeClient(std::unique_ptr<Endpoint> endpoint, int timeout_ms = 5000, uint16_t protocol_version = proto::kVersion);
+  NodeClient(std::unique_ptr<Endpoint> endpoint, NodeClientOptions options);
   ~NodeClient();
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
 
-  // results[i]: 0 or a negative Status. A value already stored (same key and size) is not
-  // copied again and reports 0. depths may be empty.
+  // results[i]: 0 or a negative Status. depths may be empty. mode (common/put_waves.h):
+  // kReplace, or kKeepExisting (a key already stored reports 0 and is not copied).
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 const std::vector<uint32_t>& depths, int32_t* results);
+                 const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   // results[i]: bytes copied into buffers[i] (spread over its segments in order), or a negative
   // Status: NOT_FOUND, BUFFER_TOO_SMALL (the value is larger than the segments), ...
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
@@ -77,20 +93,34 @@ class NodeClient {
   int32_t prefetch(const std::vector<std::string>& keys, uint32_t step = 0);
   int32_t remove(const std::string& key);
   int32_t remove_all();
+  // Keys removed (every key that starts with prefix, on every tier of the node), or a Status.
+  int64_t remove_prefix(const std::string& prefix);
   // The node's figures as a JSON object; false (and last_error()) when the node is unavailable.
   bool stats_json(std::string* out);
   // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
   // Status. alloc may return nullptr (then status_code(Status::kInvalidParams)).
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
+  // The value's length or a negative Status (NOT_FOUND also when the node is unavailable); moves
+  // no page and counts no hit on the node (VALUE_SIZE).
   int64_t value_size(const std::string& key);
   bool ping();
+  // Test hook: GET_LOCATE one key and keep the location (the node releases it when this
+  // client's connection ends). Returns the value's length or a Status.
+  int64_t locate_and_hold(const std::string& key);
+
+  // A request this class does not know by name (the cluster layer's VIEW): sends `op` with
+  // `body`, puts the reply body in *reply. false when the node is unavailable or does not know
+  // the op (last_error() says which; an unknown op does not count as the node being down).
+  bool call(uint16_t op, const std::string& body, std::string* reply);
   // Drops every connection; later calls return CLOSED. Calls in flight finish normally.
   void close();
 
   bool healthy() const { return healthy_.load(); }
   std::string last_error() const;
   // Why the last call did not reach the node, as an errno value (0: it did): ETIMEDOUT for a
-  // node that holds the socket but does not answer, ECONNREFUSED/ENOENT for no node, EPROTO ...
+  // node that holds the socket but does not answer, ECONNREFUSED/ENOENT for no node, EACCES for
+  // a node of another uid (or one that refuses ours), EUSERS when the node has too many
+  // connections, ESTALE for a node started with other settings, EPROTO ...
   int last_error_code() const;
   // Lines worth logging once (connected, node lost, reconnected to a new node). Cleared when
   // taken; at most 64 are kept.
@@ -108,6 +138,10 @@ class NodeClient {
   void release(std::unique_ptr<Conn> c);
   void fail(std::unique_ptr<Conn> c, int err, const std::string& what);
   struct PutOps;
+  template <class T, class Write, class Read>
+  T ask(uint16_t op, const char* what, T unavailable, Write write, Read read);
+  template <class T>
+  T single_key(uint16_t op, const std::string& key, const char* what, T unavailable);
   void connect_first();
   std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
   int say_hello(Conn& c, proto::HelloReply* hr, int* arena_fd);
@@ -116,9 +150,22 @@ class NodeClient {
   int recv_reply(Conn& c, proto::Reader* reply, Clock::time_point deadline, int* fd_out);
   int roundtrip(Conn& c, proto::Reader* reply);
   int send_unpin(Conn& c, const std::vector<uint64_t>& tokens);
+  // Pins, copies and unpins the keys in c->idx (in waves); false when the connection failed.
+  bool get_part(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
+                int64_t* results);
   // Pins, copies and unpins one wave of gets; false when the connection failed (results set).
   bool get_wave(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                 int64_t* results);
+  // Direct reads (node/direct_reader.h): pages on NVMe that the node did not stage in DRAM.
+  std::shared_ptr<DirectReader> data_reader(std::unique_ptr<Conn>& c);
+  bool locate(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+              std::vector<proto::LocateResult>* locs);
+  int send_release(Conn& c, const std::vector<proto::LocateResult>& locs);
+  bool read_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
+                   int64_t* results);
+  static int64_t located_fits(const proto::LocateResult& l, const SgList& buf);
+  int64_t get_value_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& one,
+                           const std::function<uint8_t*(size_t)>& alloc);
   // Valid keys into *idx with their results set; others' results are their Status.
   void check_keys(const std::vector<std::string>& keys, size_t n_values, int32_t* results, std::vector<uint32_t>* idx);
   std::string describe(int err, const Conn* c) const;
@@ -128,6 +175,8 @@ class NodeClient {
   const std::string path_;
   const int timeout_ms_;
   const uint16_t version_;
+  const PeerPolicy peers_;
+  const std::string settings_;
   std::atomic<bool> healthy_{false};
 
   mutable std::mutex pool_mu_;  // see the header comment for what it guards

@@ -4,6 +4,9 @@
 //   pins), one Session per connection (node/session.h: its tokens are released when it ends,
 //   for any reason), and a Dispatcher (node/dispatcher.h) that runs each request.
 //
+// Who may connect (node/peer_policy.h) and every bound on what a connection may make the node
+// do (node/limits.h) are checked here, before a session's first frame is read.
+//
 // Owns the listener, an accept thread and one thread per session (ranks per host are few).
 // Does not own the TieredStore: the caller keeps it alive (and open) until stop() returns.
 //
@@ -13,6 +16,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -20,23 +24,33 @@
 #include <vector>
 
 #include "node/dispatcher.h"
+#include "node/limits.h"
 #include "node/node_stats.h"
+#include "node/peer_policy.h"
 #include "node/session.h"
+#include "node/view_state.h"
 #include "transport/stream.h"
 
 namespace mch {
 
 class TieredStore;
 
+struct NodeServerOptions {
+  limits::ServerLimits limits;
+  uint32_t socket_mode = 0600;          // the socket file's permission bits, whatever the umask
+  std::vector<uint32_t> allowed_uids;   // client uids served besides the node's own
+  std::string settings;                 // this node's settings fingerprint (settings_check.h)
+};
+
 class NodeServer {
  public:
-  // Sessions served at once (one thread each). Ranks per host times their calling threads stay
-  // far below it; a runaway client gets an ERROR frame instead of exhausting threads.
-  static constexpr uint64_t kMaxConnections = 1024;
+  // The default cap on connections served at once (limits::ServerLimits::max_connections).
+  static constexpr uint64_t kMaxConnections = limits::kDefaultMaxConnections;
 
   // timeout_ms: a frame that has started must finish arriving within it, and a reply must be
   // taken by the client within it; otherwise the connection is dropped (and its tokens freed).
   NodeServer(TieredStore& store, std::string socket_path, int timeout_ms = 5000);
+  NodeServer(TieredStore& store, std::string socket_path, NodeServerOptions options);
   ~NodeServer();  // stop()
   NodeServer(const NodeServer&) = delete;
   NodeServer& operator=(const NodeServer&) = delete;
@@ -54,11 +68,21 @@ class NodeServer {
 
   NodeStats stats() const;
   std::string stats_json() const;       // stats() as JSON: the "node" section
-  std::string full_stats_json() const;  // the STATS reply: the store's sections plus "node"
+  std::string full_stats_json() const;  // the STATS reply: the store's sections plus "node" (and "peer")
+
+  // The cluster side (a member serves peers over TCP: node/peer_server.h). The membership view
+  // this node serves (VIEW), the store the peer server shares, and the "peer" section of the
+  // STATS reply (fn from any thread until it is reset with nullptr).
+  ViewState& views() { return views_; }
+  TieredStore& store() { return store_; }
+  void set_peer_stats(std::function<PeerStats()> fn);
 
  private:
   void accept_loop();
-  void refuse(Stream& s);
+  void admit(std::unique_ptr<Stream> st);
+  bool make_room();
+  Session* eviction_victim(Clock::time_point now);
+  void refuse(Stream& s, int32_t code, const std::string& message);
   void serve(Session* s);
   bool serve_one(Session* s);
   bool send_reply(Session* s, Dispatcher::Outcome o);
@@ -67,7 +91,9 @@ class NodeServer {
 
   TieredStore& store_;
   const std::string path_;
+  const NodeServerOptions opt_;
   const int timeout_ms_;
+  const PeerPolicy peers_;
   uint64_t instance_ = 0;      // random per start(): tells clients the arena is a new one
   bool arena_sealed_ = false;  // the arena memfd's size is sealed (clients cannot resize it)
 
@@ -84,6 +110,10 @@ class NodeServer {
   std::vector<std::unique_ptr<Session>> sessions_;
 
   NodeCounters ctr_;
+  std::atomic<uint64_t> evicting_{0};  // sessions told to close to make room, not yet ended
+  ViewState views_;
+  mutable std::mutex peer_stats_mu_;  // guards peer_stats_
+  std::function<PeerStats()> peer_stats_;
 };
 
 }  // namespace mch

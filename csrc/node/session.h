@@ -3,8 +3,9 @@
 // reusable buffers of its requests. A token a session did not get is never passed to the store,
 // and close() gives back everything the client still held, so a dead client leaks nothing.
 //
-// Used by the session's own thread only, except `done` (read by the accept thread) and
-// stream->shutdown() (called by NodeServer::stop to wake it).
+// Used by the session's own thread only, except the atomics the accept thread reads to choose a
+// connection to close at the cap (`done`, `greeted`, `idle_since_ns`, `holding`, `evicted`) and
+// stream->shutdown() (called by NodeServer::stop or at the cap to wake it).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -60,16 +61,32 @@ class TokenTable {
 };
 
 struct Session {
-  explicit Session(std::unique_ptr<Stream> s) : stream(std::move(s)), pid(stream->peer_pid()) {}
+  // rx_initial: the frame buffer's size (it grows for a large frame and shrinks back).
+  explicit Session(std::unique_ptr<Stream> s, size_t rx_initial = 64 * 1024)
+      : stream(std::move(s)), pid(stream->peer_pid()), accepted(Clock::now()), rx(rx_initial) {}
+
+  // Nanoseconds on the steady clock, for the atomics below.
+  static int64_t now_ns() { return Clock::now().time_since_epoch().count(); }
+  // Between requests: waiting since now, holding `held` tokens.
+  void mark_idle(uint64_t held) {
+    holding.store(held);
+    idle_since_ns.store(now_ns());
+  }
 
   std::unique_ptr<Stream> stream;
   const int32_t pid;
+  const Clock::time_point accepted;
   std::thread th;
   std::atomic<bool> done{false};
+  std::atomic<bool> greeted{false};       // said HELLO
+  std::atomic<int64_t> idle_since_ns{0};  // waiting for a request since; 0 while one is handled
+  std::atomic<uint64_t> holding{0};       // reservations + pins held between requests
+  std::atomic<bool> evicted{false};       // closed by the node to make room for a new client
 
   bool hello = false;
   uint16_t version = 0;
   TokenTable reservations, pins;
+  TokenTable locations;  // NVMe regions pinned for the client's direct reads (GET_LOCATE)
   FrameReader rx;
   proto::Writer w;
   // Per-request scratch, reused so a warm session allocates nothing per key.
@@ -81,6 +98,20 @@ struct Session {
   std::vector<int64_t> owned;  // per commit token: index into `tokens`, or -1 (not ours)
   std::vector<PutTicket> put_t;
   std::vector<GetTicket> get_t;
+  std::vector<TieredStore::Location> locs;
 };
+
+// Gives back what a session's client still held when its connection ended: aborts its put
+// reservations and releases its pins. *reservations and *pins get how many.
+inline void release_held(Session& s, TieredStore& store, uint64_t* reservations, uint64_t* pins) {
+  std::vector<uint64_t> toks;
+  s.reservations.drain(&toks);
+  *reservations = toks.size();
+  if (!toks.empty()) store.abort_puts(toks);
+  toks.clear();
+  s.pins.drain(&toks);
+  *pins = toks.size();
+  if (!toks.empty()) store.get_unpin(toks);
+}
 
 }  // namespace mch

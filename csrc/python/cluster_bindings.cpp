@@ -1,7 +1,8 @@
 // Python bindings of the cluster layer: _native.Placement (cluster/placement.h), speaking member
-// ids where the C++ API speaks member indices, and two timing helpers for bench/placement_bench.py
-// that loop in C++ so the figures hold no Python overhead. Invalid arguments raise ValueError.
-// Batch calls release the GIL once their arguments are converted.
+// ids where the C++ API speaks member indices, two timing helpers for bench/placement_bench.py
+// that loop in C++ so the figures hold no Python overhead, and _native.PoolClient
+// (cluster/pool_client.h: the Store's backend in cluster mode). Invalid arguments raise
+// ValueError. Batch calls release the GIL once their arguments are converted, for the whole batch.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -11,7 +12,10 @@
 #include <optional>
 
 #include "cluster/placement.h"
+#include "cluster/pool_client.h"
 #include "common/checksum.h"
+#include "python/binding_utils.h"
+#include "python/view_convert.h"
 
 namespace py = pybind11;
 using mch::cluster::Fanout;
@@ -141,9 +145,91 @@ void bind_timers(py::module_& m) {
         "Bench helper: mean ns of grouping keys by hash(key) % members in C++, the floor of any hash router.");
 }
 
+using mch::NodeClient;
+using mch::cluster::MemberProbe;
+using mch::cluster::PoolClient;
+using mch::cluster::PoolOptions;
+namespace binding = mch::binding;
+
+std::unique_ptr<PoolClient> make_pool(std::shared_ptr<NodeClient> local, uint32_t replicas, uint32_t write_quorum,
+                                      uint32_t spill_depth, int connect_timeout_ms, int request_timeout_ms,
+                                      int cooldown_ms, int view_refresh_ms, const py::bytes& secret) {
+  if (replicas < 1 || replicas > 64) throw py::value_error("replicas must be 1 to 64");
+  if (spill_depth > 16) throw py::value_error("spill_depth must be 0 to 16");
+  PoolOptions o;
+  o.replicas = replicas;
+  o.write_quorum = write_quorum;
+  o.spill_depth = spill_depth;
+  o.connect_timeout_ms = connect_timeout_ms > 0 ? connect_timeout_ms : 1000;
+  o.request_timeout_ms = request_timeout_ms > 0 ? request_timeout_ms : 5000;
+  o.cooldown_ms = cooldown_ms;
+  o.view_refresh_ms = view_refresh_ms;
+  o.secret = secret;
+  py::gil_scoped_release nogil;
+  return std::make_unique<PoolClient>(std::move(local), std::move(o));
+}
+
+py::list probe_list(PoolClient& p, int timeout_ms, bool include_local) {
+  std::vector<MemberProbe> out;
+  {
+    py::gil_scoped_release nogil;
+    out = p.probe(timeout_ms, include_local);
+  }
+  py::list l;
+  for (const MemberProbe& m : out) {
+    py::dict d;
+    d["id"] = m.id;
+    d["address"] = m.address;
+    d["local"] = m.local;
+    d["ok"] = m.ok;
+    d["error"] = m.error;
+    d["stats"] = m.ok && !m.stats_json.empty() ? binding::json_dict(m.stats_json) : py::object(py::none());
+    d["rtt_ms"] = m.rtt_ms;
+    l.append(d);
+  }
+  return l;
+}
+
+void bind_pool(py::module_& m) {
+  py::class_<PoolClient> cls(m, "PoolClient",
+                             "A rank's handle on the whole pool: the same batch calls as NodeClient, routed to the "
+                             "members that hold each key (docs/cluster.md). Never raises for member failures: reads "
+                             "miss, writes return NODE_UNAVAILABLE or NO_SPACE when the quorum is not met.");
+  cls.def(py::init(&make_pool), py::arg("local"), py::arg("replicas") = 1, py::arg("write_quorum") = 0,
+          py::arg("spill_depth") = 1, py::arg("connect_timeout_ms") = 1000, py::arg("request_timeout_ms") = 5000,
+          py::arg("cooldown_ms") = 0, py::arg("view_refresh_ms") = 500, py::arg("secret") = py::bytes(""));
+  binding::def_batch_api<PoolClient, binding::WithDepths>(cls, "all_ptrs", "all_sizes");
+  binding::def_take_notes(cls);
+  using binding::release_gil;
+  cls.def("prefetch", &PoolClient::prefetch, release_gil(), py::arg("keys"), py::arg("step") = 0)
+      .def("remove", &PoolClient::remove, release_gil())
+      .def("remove_all", &PoolClient::remove_all, release_gil())
+      .def("get_bytes", &binding::get_value_bytes<PoolClient>,
+           "The value as bytes, or a negative error code (NOT_FOUND for a miss).")
+      .def("value_size", &PoolClient::value_size, release_gil())
+      .def("set_local", &PoolClient::set_local, py::arg("local"), release_gil(),
+           "Use this client for the host's node from now on (after a restart).")
+      .def("set_view", [](PoolClient& p, const py::dict& v) { p.set_view(binding::view_from(v)); }, py::arg("view"))
+      .def("refresh_view", &PoolClient::refresh_view, release_gil(), "Ask the local node for its view now.")
+      .def_property_readonly("view", [](PoolClient& p) {
+        std::shared_ptr<const mch::cluster::ClusterView> v;
+        {
+          py::gil_scoped_release nogil;
+          v = p.view();
+        }
+        return binding::view_to(v->info());
+      })
+      .def("probe", &probe_list, py::arg("timeout_ms") = 1000, py::arg("include_local") = true,
+           "STATS of every member of the view at once: [{id, address, local, ok, error, stats, rtt_ms}].")
+      .def("pool_stats_json", [](const PoolClient& p) { return mch::to_json(p.stats()); },
+           "The pool client's figures (the 'pool' section of Store.stats()) as a JSON string.")
+      .def("close", &PoolClient::close, release_gil());
+}
+
 }  // namespace
 
 void bind_cluster(py::module_& m) {
   bind_placement(m);
   bind_timers(m);
+  bind_pool(m);
 }

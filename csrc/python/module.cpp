@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/status.h"
+#include "dram/dram_tier.h"
 #include "node/node_stats.h"
 #include "nvme/record_format.h"
 #include "python/binding_utils.h"
@@ -19,6 +20,7 @@ void bind_nvme(py::module_& m);         // python/nvme_bindings.cpp
 void bind_tiering(py::module_& m);      // python/tiering_bindings.cpp
 void bind_node_server(py::module_& m);  // python/node_bindings.cpp
 void bind_node_client(py::module_& m);  // python/node_bindings.cpp
+void bind_peer_server(py::module_& m);  // python/node_bindings.cpp
 void bind_cluster(py::module_& m);      // python/cluster_bindings.cpp
 
 namespace {
@@ -36,6 +38,7 @@ const char* kind_name(EngineError::Kind k) {
 py::object metric_kinds() {
   NodeReport all;
   all.store.has_nvme = true;
+  all.has_peer = true;
   return binding::json_dict(kinds_json(all));
 }
 
@@ -43,10 +46,20 @@ void bind_common(py::module_& m) {
   m.attr("MAX_KEY_LEN") = kMaxKeyLen;
   m.attr("FORMAT_VERSION") = disk::kFormatVersion;
   m.attr("BLOCK_SIZE") = kBlock;
+  // Size limits (config.py validates against them): an NVMe region holds a value of at most
+  // region_size - NVME_REGION_OVERHEAD bytes; value lengths are 32-bit.
+  m.attr("NVME_REGION_OVERHEAD") = disk::kRegionOverhead;
+  m.attr("MAX_REGION_SIZE") = disk::kMaxRegionSize;
+  m.attr("MAX_SLAB_SIZE") = DramTier::kMaxSlabSize;
   // The per-key result codes: [(name, value, doc)], the source of mooncake_hicache.ErrorCode.
   py::list codes;
-  for (const StatusInfo& s : kStatusTable) codes.append(py::make_tuple(s.name, s.value, s.doc));
+  py::dict mooncake;  // {name: Mooncake ErrorCode name of the same meaning and number, or None}
+  for (const StatusInfo& s : kStatusTable) {
+    codes.append(py::make_tuple(s.name, s.value, s.doc));
+    mooncake[s.name] = *s.mooncake ? py::object(py::str(s.mooncake)) : py::object(py::none());
+  }
   m.attr("STATUS_CODES") = codes;
+  m.attr("STATUS_MOONCAKE_NAMES") = mooncake;
   m.def("metric_kinds", &metric_kinds,
         "{section: {field: 'counter' | 'gauge' | 'flag' | 'info' | 'counter:<label>' | 'list'}} for every "
         "stats section; mooncake_hicache.metrics types the Prometheus series with it.");
@@ -71,5 +84,6 @@ PYBIND11_MODULE(_native, m) {
   bind_tiering(m);
   bind_node_server(m);
   bind_node_client(m);
+  bind_peer_server(m);
   bind_cluster(m);
 }

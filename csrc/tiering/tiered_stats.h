@@ -15,6 +15,7 @@ struct DramSection {
   std::string page_kind, eviction;
   uint64_t slab_size = 0, entries = 0, value_bytes = 0, slab_pages = 0, slab_pages_free = 0, size_classes = 0;
   uint64_t evictions = 0, dropped_for_rebalance = 0, hits = 0;
+  uint64_t metadata_bytes = 0;  // the tier's bookkeeping in the node's private memory (slots, index, keys)
 
   template <class V>
   void visit(V& v) const {
@@ -23,7 +24,8 @@ struct DramSection {
     v.gauge("slab_size", slab_size);
     v.info("eviction", eviction);
     for (auto [k, x] : Fields{{"entries", entries}, {"value_bytes", value_bytes}, {"slab_pages", slab_pages},
-                              {"slab_pages_free", slab_pages_free}, {"size_classes", size_classes}})
+                              {"slab_pages_free", slab_pages_free}, {"size_classes", size_classes},
+                              {"metadata_bytes", metadata_bytes}})
       v.gauge(k, x);
     for (auto [k, x] : Fields{{"evictions", evictions}, {"dropped_for_rebalance", dropped_for_rebalance}, {"hits", hits}})
       v.counter(k, x);
@@ -35,7 +37,7 @@ struct TieringSection {
   bool write_through = false;
   uint64_t puts = 0, put_bytes = 0, skipped_existing = 0, gets = 0, dram_hits = 0, nvme_hits = 0, misses = 0,
            get_bytes = 0, demoted = 0, demote_failures = 0, not_admitted = 0, promoted = 0, written_through = 0,
-           prefetch_queued = 0, prefetch_done = 0;
+           prefetch_queued = 0, prefetch_done = 0, direct_reads = 0;
 
   template <class V>
   void visit(V& v) const {
@@ -46,7 +48,7 @@ struct TieringSection {
                               {"get_bytes", get_bytes}, {"demoted", demoted}, {"demote_failures", demote_failures},
                               {"not_admitted", not_admitted}, {"promoted", promoted},
                               {"written_through", written_through}, {"prefetch_queued", prefetch_queued},
-                              {"prefetch_done", prefetch_done}})
+                              {"prefetch_done", prefetch_done}, {"direct_reads", direct_reads}})
       v.counter(k, x);
   }
 };

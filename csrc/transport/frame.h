@@ -168,6 +168,8 @@ class Reader {
     }
     return n;
   }
+  // n raw bytes (a view into the body), or nullptr when fewer remain.
+  const uint8_t* raw(size_t n) { return take(n) ? p_ - n : nullptr; }
   size_t remaining() const { return static_cast<size_t>(end_ - p_); }
   const uint8_t* pos() const { return p_; }
   bool ok() const { return ok_; }

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include <algorithm>
+
 namespace mch {
 
 using namespace proto;
@@ -42,17 +44,38 @@ int FrameReader::read_header(Stream& s, Header* h, bool idle_wait, Clock::time_p
   return 0;
 }
 
+// Room for more of a frame of `total` bytes: at most doubling the buffer, never past the frame,
+// so the memory a frame costs follows the bytes received, not the length its header announced.
+void FrameReader::make_room(size_t total) {
+  if (end_ < rx_.size()) return;
+  compact();
+  if (end_ < rx_.size()) return;
+  rx_.resize(std::min(total, std::max(rx_.size() * 2, initial_)));
+}
+
 int FrameReader::read_body(Stream& s, const Header& h, Clock::time_point deadline, int wake_fd) {
-  const size_t total = kHeaderSize + static_cast<size_t>(h.body_len);
-  if (start_ + total > rx_.size()) {
-    compact();
-    if (total > rx_.size()) rx_.resize(total);
-  }
+  return read_part(s, static_cast<size_t>(h.body_len), deadline, wake_fd);
+}
+
+int FrameReader::read_part(Stream& s, size_t n, Clock::time_point deadline, int wake_fd) {
+  const size_t total = kHeaderSize + n;
   while (end_ - start_ < total) {
+    make_room(total);
     int e = fill(s, deadline, wake_fd, nullptr);
     if (e) return e;
   }
   return 0;
+}
+
+size_t FrameReader::take(uint8_t* dst, size_t n) {
+  size_t k = std::min(n, end_ - start_);
+  if (k) memcpy(dst, rx_.data() + start_, k);
+  start_ += k;
+  if (start_ == end_) {
+    start_ = end_ = 0;
+    if (rx_.size() > 4 * initial_) rx_.assign(initial_, 0);  // a huge table passed: shrink
+  }
+  return k;
 }
 
 void FrameReader::consume(const Header& h) {

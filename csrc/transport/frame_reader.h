@@ -1,7 +1,9 @@
 // FrameReader: bounded, deadline-driven reads of whole frames (frame.h) from a Stream, into one
 // reusable buffer per connection. A header is read first so the caller can refuse a bad magic,
-// version or size before any body byte is buffered; bodies are bounded by kMaxBody. Bytes of a
-// following frame that arrive early stay buffered for the next call (pipelined requests).
+// version or size before any body byte is buffered (the node's per-op bounds: node/limits.h).
+// The buffer grows only as body bytes actually arrive (at most doubling), so a header that
+// announces a large body costs nothing until the peer sends it. Bytes of a following frame that
+// arrive early stay buffered for the next call (pipelined requests).
 // Owned and used by one connection's thread.
 #pragma once
 #include <cstdint>
@@ -22,7 +24,7 @@ class FrameReader {
   // descriptor that rides on the frame. Returns 0 or an errno value.
   int read_header(Stream& s, proto::Header* h, bool idle_wait, Clock::time_point deadline, int timeout_ms,
                   int wake_fd, int* fd_out = nullptr);
-  // Reads the rest of the frame `h` (body_len <= kMaxBody, checked by the caller) by `deadline`.
+  // Reads the rest of the frame `h` (its body_len checked by the caller) by `deadline`.
   int read_body(Stream& s, const proto::Header& h, Clock::time_point deadline, int wake_fd);
   // The body of the buffered frame `h`.
   proto::Reader body(const proto::Header& h) const {
@@ -32,9 +34,21 @@ class FrameReader {
   void consume(const proto::Header& h);
   size_t buffered() const { return end_ - start_; }
 
+  // Streamed frames: a body too large for any buffer (a PEER_PUT, whose value bytes go straight
+  // into the store's slots). read_part() reads until the first n body bytes of `h` are buffered
+  // (n bounded by the caller); part(n) is a Reader over them; consume_part(n) drops the header
+  // and those n bytes, after which take() hands over body bytes that were read ahead and the
+  // caller receives the rest from the stream itself.
+  int read_part(Stream& s, size_t n, Clock::time_point deadline, int wake_fd);
+  proto::Reader part(size_t n) const { return proto::Reader(rx_.data() + start_ + proto::kHeaderSize, n); }
+  void consume_part(size_t n) { start_ += proto::kHeaderSize + n; }
+  // Moves up to n buffered bytes to dst; returns how many.
+  size_t take(uint8_t* dst, size_t n);
+
  private:
   int fill(Stream& s, Clock::time_point deadline, int wake_fd, int* fd_out);
   void compact();
+  void make_room(size_t total);
 
   const size_t initial_;
   std::vector<uint8_t> rx_;  // [start_, end_) received and not yet consumed

@@ -1,6 +1,8 @@
 // SocketStream: see socket_stream.h.
 #include "transport/socket_stream.h"
 
+#include "transport/io_vec.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -19,7 +21,10 @@ SocketStream::SocketStream(int fd, bool unix_socket) : fd_(fd), unix_(unix_socke
   if (!unix_) return;
   ucred cred{};
   socklen_t len = sizeof cred;
-  if (getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) pid_ = cred.pid;
+  if (getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    pid_ = cred.pid;
+    uid_ = cred.uid;
+  }
 }
 
 SocketStream::~SocketStream() {
@@ -128,6 +133,63 @@ ssize_t SocketStream::recv_some(void* buf, size_t n, Clock::time_point deadline,
     int e = wait(POLLIN, deadline, wake_fd);
     if (e) return -e;
   }
+}
+
+ssize_t SocketStream::send_some_vec(const iovec* iov, int n) {
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(iov);
+  msg.msg_iovlen = static_cast<size_t>(n);
+  for (;;) {
+    ssize_t r = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
+}
+
+ssize_t SocketStream::recv_some_vec(const iovec* iov, int n) {
+  msghdr msg{};
+  msg.msg_iov = const_cast<iovec*>(iov);
+  msg.msg_iovlen = static_cast<size_t>(n);
+  for (;;) {
+    ssize_t r = ::recvmsg(fd_, &msg, MSG_DONTWAIT);
+    if (r > 0) return r;
+    if (r == 0) return -ECONNRESET;
+    if (errno == EINTR) continue;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
+}
+
+int SocketStream::send_vec(const iovec* iov, int n, Clock::time_point deadline) {
+  IoVec v;
+  for (int i = 0; i < n; i++) v.add(iov[i].iov_base, iov[i].iov_len);
+  while (!v.done()) {
+    ssize_t r = send_some_vec(v.data(), v.count());
+    if (r >= 0) {
+      v.advance(static_cast<size_t>(r));
+      continue;
+    }
+    if (r != -EAGAIN) return static_cast<int>(-r);
+    int e = wait(POLLOUT, deadline, -1);
+    if (e) return e;
+  }
+  return 0;
+}
+
+int SocketStream::recv_vec(const iovec* iov, int n, Clock::time_point deadline, int wake_fd) {
+  IoVec v;
+  for (int i = 0; i < n; i++) v.add(iov[i].iov_base, iov[i].iov_len);
+  while (!v.done()) {
+    ssize_t r = recv_some_vec(v.data(), v.count());
+    if (r > 0) {
+      v.advance(static_cast<size_t>(r));
+      continue;
+    }
+    if (r != -EAGAIN) return static_cast<int>(-r);
+    int e = wait(POLLIN, deadline, wake_fd);
+    if (e) return e;
+  }
+  return 0;
 }
 
 }  // namespace mch

@@ -13,7 +13,9 @@
 // from any thread.
 #pragma once
 #include <sys/types.h>
+#include <sys/uio.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -45,7 +47,21 @@ class Stream {
   virtual bool quiet() = 0;
   virtual void shutdown() = 0;  // wakes a thread blocked on this stream; further I/O fails
   virtual int32_t peer_pid() const { return 0; }  // where the transport knows it
+  // The peer's uid from the kernel (SO_PEERCRED), or -1 where the transport carries none (TCP).
+  virtual int64_t peer_uid() const { return -1; }
   virtual bool passes_fds() const = 0;
+
+  // ---- vectored I/O (value bytes inline in the stream: the TCP data path) ----
+  // Sends every byte of iov[0..n) in order before `deadline`. 0 or an errno value.
+  virtual int send_vec(const iovec* iov, int n, Clock::time_point deadline);
+  // Receives exactly the bytes iov[0..n) describe before `deadline` (wake_fd as recv_some).
+  virtual int recv_vec(const iovec* iov, int n, Clock::time_point deadline, int wake_fd);
+  // For a caller that multiplexes many streams with poll() (the pool client): the descriptor
+  // to poll (-1: none), and non-blocking vectored I/O that moves what it can right now:
+  // bytes moved, or a negative errno (-EAGAIN: nothing now; -ECONNRESET: the peer closed).
+  virtual int poll_fd() const { return -1; }
+  virtual ssize_t send_some_vec(const iovec* iov, int n) { return -ENOTSUP; }
+  virtual ssize_t recv_some_vec(const iovec* iov, int n) { return -ENOTSUP; }
 };
 
 class Listener {

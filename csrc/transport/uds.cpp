@@ -63,21 +63,26 @@ void UnixListener::replace_stale_socket() {
   }
 }
 
-UnixListener::UnixListener(std::string path) : path_(std::move(path)) {
+UnixListener::UnixListener(std::string path, uint32_t mode) : path_(std::move(path)) {
   check_unix_socket_path(path_);
   replace_stale_socket();
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw EngineError(EngineError::kIo, std::string("socket: ") + strerror(errno));
+  // Linux creates the file with the socket's own mode less the umask: never wider than `mode`.
+  (void)fchmod(fd, mode & 07777);
   sockaddr_un addr = unix_address(path_);
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     int e = errno;
     if (e == EADDRINUSE) fail_closing(fd, EngineError::kInUse, "a node is already serving " + path_);
-    fail_closing(fd, EngineError::kIo, "cannot bind the node socket " + path_ + ": " + strerror(e));
+    fail_closing(fd, e == EROFS || e == EACCES ? EngineError::kInvalid : EngineError::kIo,
+                 "cannot create the node socket " + path_ + ": " + strerror(e) +
+                     (e == EROFS ? "; choose a node.socket on a writable file system"
+                                 : e == EACCES ? "; choose a node.socket in a directory this user may write" : ""));
   }
-  if (listen(fd, 128) != 0) {
+  if (chmod(path_.c_str(), mode & 07777) != 0 || listen(fd, 128) != 0) {
     int e = errno;
     unlink(path_.c_str());
-    fail_closing(fd, EngineError::kIo, "listen on " + path_ + ": " + strerror(e));
+    fail_closing(fd, EngineError::kIo, "cannot serve on " + path_ + ": " + strerror(e));
   }
   struct stat st;
   if (stat(path_.c_str(), &st) == 0) {

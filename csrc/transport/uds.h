@@ -2,7 +2,9 @@
 // each client its arena memfd) and know the peer's pid.
 //
 // UnixListener binds and listens on a path. A stale socket file (nothing answers on it) is
-// replaced; a live one is refused (EngineError kInUse: "a node is already serving <path>").
+// replaced; a live one is refused (EngineError kInUse: "a node is already serving <path>"). The
+// socket file gets exactly the mode asked for, whatever the umask (set on the socket before
+// bind(), so the file never exists with a wider mode, and again on the file after).
 // close() removes the file if it is still the one this listener created.
 // UnixEndpoint connects to a path. Both check the path fits sun_path (EngineError kInvalid).
 #pragma once
@@ -20,7 +22,8 @@ void check_unix_socket_path(const std::string& path);
 
 class UnixListener final : public Listener {
  public:
-  explicit UnixListener(std::string path);  // binds and listens; throws EngineError
+  // Binds and listens; throws EngineError. mode: the socket file's permission bits.
+  explicit UnixListener(std::string path, uint32_t mode = 0600);
   ~UnixListener() override { close(); }
   std::unique_ptr<Stream> accept(int wake_fd, int timeout_ms) override;
   void close() override;

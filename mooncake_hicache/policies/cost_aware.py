@@ -40,6 +40,7 @@ __all__ = ["CostAwarePolicy"]
 
 Run = Tuple[int, int, Place]   # pages [start, end) at one place
 MANY_RUNS = 24                # past this many runs, one pass over the pages costs less than the loop
+_ON_NVME = frozenset((int(Tier.NVME), int(Tier.REMOTE_NVME)))
 MIN_RUNS_SEEN = 32            # request ends seen before later pages are weighed (continuation)
 
 
@@ -259,10 +260,12 @@ class CostAwarePolicy(PrefetchPolicy):
 
     @staticmethod
     def _moves(place: Place) -> bool:
-        return place[0] != Tier.DRAM or place[1] is not None
+        """Whether a prefetch helps: the holder promotes NVMe pages into its DRAM; a page in any
+        member's DRAM is read from there as it is."""
+        return place[0] in _ON_NVME
 
     def deadline_order(self, runs: List[Run], report: int, page_bytes: int) -> Sequence[int]:
-        """Reported pages not in local DRAM, the one that must start loading soonest first: a
+        """Reported pages on an NVMe tier (``_moves``), the one that must start loading soonest first: a
         page is needed once the pages before it are loaded, and must start its own load that much
         earlier (for one such place, this is prefix order)."""
         moving = [(s, min(e, report), p) for s, e, p in runs if s < report and self._moves(p)]
