@@ -189,6 +189,16 @@ def test_cost_aware_promotes_the_page_that_must_start_soonest_first():
     assert plan.report == 3 and list(plan.prefetch) == [2, 0, 1]
 
 
+def test_cost_aware_in_a_pool_promotes_the_pages_on_an_nvme_tier_only():
+    # remote DRAM and remote NVMe start at the NVMe prior here (2 GB/s: 4.19 ms a page), so with
+    # recompute at 10 TFLOP/s (the 8b first page: 2.0729 ms x 49.45 = 102.5 ms) every page is
+    # reported; only the NVMe pages (local or a remote member's) are worth promoting
+    RD, RN = int(Tier.REMOTE_DRAM), int(Tier.REMOTE_NVME)
+    policy = CostAwarePolicy(context(cost_model={"preset": "8b", "prefill_tflops": 10}))
+    plan = policy.plan(request([D, RD, RD, N, RN, RN]))
+    assert plan.report == 6 and sorted(plan.prefetch) == [3, 4, 5]
+
+
 def test_runs_of_groups_consecutive_pages_at_one_place():
     assert runs_of([D, D, N, N, N, D], None, 6) == [(0, 2, (D, None)), (2, 5, (N, None)), (5, 6, (D, None))]
     assert runs_of([N, N], ["a", "b"], 2) == [(0, 1, (N, "a")), (1, 2, (N, "b"))]
