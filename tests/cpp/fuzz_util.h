@@ -134,6 +134,10 @@ struct RequestBody {
     w.u32(static_cast<uint32_t>(keys.size()));
     for (size_t i = 0; i < keys.size(); i++) w.u64(token());
   }
+  void prefetch() {  // the key list, then (half of the time) the optional step
+    proto::encode_keys(w, keys, idx);
+    if (m.one_in(2)) w.u32(static_cast<uint32_t>(m.one_in(8) ? m.interesting() : m.below(5)));
+  }
   void prefix() {  // "fuzz-key-1" takes 1 and 10..19; now and then an empty prefix
     w.str(m.one_in(8) ? std::string() : "fuzz-key-" + std::to_string(m.below(20)));
   }
@@ -152,10 +156,10 @@ inline std::vector<uint8_t> valid_request(Mutator& m, uint16_t op, uint32_t id, 
     case proto::kLocateRelease: b.token_list(); break;
     case proto::kGetPin:
     case proto::kExists:
-    case proto::kPrefetch:
     case proto::kRemove:
     case proto::kValueSize:
     case proto::kGetLocate: proto::encode_keys(w, b.keys, b.idx); break;
+    case proto::kPrefetch: b.prefetch(); break;
     case proto::kRemovePrefix: b.prefix(); break;
     case proto::kPing: w.str("ping"); break;
     default: break;  // REMOVE_ALL, STATS, OPEN_DATA: empty bodies
