@@ -18,9 +18,16 @@
 #include <mutex>
 #include <vector>
 
+#include "transport/rdma/memory_map.h"
 #include "transport/rdma/verbs_api.h"
 
 namespace mch::rdma {
+
+// A range of the peer's registered memory (one descriptor of a request).
+struct RemoteRange {
+  uint64_t addr = 0, len = 0;
+  uint32_t rkey = 0;
+};
 
 class Transfer {
  public:
@@ -154,5 +161,12 @@ class Transfer {
   int64_t highest_ = -1, last_ok_ = -1, first_bad_ = -1;  // WR indexes
   WcStatus first_error_ = WcStatus::kSuccess;
 };
+
+// Adds to `t` the WRs for item `item` that move `len` bytes between the local pieces (registered
+// memory, in order) and the remote ranges (in order; bytes past `len` are left alone): one WR per
+// remote range, split further when it would need more than max_sge local pieces. false (nothing
+// added) when the pieces or the ranges hold fewer than `len` bytes.
+bool add_spans(Transfer& t, uint32_t item, const std::vector<MemoryPiece>& local, const RemoteRange* remote,
+               size_t nremote, uint64_t len, uint32_t max_sge);
 
 }  // namespace mch::rdma
