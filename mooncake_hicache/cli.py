@@ -17,6 +17,7 @@ EPILOG = """examples:
   mooncake-hicache check-config configs/single-host.yaml
   mooncake-hicache stats --config configs/single-host.yaml --format prometheus
   mooncake-hicache cluster status --config configs/cluster.yaml
+  mooncake-hicache devices                        # RDMA devices, ports, link layer, GIDs, MTU
 """
 
 
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--config", "-c", help="the node's YAML config (default: $MOONCAKE_HICACHE_CONFIG)")
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.add_argument("--timeout-ms", type=int, default=2000, help="how long to wait for each member (default 2000)")
+
+    dv = sub.add_parser("devices", help="list this host's RDMA devices (ports, state, link layer, GIDs, MTU)",
+                        description="List the RDMA devices through pyverbs: each port's state, link layer, MTU, LID "
+                                    "and GIDs (for cluster.rdma.devices and cluster.rdma.gid_index). Prints 'no "
+                                    "devices' and the reason on a host without RDMA; exit 0 either way.")
+    dv.add_argument("--format", choices=("table", "json"), default="table")
 
     b = sub.add_parser("bench", help="the main job: start a node on the default config and run a KV-page workload",
                        description="Start a private node (in a temporary directory unless --config is given), "
@@ -157,6 +164,13 @@ def _cmd_cluster(args) -> int:
     return 0
 
 
+def _cmd_devices(args) -> int:
+    from .cluster.devices import devices_table, list_devices
+    report = list_devices()
+    print(json.dumps(report) if args.format == "json" else devices_table(report))
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench_command import run_bench
     return run_bench(args)
@@ -165,7 +179,7 @@ def _cmd_bench(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"node": _cmd_node, "check-config": _cmd_check_config, "stats": _cmd_stats, "bench": _cmd_bench,
-                "cluster": _cmd_cluster}
+                "cluster": _cmd_cluster, "devices": _cmd_devices}
     try:
         return handlers[args.command](args)
     except ConfigError as e:
