@@ -54,6 +54,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import yaml
 
+from . import _native
 from .errors import ConfigError
 from .memory_limits import memory_limit
 from .runtime_dir import default_socket_path
@@ -95,7 +96,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 REGION_ALIGNMENT = 4096
 MIN_REGION_SIZE = 1 * MiB
-MAX_REGION_SIZE = 4 * GiB
+MAX_REGION_SIZE = _native.MAX_REGION_SIZE  # lengths and block offsets are 32-bit on disk
+MAX_SLAB_SIZE = _native.MAX_SLAB_SIZE      # DRAM slot lengths are 32-bit
+NVME_REGION_OVERHEAD = _native.NVME_REGION_OVERHEAD  # a region's record header, summary and trailer
 MIN_QUEUE_DEPTH = 1
 MAX_QUEUE_DEPTH = 1024
 
@@ -196,6 +199,24 @@ def _parse_path(value: Any, field: str) -> str:
     return os.path.expanduser(value)
 
 
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _parse_bind_host(value: Any, field: str) -> str:
+    """An address to listen on: an IPv4/IPv6 address or a host name, taken as written (never
+    expanded like a path)."""
+    import ipaddress
+    text = value.strip() if isinstance(value, str) else None
+    if text:
+        try:
+            ipaddress.ip_address(text)
+            return text
+        except ValueError:
+            if _HOSTNAME_RE.match(text):
+                return text
+    raise ConfigError(field, f"invalid host {_show(value)}; give a host name or an IP address to listen on, such as 127.0.0.1 (no port, no scheme)")
+
+
 def _choice(choices: tuple[str, ...], normalize: Callable[[str], str]) -> Callable[[Any, str], str]:
     def parse(value: Any, field: str) -> str:
         if isinstance(value, str) and normalize(value.strip()) in choices:
@@ -269,11 +290,17 @@ class DramConfig:
     admission: str = _setting("always", _choice(ADMISSION_POLICIES, str.lower))
     write_through: bool = _setting(False, _parse_bool)
     hugepages: bool = _setting(True, _parse_bool)
+    # Keep each page's key also without an NVMe tier (with one they are always kept: a demoted
+    # page is written under its key). remove_prefix (SGLang's clear()) needs them; they cost about
+    # the key's length + 10 bytes of node memory per page.
+    keep_keys: bool = _setting(False, _parse_bool)
 
     def _check(self, where: str) -> None:
         at = _joiner(where)
         if self.slab_size % REGION_ALIGNMENT or self.slab_size == 0:
             raise ConfigError(at("slab_size"), f"slab size {self.slab_size} bytes is not a positive multiple of {REGION_ALIGNMENT}; use e.g. 32MiB (it must hold your largest page)")
+        if self.slab_size > MAX_SLAB_SIZE:
+            raise ConfigError(at("slab_size"), f"slab size {format_size(self.slab_size)} is above the maximum of {format_size(MAX_SLAB_SIZE)}; lower it to the size of your largest page (32MiB is a good default)")
         if self.capacity < self.slab_size:
             raise ConfigError(at("capacity"), f"capacity {format_size(self.capacity)} is smaller than one slab of {format_size(self.slab_size)}; raise {at('capacity')} or lower {at('slab_size')}")
         limit = memory_limit()
@@ -287,6 +314,14 @@ class TiersConfig:
 
     dram: Optional[DramConfig] = _section(DramConfig, optional=True)
     nvme: Optional[NvmeConfig] = _section(NvmeConfig, optional=True)
+
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if self.dram is None or self.nvme is None:
+            return
+        largest = self.nvme.region_size - NVME_REGION_OVERHEAD  # the largest value a region stores
+        if self.dram.slab_size > largest:
+            raise ConfigError(at("dram.slab_size"), f"slab size {format_size(self.dram.slab_size)} admits pages larger than a region of {format_size(self.nvme.region_size)} ({at('nvme.region_size')}) can store (at most {largest} bytes), so such pages would be lost when they leave DRAM; lower {at('dram.slab_size')} to {largest} or less (e.g. half the region size), or raise {at('nvme.region_size')}")
 
 
 def _parse_mode(value: Any, field: str) -> int:
@@ -348,7 +383,7 @@ class MetricsConfig:
     """Prometheus metrics served by the node over HTTP (``GET /metrics``)."""
 
     port: int = _setting(9731, _parse_int)
-    host: str = _setting("127.0.0.1", _parse_path)
+    host: str = _setting("127.0.0.1", _parse_bind_host)
     max_connections: int = _setting(16, _parse_int)  # open at once; more wait in the listen backlog
     timeout_s: int = _setting(5, _parse_int)         # an idle connection is closed after it
 

@@ -44,11 +44,20 @@ def _describe(cls, code: int) -> str:
         return f"UNKNOWN({code})"
 
 
+def _mooncake_name(cls, code: int):
+    """The Mooncake store's ErrorCode name that has ``code``'s number and meaning, or ``None``
+    when Mooncake has no such result (the number is then one Mooncake does not use)."""
+    return _native.STATUS_MOONCAKE_NAMES.get(cls(code).name)
+
+
 # Per-key result codes, built from the extension's table (csrc/common/status.h,
-# MCH_STATUS_CODES), the one place the numbers are written. NOT_FOUND and INVALID_PARAMS use the
-# numbers of the Mooncake store so callers written against it read them the same way.
+# MCH_STATUS_CODES), the one place the numbers are written. Every code with a counterpart in the
+# Mooncake store's ErrorCode table has that counterpart's number (NOT_FOUND is Mooncake's
+# OBJECT_NOT_FOUND, -704; NO_SPACE its NO_AVAILABLE_HANDLE, -200; ...), so callers written
+# against Mooncake read them the same way.
 ErrorCode = enum.IntEnum("ErrorCode", [(name, value) for name, value, _ in _native.STATUS_CODES],
                          module=__name__, qualname="ErrorCode")
 ErrorCode.__doc__ = "Per-key result codes:\n\n" + "\n".join(
     f"* ``{name}`` ({value}): {doc}" for name, value, doc in _native.STATUS_CODES)
 ErrorCode.describe = classmethod(_describe)
+ErrorCode.mooncake_name = classmethod(_mooncake_name)

@@ -34,10 +34,11 @@ Example::
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 import threading
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from . import _native
 from .config import Config, load_config
@@ -146,31 +147,42 @@ class Store:
     # ---- zero-copy batch API -------------------------------------------------------------
 
     def batch_put_from(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int], *,
-                       depths: Optional[Sequence[int]] = None) -> list[int]:
+                       depths: Optional[Sequence[int]] = None, keep_existing: bool = False) -> list[int]:
         """Store ``sizes[i]`` bytes at ``ptrs[i]`` under ``keys[i]``. Returns 0 or a negative
         ErrorCode per key. ``depths`` (optional) gives each page's position in its prefix chain,
-        which the ``prefix_lru`` eviction policy uses."""
+        which the ``prefix_lru`` eviction policy uses.
+
+        A key that is stored already gets the new value: every later get sees it, on every tier,
+        also after eviction and restart (Mooncake's ``upsert``). With ``keep_existing=True`` a
+        stored key keeps its value instead and reports 0 without a copy (Mooncake's ``put``; for
+        content-addressed keys, whose value never changes)."""
+        ptrs, sizes = _as_list(ptrs), _as_list(sizes)
         keys = self._check_lists(keys, ptrs, sizes)
-        return self._flat_call(self._backend.batch_put, keys, ptrs, sizes, depths)
+        return self._flat_call(self._put_fn("batch_put", keep_existing), keys, ptrs, sizes, depths)
 
     def batch_get_into(self, keys: Sequence[str], ptrs: Sequence[int], sizes: Sequence[int]) -> list[int]:
         """Read each key's value into the buffer ``(ptrs[i], sizes[i])``. Returns the bytes read,
         ``NOT_FOUND`` for a miss (or a record that failed its checksum), ``BUFFER_TOO_SMALL``,
         or another negative ErrorCode, per key."""
+        ptrs, sizes = _as_list(ptrs), _as_list(sizes)
         keys = self._check_lists(keys, ptrs, sizes)
         return self._flat_call(self._backend.batch_get, keys, ptrs, sizes)
 
     def batch_put_from_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]], *,
-                                     depths: Optional[Sequence[int]] = None) -> list[int]:
+                                     depths: Optional[Sequence[int]] = None,
+                                     keep_existing: bool = False) -> list[int]:
         """Scatter-gather put: key ``i``'s value is the concatenation of the buffers
-        ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record."""
+        ``all_ptrs[i][j], all_sizes[i][j]``, stored as one record. ``keep_existing`` as in
+        :meth:`batch_put_from`."""
+        all_ptrs, all_sizes = _as_list(all_ptrs), _as_list(all_sizes)
         keys = self._check_lists(keys, all_ptrs, all_sizes)
-        return self._sg_call(self._backend.batch_put_sg, keys, all_ptrs, all_sizes, depths)
+        return self._sg_call(self._put_fn("batch_put_sg", keep_existing), keys, all_ptrs, all_sizes, depths)
 
     def batch_get_into_multi_buffers(self, keys: Sequence[str], all_ptrs: Sequence[Sequence[int]],
                                      all_sizes: Sequence[Sequence[int]]) -> list[int]:
         """Scatter-gather get: key ``i``'s value is spread over its buffers in order."""
+        all_ptrs, all_sizes = _as_list(all_ptrs), _as_list(all_sizes)
         keys = self._check_lists(keys, all_ptrs, all_sizes)
         return self._sg_call(self._backend.batch_get_sg, keys, all_ptrs, all_sizes)
 
@@ -188,18 +200,20 @@ class Store:
 
     # ---- single-key convenience ----------------------------------------------------------
 
-    def put(self, key: str, value: Union[bytes, bytearray, memoryview]) -> int:
+    def put(self, key: str, value: Union[bytes, bytearray, memoryview], *, keep_existing: bool = False) -> int:
         """Store ``value`` under ``key`` (copies; no registration needed). Returns 0 or a
-        negative ErrorCode."""
+        negative ErrorCode. A stored key gets the new value unless ``keep_existing`` (see
+        :meth:`batch_put_from`)."""
         self._check_open()
         mv = memoryview(value).cast("B")
         if not mv.contiguous:
             raise StoreError("put needs a contiguous buffer")
         import ctypes
+        put = self._put_fn("batch_put", keep_existing)
         if len(mv) == 0:
-            return self._backend.batch_put([_as_key(key)], [1], [0])[0]
+            return put([_as_key(key)], [1], [0])[0]
         holder = (ctypes.c_char * len(mv)).from_buffer_copy(mv) if mv.readonly else (ctypes.c_char * len(mv)).from_buffer(mv)
-        return self._backend.batch_put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
+        return put([_as_key(key)], [ctypes.addressof(holder)], [len(mv)])[0]
 
     def get(self, key: str) -> bytes:
         """The value stored under ``key``, or ``b""`` when it is missing (as Mooncake's ``get``)."""
@@ -221,8 +235,23 @@ class Store:
         self._check_open()
         return self._backend.remove(_as_key(key))
 
-    def remove_all(self) -> int:
-        """Delete every key. Returns 0 or a negative ErrorCode."""
+    def remove_prefix(self, prefix: Union[str, bytes]) -> int:
+        """Delete every key that starts with ``prefix`` (a namespace, such as one SGLang server's
+        pages), on every tier and across restarts, as :meth:`remove` does. Returns how many keys
+        were removed, or a negative ErrorCode (``UNSUPPORTED`` for a DRAM-only store that keeps
+        no keys: set ``tiers.dram.keep_keys: true``)."""
+        self._check_open()
+        key = _as_key(prefix)
+        if not key:
+            raise StoreError("remove_prefix needs a non-empty prefix; remove_all() removes every key")
+        if len(key.encode() if isinstance(key, str) else key) > self.MAX_KEY_LEN:
+            raise StoreError(f"the prefix is longer than a key may be ({self.MAX_KEY_LEN} bytes), so no key starts with it")
+        return self._backend.remove_prefix(key)
+
+    def remove_all(self, force: bool = False) -> int:
+        """Delete every key. Returns 0 or a negative ErrorCode. ``force`` is Mooncake's argument
+        (skip lease checks); it is accepted for compatibility and changes nothing here: a removal
+        never waits for readers, whose pinned copies stay valid until they finish."""
         self._check_open()
         return self._backend.remove_all()
 
@@ -233,8 +262,12 @@ class Store:
         ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode). Keys include
         entries, value_bytes, hits, misses, checksum_failures, evictions,
         index_bytes_per_entry and recovery_seconds."""
+        self._check_open()
         self._log_notes()
-        return backend_stats(self._backend)
+        try:
+            return backend_stats(self._backend)
+        except _native.EngineError as e:  # the node is not reachable
+            raise StoreError(f"cannot read the store's figures: {e.args[-1]}") from None
 
     def close(self) -> None:
         """Seal the open region, flush, release the data file. Idempotent."""
@@ -261,16 +294,21 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError("the store is closed")
+            raise StoreError("the store is closed; open a new one with Store.from_config")
 
-    def _check_lists(self, keys: Sequence[str], *lists: Sequence[Any]) -> list[str]:
+    def _check_lists(self, keys: Iterable[Key], *lists: Iterable[Any]) -> list[Key]:
+        """The keys as a list of str/bytes the native layer takes, after checking that every
+        other list has one entry per key. Any iterable works (a generator is read once); a plain
+        string or bytes object is refused rather than taken as one-letter keys."""
         self._check_open()
+        keys = _key_list(keys)
         for other in lists:
             if len(other) != len(keys):
                 raise StoreError(f"got {len(keys)} keys but a list of {len(other)} pointers/sizes; pass one entry per key")
-        if all(type(k) is str for k in keys):  # the common case, without a per-key call
-            return keys if isinstance(keys, list) else list(keys)
-        return [_as_key(k) for k in keys]
+        return keys
+
+    def _put_fn(self, name: str, keep_existing: bool):
+        return functools.partial(getattr(self._backend, name), keep_existing=bool(keep_existing))
 
     def _call(self, fn, keys, ptrs, sizes, depths, live):
         """Run ``fn`` on the keys at indexes ``live``; depths go along when given (backends
@@ -309,9 +347,37 @@ class Store:
         log_notes(self._backend, log)
 
 
-def _as_key(key: Any) -> str:
-    if isinstance(key, bytes):
-        key = key.decode("utf-8", "surrogateescape")
-    if not isinstance(key, str):
-        raise StoreError(f"keys must be str, got {type(key).__name__}")
-    return key
+Key = Union[str, bytes]
+
+
+def _as_list(items: Iterable[Any]) -> Sequence[Any]:
+    return items if isinstance(items, (list, tuple)) else list(items)
+
+
+def _key_list(keys: Iterable[Any]) -> list[Key]:
+    if isinstance(keys, (str, bytes, bytearray)):
+        raise StoreError(f"expected a list of keys, got one {type(keys).__name__}; to pass a single key "
+                         f"write [key]")
+    try:
+        keys = _as_list(keys)
+    except TypeError:
+        raise StoreError(f"expected a list of keys, got {type(keys).__name__}") from None
+    if all(type(k) is str and k.isascii() for k in keys):  # the common case: no per-key call
+        return keys if isinstance(keys, list) else list(keys)
+    return [_as_key(k, i) for i, k in enumerate(keys)]
+
+
+def _as_key(key: Any, index: Optional[int] = None) -> Key:
+    """``key`` as the native layer takes it: a str (stored as its UTF-8 bytes) or bytes (stored
+    as they are, so a key need not be text)."""
+    which = "key" if index is None else f"key {index}"
+    if isinstance(key, str):
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise StoreError(f"{which} {key[:40]!r} cannot be stored as UTF-8 ({e.reason} at {e.start}); "
+                             f"pass it as bytes instead") from None
+        return key
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise StoreError(f"keys must be str or bytes, got {type(key).__name__} for {which}")

@@ -98,7 +98,7 @@ class ClusterNode:
         self.env: dict = {}  # extra environment of the node process (e.g. the FAKE verbs provider's)
         tiers = {"dram": {"capacity": dram, "slab_size": "4MiB", "hugepages": False, "write_through": write_through}}
         if nvme:
-            tiers["nvme"] = {"path": os.path.join(self.dir, "nvme.data"), "capacity": nvme, "region_size": "4MiB",
+            tiers["nvme"] = {"path": os.path.join(self.dir, "nvme.data"), "capacity": nvme, "region_size": "8MiB",
                              "queue_depth": 8}
         self.config = {"mode": "node", "tiers": tiers,
                        "node": {"socket": self.socket, "autostart": False, "timeout_ms": timeout_ms},

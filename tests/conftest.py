@@ -144,3 +144,13 @@ def scratch(buffers):
         return b
 
     return _make
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """stores.make(kind, **settings) -> a Store of kind nvme | tiered | node (store_modes.py);
+    every store is closed and every node it started is stopped at teardown."""
+    from store_modes import StoreMaker
+    maker = StoreMaker(tmp_path)
+    yield maker
+    maker.close()

@@ -450,7 +450,7 @@ def start_node(directory: str, *, dram: str = "64MiB", nvme: str = "256MiB"):
 
     cfg = {"mode": "node",
            "tiers": {"dram": {"capacity": dram, "slab_size": "4MiB", "hugepages": False},
-                     "nvme": {"path": os.path.join(directory, "nvme.data"), "capacity": nvme, "region_size": "4MiB"}},
+                     "nvme": {"path": os.path.join(directory, "nvme.data"), "capacity": nvme, "region_size": "8MiB"}},
            "node": {"socket": os.path.join(directory, "n.sock"), "autostart": False, "timeout_ms": 2000},
            "metrics": {"port": 0}}
     with open(os.path.join(directory, "node.yaml"), "w") as f:

@@ -733,3 +733,58 @@ def test_socket_path_longer_than_a_unix_socket_allows_is_refused():
 def test_env_override_sets_the_dram_eviction_policy():
     config = load_config(env={"MOONCAKE_HICACHE_TIERS__DRAM__EVICTION": "s3fifo"})
     assert config.tiers.dram.eviction == "s3fifo"
+
+
+# --------------------------------------------------------------------------------------------
+# Settings that would lose data or be truncated (issue 14, item 2)
+# --------------------------------------------------------------------------------------------
+
+def test_a_slab_larger_than_what_an_nvme_region_holds_is_refused_with_the_fix(data_path):
+    doc = {"tiers": {"dram": {"capacity": "256MiB", "slab_size": "64MiB"},
+                     "nvme": {"path": data_path, "region_size": "64MiB"}}}
+    expect_error(lambda: load_config(doc, env={}), "tiers.dram.slab_size", "64.0 MiB",
+                 "tiers.nvme.region_size", "lower tiers.dram.slab_size")
+    doc["tiers"]["dram"]["slab_size"] = "32MiB"
+    assert load_config(doc, env={}).tiers.dram.slab_size == 32 * MiB
+
+
+def test_the_largest_slab_an_nvme_region_holds_is_accepted(data_path):
+    from mooncake_hicache import _native
+    largest = 64 * MiB - _native.NVME_REGION_OVERHEAD
+    doc = {"tiers": {"dram": {"capacity": "256MiB", "slab_size": largest},
+                     "nvme": {"path": data_path, "region_size": "64MiB"}}}
+    assert load_config(doc, env={}).tiers.dram.slab_size == largest
+    doc["tiers"]["dram"]["slab_size"] = largest + 4096
+    expect_error(lambda: load_config(doc, env={}), "tiers.dram.slab_size")
+
+
+def test_slab_size_has_an_upper_bound():
+    doc = {"tiers": {"dram": {"capacity": "8GiB", "slab_size": "3GiB"}, "nvme": None}}
+    expect_error(lambda: load_config(doc, env={}), "tiers.dram.slab_size", "maximum of 2.0 GiB")
+
+
+@pytest.mark.parametrize("host", ["~", "~/metrics", "$HOME", "127.0.0.1:9731", "http://127.0.0.1", "a b"])
+def test_metrics_host_is_a_host_not_a_path(host):
+    expect_error(lambda: load_config({"metrics": {"host": host}}, env={}), "metrics.host", "host name or an IP address")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::1", "::", "localhost", "metrics-1.example.com"])
+def test_metrics_host_takes_addresses_and_names_as_written(host):
+    assert load_config({"metrics": {"host": host}}, env={}).metrics.host == host
+
+
+def test_the_native_engines_refuse_sizes_that_would_be_truncated(tmp_path):
+    from mooncake_hicache import _native
+    path = str(tmp_path / "big.data")
+    with pytest.raises(_native.EngineError, match=r"region_size.*maximum"):
+        _native.NvmeEngine(path, capacity=16 * GiB, region_size=8 * GiB)
+    assert not os.path.exists(path) or os.path.getsize(path) == 0  # refused before sizing the file
+    with pytest.raises(_native.EngineError, match=r"slab_size.*maximum"):
+        _native.TieredStore(dram_capacity=2 * MiB, slab_size=8 * GiB)
+
+
+def test_the_native_tiered_store_refuses_a_slab_an_nvme_region_cannot_hold(tmp_path):
+    from mooncake_hicache import _native
+    with pytest.raises(_native.EngineError, match=r"tiers\.dram\.slab_size.*tiers\.nvme\.region_size"):
+        _native.TieredStore(dram_capacity=4 * MiB, slab_size=2 * MiB, hugepages=False,
+                            nvme_path=str(tmp_path / "n.data"), nvme_capacity=8 * MiB, nvme_region_size=2 * MiB)

@@ -395,6 +395,35 @@ def test_page_rewritten_after_its_region_trailer_was_lost_keeps_its_new_value_af
         assert got == pattern(key, 4321)
 
 
+@pytest.mark.parametrize("damage", ["zeroed", "garbled"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_removal_survives_losing_the_trailer_of_the_region_that_holds_its_tombstone(tmp_path, backend, damage):
+    """Pages of regions 0 and 1 are removed; their tombstones go to region 2, whose trailer is then
+    lost. The removed pages must stay removed: at this restart, and at later ones, after region 2
+    has been reused and its old blocks overwritten."""
+    path = tmp_path / "nvme.data"
+    pages = pages_of("z", 28, size=300_000)  # regions 0 and 1 fill up (13 each) and are sealed
+    with open_at(path, backend) as store:
+        put_pages(store, pages)
+        recs = live_records(path)
+        removed = sorted(k for k in pages if recs[k].region in (0, 1))[::3]
+        for k in removed:
+            assert store.remove(k) == 0
+    kept = {k: n for k, n in pages.items() if k not in removed}
+    tombstone_region = max(r for r in range(4) if read_trailer(path, r).valid)
+    assert tombstone_region not in {recs[k].region for k in removed}
+    trailer = read_trailer(path, tombstone_region).offset
+    overwrite(path, trailer, bytes(BLOCK) if damage == "zeroed" else bytes(random.Random(7).randbytes(BLOCK)))
+
+    with open_at(path, backend) as store:
+        assert store.batch_is_exist(removed) == [0] * len(removed), "removed pages came back"
+        assert_exact(store, {k: n for k, n in kept.items() if recs[k].region != tombstone_region})
+        put_pages(store, pages_of("fresh", 30, size=300_000))  # reuses and overwrites region 2
+    for _ in range(2):
+        with open_at(path, backend) as store:
+            assert store.batch_is_exist(removed) == [0] * len(removed), "removed pages came back later"
+
+
 # ---- superblock ----------------------------------------------------------------------------------
 
 def test_corrupt_superblock_is_refused_and_the_file_left_untouched(tmp_path):

@@ -21,13 +21,13 @@ import yaml
 
 from mooncake_hicache import Store, _native
 from mooncake_hicache.config import load_config
-from mooncake_hicache.errors import ConfigError, StoreError
+from mooncake_hicache.errors import ConfigError, ErrorCode, StoreError
 from hostile import memory_cgroup, private_bytes, rss_bytes  # noqa: F401 (fixture)
 from test_node_transport import (OP_ERROR, OP_HELLO, OP_PING, OP_PUT_RESERVE, Buf, RawClient,  # noqa: F401
                                  error_message, node_stats, sock_dir, start_node, wait_for)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-NOT_FOUND, NODE_UNAVAILABLE = -704, -901
+NOT_FOUND, NODE_UNAVAILABLE = int(ErrorCode.NOT_FOUND), int(ErrorCode.NODE_UNAVAILABLE)
 # What a call may take beyond node.timeout_ms on this (shared, 2-core) machine: the client's own
 # work plus scheduling; docs/architecture.md ("Trust and limits") states the margin.
 MARGIN_S = 0.5
@@ -37,7 +37,7 @@ def node_mode_config(sock: str, data_dir: str | None = None, timeout_ms: int = 1
     d = {"capacity": "16MiB", "slab_size": "1MiB", "hugepages": False, **dram}
     tiers = {"dram": d}
     if data_dir:
-        tiers["nvme"] = {"path": os.path.join(data_dir, "nvme.data"), "capacity": "16MiB", "region_size": "1MiB"}
+        tiers["nvme"] = {"path": os.path.join(data_dir, "nvme.data"), "capacity": "16MiB", "region_size": "2MiB"}
     return {"mode": "node", "tiers": tiers, "node": {"socket": sock, "timeout_ms": timeout_ms},
             "metrics": {"port": 0}}
 

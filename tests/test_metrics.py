@@ -30,8 +30,8 @@ def node_with_metrics(tmp_path):
     config = load_config({
         "mode": "node",
         "node": {"socket": os.path.join(sock_dir, "n.sock"), "autostart": False},
-        "tiers": {"dram": {"capacity": "64MiB", "slab_size": "4MiB", "hugepages": False},
-                  "nvme": {"path": str(tmp_path / "nvme.data"), "capacity": "16MiB", "region_size": "1MiB"}},
+        "tiers": {"dram": {"capacity": "64MiB", "slab_size": "1MiB", "hugepages": False},
+                  "nvme": {"path": str(tmp_path / "nvme.data"), "capacity": "16MiB", "region_size": "2MiB"}},
         "metrics": {"port": 0},
     })
     node = Node(config)

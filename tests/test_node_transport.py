@@ -30,8 +30,10 @@ import pytest
 from mooncake_hicache import _native
 
 KiB, MiB = 1 << 10, 1 << 20
-OK, INVALID_PARAMS, BUFFER_TOO_SMALL, KEY_TOO_LONG = 0, -600, -601, -603
-NOT_FOUND, NO_SPACE, NODE_UNAVAILABLE = -704, -802, -901
+from mooncake_hicache.errors import ErrorCode  # noqa: E402
+
+OK, INVALID_PARAMS, BUFFER_TOO_SMALL, KEY_TOO_LONG = 0, ErrorCode.INVALID_PARAMS, ErrorCode.BUFFER_TOO_SMALL, ErrorCode.KEY_TOO_LONG
+NOT_FOUND, NO_SPACE, NODE_UNAVAILABLE = ErrorCode.NOT_FOUND, ErrorCode.NO_SPACE, ErrorCode.NODE_UNAVAILABLE
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -250,9 +252,9 @@ def test_pages_round_trip_through_the_shared_arena(start_node):
     for i, k in enumerate(sg_keys):
         assert dst.get(i * page + half, half) + dst.get(i * page, half) == pattern(k, page)
 
-    # A second put of a stored page is acknowledged without a copy.
+    # With keep_existing a second put of a stored page is acknowledged without a copy.
     before = node_stats(c)["tiering"]["skipped_existing"]
-    assert c.batch_put(keys[:2], [src.addr, src.addr + page], [page, page]) == [0, 0]
+    assert c.batch_put(keys[:2], [src.addr, src.addr + page], [page, page], keep_existing=True) == [0, 0]
     assert node_stats(c)["tiering"]["skipped_existing"] == before + 2
 
     assert c.get_bytes("page-3") == pattern("page-3", page)
@@ -267,7 +269,7 @@ def test_pages_round_trip_through_the_shared_arena(start_node):
     s = node_stats(c)["node"]
     assert s["pins_held"] == 0 and s["reservations_held"] == 0 and s["connections"] >= 1
     c.close()
-    assert c.batch_exists(["x"]) == [-900]
+    assert c.batch_exists(["x"]) == [ErrorCode.CLOSED]
 
 
 def test_a_put_batch_larger_than_dram_goes_in_waves(start_node):

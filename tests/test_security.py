@@ -27,13 +27,13 @@ import yaml
 
 from mooncake_hicache import Store, _native
 from mooncake_hicache.config import load_config
-from mooncake_hicache.errors import ConfigError, StoreError
+from mooncake_hicache.errors import ConfigError, ErrorCode, StoreError
 from hostile import other_user, open_fds, popen_kwargs_as, run_as, thread_count  # noqa: F401 (fixture)
 from test_node_transport import (HDR, OP_ERROR, OP_HELLO, Buf, Node, node_stats, sock_dir, wait_for,  # noqa: F401
                                  wire_str)
 
 KiB, MiB = 1 << 10, 1 << 20
-NODE_UNAVAILABLE = -901
+NODE_UNAVAILABLE = int(ErrorCode.NODE_UNAVAILABLE)
 PRECIOUS = b"precious: must never be overwritten\n"
 
 

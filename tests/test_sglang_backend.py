@@ -537,21 +537,23 @@ def test_get_stats_returns_sglang_storage_metrics_once(nvme, backends):
     assert again.backup_pgs == [] and again.prefetch_pgs == []
 
 
-def test_clear_never_removes_other_tenants_pages_and_says_it_removed_nothing(node, backends, caplog):
-    # Two servers (tenants a and b) on one node. The store has no removal by key prefix yet, so
-    # clearing tenant a must neither wipe the node (b's pages) nor report success.
+def test_clear_removes_exactly_its_own_pages_and_says_how_many(node, backends, caplog):
+    # Two servers (tenants a and b, two models) on one node: clearing a removes a's pages on
+    # every tier, reports how many, and leaves b's readable.
     pool = h.mha_host_pool("page_first", 16)
     extra, _ = node
     a = backends(h.storage_config(extra=dict(extra, extra_backend_tag="a")), pool)
-    b = backends(h.storage_config(extra=dict(extra, extra_backend_tag="b")), pool)
+    b = backends(h.storage_config(model="other/model", extra=dict(extra, extra_backend_tag="b")), pool)
     keys = h.hash_keys(5)
     _set_all(a, pool, keys)
     _set_all(b, pool, keys)
-    with caplog.at_level(logging.WARNING, logger="mooncake_hicache.sglang"):
-        assert a.clear() is False
-    assert b.batch_exists(keys) == 5 and a.batch_exists(keys) == 5
     assert a.key_prefixes() == [a._kv_view.names[0].prefix + "_"] and a.key_prefixes()[0].startswith("a/")
-    assert "removed nothing" in caplog.text and a.key_prefixes()[0] in caplog.text
+    with caplog.at_level(logging.INFO, logger="mooncake_hicache.sglang"):
+        assert a.clear() is True
+    assert "removed 5 objects" in caplog.text and a.key_prefixes()[0] in caplog.text
+    assert a.batch_exists(keys) == 0 and b.batch_exists(keys) == 5
+    assert _get_all(b, pool, keys, 8) == [True] * 5 and _same_pages(pool, 0, 8, 5)
+    assert a.clear() is True  # nothing left: removes 0, still a success
 
 
 # ---- v2: hybrid pools ----------------------------------------------------------------------------

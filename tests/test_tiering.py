@@ -321,13 +321,13 @@ def test_prefetch_on_a_dram_only_store_queues_nothing(tmp_path, buffers):
         store.close()
 
 
-def test_a_put_of_a_page_already_in_dram_is_skipped_not_rewritten(tiered, scratch):
+def test_a_put_with_keep_existing_of_a_stored_page_is_skipped_not_rewritten(tiered, scratch):
     store = tiered(write_through=True)
     buf = scratch(store, PAGE)
     assert put(store, buf, ["same"]) == [0]
-    buf.write(0, b"\xab" * PAGE)  # different bytes, same key and size: the page is not rewritten
-    assert store.batch_put_from(["same"], [buf.addr], [PAGE]) == [0]
-    assert put(store, buf, ["same"]) == [0]
+    buf.write(0, b"\xab" * PAGE)  # different bytes, same key: with keep_existing the page stays
+    assert store.batch_put_from(["same"], [buf.addr], [PAGE], keep_existing=True) == [0]
+    assert store.batch_put_from(["same"], [buf.addr], [PAGE // 2], keep_existing=True) == [0]
     st = store.stats()
     assert st["tiering"]["skipped_existing"] == 2
     assert st["tiering"]["puts"] == 1 and st["tiering"]["put_bytes"] == PAGE

@@ -49,6 +49,7 @@
 #include "cluster/pool_stats.h"
 #include "cluster/rdma_client.h"
 #include "common/note_log.h"
+#include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
 #include "node/node_client.h"
@@ -91,8 +92,10 @@ class PoolClient {
   std::shared_ptr<NodeClient> local() const;
 
   // ---- the batch API (NodeClient's) ----
+  // mode kKeepExisting: keys the pool holds already report 0 and are not written (the others
+  // are put as with kReplace).
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 const std::vector<uint32_t>& depths, int32_t* results);
+                 const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
   int32_t prefetch(const std::vector<std::string>& keys);
@@ -151,6 +154,8 @@ class PoolClient {
                  const std::vector<uint64_t>& caps, Plan& p, int64_t* results);
   void keys_round(Call& c, Round& r, uint16_t op, const std::vector<std::string>& keys,
                   std::vector<std::vector<int32_t>>* per_target);
+  void put_absent(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                  const std::vector<uint32_t>& depths, int32_t* results);
   int64_t get_value_from(Call& c, uint16_t t, const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
   // writes (pool_writes.cpp)
   void plan_writes(Call& c, Plan& p, const std::vector<std::string>& keys, const std::vector<SgList>& values,

@@ -104,8 +104,9 @@ void PoolClient::book_writes(const Round& r, const std::vector<std::vector<int32
 }
 
 void PoolClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           const std::vector<uint32_t>& depths, int32_t* results) {
+                           const std::vector<uint32_t>& depths, int32_t* results, PutMode mode) {
   if (keys.empty() || refuse_closed(results, keys.size())) return;
+  if (mode == PutMode::kKeepExisting) return put_absent(keys, values, depths, results);
   ctr_.puts++;
   Call c = begin_call();
   Plan p(keys.size());
@@ -126,6 +127,26 @@ void PoolClient::batch_put(const std::vector<std::string>& keys, const std::vect
     ctr_.keys_put += ok;
     ctr_.quorum_failures += !ok && p.acks[i] > 0;
   }
+}
+
+// kKeepExisting across the pool: an exists round, then a put of the keys no holder has.
+void PoolClient::put_absent(const std::vector<std::string>& keys, const std::vector<SgList>& values,
+                            const std::vector<uint32_t>& depths, int32_t* results) {
+  std::vector<int32_t> have(keys.size());
+  batch_exists(keys, have.data());
+  std::vector<std::string> k;
+  std::vector<SgList> v;
+  std::vector<uint32_t> d;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < keys.size(); i++) {
+    results[i] = have[i] < 0 ? have[i] : status_code(Status::kOk);
+    if (have[i] != 0) continue;
+    k.push_back(keys[i]), v.push_back(i < values.size() ? values[i] : SgList{});
+    d.push_back(i < depths.size() ? depths[i] : 0), which.push_back(i);
+  }
+  std::vector<int32_t> res(k.size());
+  batch_put(k, v, d, res.data());
+  for (size_t j = 0; j < which.size(); j++) results[which[j]] = res[j];
 }
 
 // One round of puts: the remote requests go out (frame, then the value bytes from the caller's

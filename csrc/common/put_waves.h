@@ -26,12 +26,17 @@
 
 namespace mch {
 
+// What a put does to a key that is stored already. kReplace (the default): the new value is the
+// one every later get sees, on every tier. kKeepExisting: the stored value stays and the key
+// reports success without a copy (for content-addressed keys, whose value never changes).
+enum class PutMode : uint8_t { kReplace, kKeepExisting };
+
 struct Reservation {
   int32_t status = 0;  // kOk: copy then commit; kAlreadyStored: nothing to do; < 0: a Status
   uint64_t offset = 0;
   uint64_t token = 0;
 };
-constexpr int32_t kAlreadyStored = 1;  // the same key with the same size is stored already
+constexpr int32_t kAlreadyStored = 1;  // kKeepExisting: the key is stored already, nothing to copy
 
 // Scratch vectors of one call, kept by the caller so a warm call allocates nothing per key.
 struct PutWaveScratch {

@@ -6,6 +6,7 @@
 #include "common/aligned_buffer.h"
 #include "common/error.h"
 #include "common/status.h"
+#include "common/text.h"
 
 namespace mch {
 
@@ -21,9 +22,16 @@ uint64_t bit_ceil(uint64_t v) {
 }
 }  // namespace
 
-DramTier::DramTier(const Options& opt) : opt_(opt), arena_(opt.capacity, opt.hugepages) {
-  if (opt_.slab_size < kBlock || !is_aligned(opt_.slab_size))
+const DramTier::Options& DramTier::checked(const Options& opt) {
+  if (opt.slab_size < kBlock || !is_aligned(opt.slab_size))
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size must be a positive multiple of 4 KiB");
+  if (opt.slab_size > kMaxSlabSize)
+    throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size " + format_bytes(opt.slab_size) +
+                                                 " is above the maximum of " + format_bytes(kMaxSlabSize) + "; lower it");
+  return opt;
+}
+
+DramTier::DramTier(const Options& opt) : opt_(checked(opt)), arena_(opt.capacity, opt.hugepages) {
   if (opt_.slab_size > arena_.size())
     throw EngineError(EngineError::kInvalid, "tiers.dram.slab_size is larger than tiers.dram.capacity; lower it");
   (void)EvictionPolicy::make(opt_.eviction, *this);  // validates the name early
@@ -243,6 +251,20 @@ void DramTier::clear() {
   all.reserve(index_.size());
   index_.for_each([&](uint32_t id) { all.push_back(slots_at(id).digest); });
   for (const auto& d : all) erase(d);
+}
+
+bool DramTier::erase_prefix(std::string_view prefix, std::vector<KeyDigest>* erased) {
+  if (!opt_.keep_keys) return false;
+  const size_t first = erased->size();
+  index_.for_each([&](uint32_t id) {
+    const char* k = pages_[id / per_page_max_].keys[id % per_page_max_].get();
+    uint16_t n = 0;
+    if (k) memcpy(&n, k, sizeof n);
+    if (k && n >= prefix.size() && memcmp(k + sizeof n, prefix.data(), prefix.size()) == 0)
+      erased->push_back(slots_at(id).digest);
+  });
+  for (size_t i = first; i < erased->size(); i++) erase((*erased)[i]);
+  return true;
 }
 
 DramTier::Stats DramTier::stats() const {

@@ -35,6 +35,9 @@ namespace mch {
 
 class DramTier final : public SlotTable {
  public:
+  // Slot lengths are 32-bit, so a slab holds at most kMaxSlabSize bytes.
+  static constexpr uint64_t kMaxSlabSize = 2ull << 30;
+
   struct Options {
     uint64_t capacity = 1ull << 30;
     uint64_t slab_size = 32ull << 20;
@@ -65,6 +68,8 @@ class DramTier final : public SlotTable {
   };
 
   explicit DramTier(const Options& opt);  // throws EngineError
+  // Throws EngineError (kInvalid, naming the setting) for options the tier cannot honour.
+  static const Options& checked(const Options& opt);
 
   // Ready slot holding `d`, or -1.
   int64_t find(const KeyDigest& d) const { return index_.find(d); }
@@ -82,6 +87,10 @@ class DramTier final : public SlotTable {
   void touch(uint32_t slot);  // a hit: policy access, hit flag
   bool erase(const KeyDigest& d);
   void clear();
+  // Erases every entry whose key starts with `prefix` and appends their digests to *erased.
+  // False (nothing erased) when the tier keeps no keys: it cannot tell which entries match.
+  bool erase_prefix(std::string_view prefix, std::vector<KeyDigest>* erased);
+  bool keeps_keys() const { return opt_.keep_keys; }
 
   Slot& slot(uint32_t id) { return slots_at(id); }
   const Slot& slot(uint32_t id) const { return slots_at(id); }

@@ -111,6 +111,11 @@ Outcome Dispatcher::handle(Session& s, const Header& h, Reader r) {
     case kRemove: return remove(s, h, r);
     case kRemoveAll: return remove_all(s, h, r);
     case kStats: return stats(s, h, r);
+    case kValueSize: return value_size(s, h, r);
+    case kOpenData: return open_data(s, h, r);
+    case kGetLocate: return get_locate(s, h, r);
+    case kLocateRelease: return locate_release(s, h, r);
+    case kRemovePrefix: return remove_prefix(s, h, r);
     case kView:
       if (views_) return view(s, h, r);
       return unknown_op(s, h);
@@ -170,7 +175,8 @@ Outcome Dispatcher::ping(Session& s, const Header& h, Reader& r) {
 Outcome Dispatcher::put_reserve(Session& s, const Header& h, Reader& r) {
   int64_t n = decode_put_reserve(r, &s.keys, &s.sizes, &s.depths);
   if (n < 0 || !r.done()) return bad_body(s, h);
-  store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t);
+  const PutMode mode = (h.flags & kFlagKeepExisting) ? PutMode::kKeepExisting : PutMode::kReplace;
+  store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t, mode);
   reply_tickets(s, h, s.put_t, kReserveResultWire, s.reservations, ctr_.reservations_held);
   return Outcome::kReply;
 }
@@ -222,22 +228,29 @@ Outcome Dispatcher::get_pin(Session& s, const Header& h, Reader& r) {
   return Outcome::kReply;
 }
 
-Outcome Dispatcher::get_unpin(Session& s, const Header& h, Reader& r) {
+// A list of tokens given back (GET_UNPIN, LOCATE_RELEASE): those `table` holds go to s.tokens,
+// the others are counted and ignored. False for a malformed body.
+bool Dispatcher::take_given_back(Session& s, Reader& r, TokenTable& table, std::atomic<uint64_t>& held) {
   uint32_t n = r.count(8);
-  if (!r.ok()) return bad_body(s, h);
+  if (!r.ok()) return false;
   s.tokens.clear();
   uint64_t unknown = 0;
   for (uint32_t i = 0; i < n; i++) {
     uint64_t t = r.u64();
-    if (s.pins.take(t))
+    if (table.take(t))
       s.tokens.push_back(t);
     else
       unknown++;
   }
   ctr_.unknown_tokens += unknown;
-  ctr_.pins_held -= s.tokens.size();
+  held -= s.tokens.size();
+  return r.done();
+}
+
+Outcome Dispatcher::get_unpin(Session& s, const Header& h, Reader& r) {
+  bool ok = take_given_back(s, r, s.pins, ctr_.pins_held);
   if (!s.tokens.empty()) store_.get_unpin(s.tokens);
-  return r.done() ? Outcome::kNoReply : bad_body(s, h);
+  return ok ? Outcome::kNoReply : bad_body(s, h);
 }
 
 Outcome Dispatcher::exists(Session& s, const Header& h, Reader& r) {
@@ -276,6 +289,60 @@ Outcome Dispatcher::remove_all(Session& s, const Header& h, Reader& r) {
   s.w.begin(kRemoveAll, h.request_id, kFlagReply, s.version);
   s.w.i32(rc);
   return Outcome::kReply;
+}
+
+Outcome Dispatcher::value_size(Session& s, const Header& h, Reader& r) {
+  int64_t n = decode_keys(r, &s.keys);
+  if (n < 0 || !r.done()) return bad_body(s, h);
+  s.w.begin(kValueSize, h.request_id, kFlagReply, s.version);
+  s.w.reserve(4 + 8 * static_cast<size_t>(n));
+  s.w.u32(static_cast<uint32_t>(n));
+  for (int64_t i = 0; i < n; i++) s.w.i64(store_.value_size(s.keys.vec()[static_cast<size_t>(i)]));
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::remove_prefix(Session& s, const Header& h, Reader& r) {
+  std::string_view prefix = r.str(kMaxKeyLen);
+  if (!r.done()) return bad_body(s, h);
+  int64_t n = store_.remove_prefix(std::string(prefix));
+  s.w.begin(kRemovePrefix, h.request_id, kFlagReply, s.version);
+  s.w.i64(n);
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::open_data(Session& s, const Header& h, Reader& r) {
+  if (!r.done()) return bad_body(s, h);
+  const bool have = store_.data_fd() >= 0 && s.stream->passes_fds();
+  s.w.begin(kOpenData, h.request_id, kFlagReply, s.version);
+  s.w.i32(have ? status_code(Status::kOk) : status_code(Status::kNotFound));
+  return have ? Outcome::kReplyWithDataFile : Outcome::kReply;
+}
+
+Outcome Dispatcher::get_locate(Session& s, const Header& h, Reader& r) {
+  int64_t n = decode_keys(r, &s.keys);
+  if (n < 0 || !r.done()) return bad_body(s, h);
+  store_.locate(s.keys.vec(), &s.locs);
+  s.w.begin(kGetLocate, h.request_id, kFlagReply, s.version);
+  s.w.reserve(4 + s.locs.size() * kLocateResultWire);
+  s.w.u32(static_cast<uint32_t>(s.locs.size()));
+  uint64_t held = 0;
+  for (const TieredStore::Location& l : s.locs) {
+    s.w.i64(l.status);
+    s.w.u64(l.offset);
+    s.w.u64(l.checksum);
+    s.w.u64(l.token);
+    if (l.status < 0) continue;
+    s.locations.add(l.token);
+    held++;
+  }
+  ctr_.locations_held += held;
+  return Outcome::kReply;
+}
+
+Outcome Dispatcher::locate_release(Session& s, const Header& h, Reader& r) {
+  bool ok = take_given_back(s, r, s.locations, ctr_.locations_held);
+  if (!s.tokens.empty()) store_.release_locations(s.tokens);
+  return ok ? Outcome::kNoReply : bad_body(s, h);
 }
 
 Outcome Dispatcher::stats(Session& s, const Header& h, Reader& r) {

@@ -24,6 +24,7 @@ class Dispatcher {
   enum class Outcome {
     kReply,           // send s.w
     kReplyWithArena,  // send s.w with the arena memfd attached (HELLO)
+    kReplyWithDataFile,  // send s.w with the NVMe data file attached, read-only (OPEN_DATA)
     kNoReply,         // nothing to send (GET_UNPIN)
     kFailed,          // send s.w (an ERROR frame), then close the connection
   };
@@ -63,8 +64,14 @@ class Dispatcher {
   Outcome remove(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome remove_all(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome stats(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome value_size(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome open_data(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome remove_prefix(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome get_locate(Session& s, const proto::Header& h, proto::Reader& r);
+  Outcome locate_release(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome view(Session& s, const proto::Header& h, proto::Reader& r);
   Outcome unknown_op(Session& s, const proto::Header& h);
+  bool take_given_back(Session& s, proto::Reader& r, TokenTable& table, std::atomic<uint64_t>& held);
   // Takes the commit tokens this session owns out of its table; false for a malformed body.
   bool take_commit_tokens(Session& s, proto::Reader& r, uint32_t n);
 

@@ -42,10 +42,15 @@ constexpr uint64_t max_request_body(uint16_t op) {
     case proto::kGetPin:
     case proto::kExists:
     case proto::kPrefetch:
-    case proto::kRemove: return list_body(4 + kMaxKeyLen);
-    case proto::kGetUnpin: return list_body(8);
+    case proto::kRemove:
+    case proto::kValueSize:
+    case proto::kGetLocate: return list_body(4 + kMaxKeyLen);
+    case proto::kGetUnpin:
+    case proto::kLocateRelease: return list_body(8);
+    case proto::kRemovePrefix: return 4 + kMaxKeyLen;
     case proto::kRemoveAll:
-    case proto::kStats: return 0;
+    case proto::kStats:
+    case proto::kOpenData: return 0;
     default: return kMaxProbeBody;
   }
 }

@@ -12,6 +12,7 @@
 #include "common/fork_generation.h"
 #include "common/put_waves.h"
 #include "common/status.h"
+#include "node/direct_reader.h"
 #include "node/limits.h"
 #include "transport/frame_reader.h"
 #include "transport/uds.h"
@@ -28,6 +29,10 @@ struct NodeClient::ArenaMap {
   uint8_t* base = nullptr;
   uint64_t size = 0;
   uint64_t instance = 0;
+  // The reader of this node's NVMe data file, opened on first need (data_mu guards both).
+  std::mutex data_mu;
+  std::shared_ptr<DirectReader> reader;
+  bool data_asked = false;
   ~ArenaMap() {
     if (base) munmap(base, size);
   }
@@ -54,10 +59,10 @@ struct NodeClient::Conn {
   std::vector<uint64_t> sizes, tokens;
   PutWaveScratch waves;
 
-  uint32_t begin(uint16_t op) {
+  uint32_t begin(uint16_t op, uint32_t flags = 0) {
     sent_op = op;
     sent_id = next_id++;
-    w.begin(op, sent_id, 0, version);
+    w.begin(op, sent_id, flags, version);
     return sent_id;
   }
 };
@@ -419,6 +424,7 @@ struct NodeClient::PutOps {
   const std::vector<SgList>& values;
   const std::vector<uint32_t>& depths;
   int32_t* results;
+  PutMode mode;
 
   bool lost(int e, const char* what, const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
     for (uint32_t i : a) results[i] = status_code(Status::kNodeUnavailable);
@@ -427,7 +433,7 @@ struct NodeClient::PutOps {
     return false;
   }
   bool reserve(const std::vector<uint32_t>& todo, std::vector<Reservation>* out) {
-    c->begin(kPutReserve);
+    c->begin(kPutReserve, mode == PutMode::kKeepExisting ? kFlagKeepExisting : 0);
     encode_put_reserve(c->w, keys, todo, c->sizes, depths);
     Reader r;
     int e = client.roundtrip(*c, &r);
@@ -467,7 +473,7 @@ struct NodeClient::PutOps {
 };
 
 void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           const std::vector<uint32_t>& depths, int32_t* results) {
+                           const std::vector<uint32_t>& depths, int32_t* results, PutMode mode) {
   if (keys.empty()) return;
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
@@ -489,7 +495,7 @@ void NodeClient::batch_put(const std::vector<std::string>& keys, const std::vect
     todo.erase(todo.begin() + static_cast<long>(k));
   }
   if (!c) return;
-  PutOps ops{*this, c, keys, values, depths, results};
+  PutOps ops{*this, c, keys, values, depths, results, mode};
   run_in_parts(
       todo, frame_parts(keys, todo, kPutReserve, 4 + 8 + 4),
       [&](std::vector<uint32_t>& part) {
@@ -578,7 +584,109 @@ bool NodeClient::get_part(std::unique_ptr<Conn>& c, const std::vector<std::strin
     if (!get_wave(c, keys, buffers, results)) return false;
     if (c->idx.size() == before && c->tokens.empty()) break;  // nothing pinned: no progress
   }
+  // On NVMe but not stageable in DRAM: the client reads them itself, as an in-process store does.
+  return c->idx.empty() || read_direct(c, keys, buffers, results);
+}
+
+// ---- direct reads -------------------------------------------------------------------------------
+
+// This node's data file reader (OPEN_DATA on first need, once per node instance), or null when
+// the node has none to give (no NVMe tier, or a transport that cannot pass descriptors).
+std::shared_ptr<DirectReader> NodeClient::data_reader(std::unique_ptr<Conn>& c) {
+  std::shared_ptr<ArenaMap> map = c->map;
+  std::lock_guard<std::mutex> lk(map->data_mu);
+  if (map->data_asked) return map->reader;
+  c->begin(kOpenData);
+  Reader r;
+  int fd = -1, e = send_request(*c);
+  if (e == 0) e = recv_reply(*c, &r, Clock::now() + std::chrono::milliseconds(timeout_ms_), &fd);
+  int32_t status = e == 0 ? r.i32() : 0;
+  if (e == 0 && !r.done()) e = EPROTO;
+  if (e) {
+    if (fd >= 0) ::close(fd);
+    fail(std::move(c), e, "open data");
+    return nullptr;
+  }
+  map->data_asked = true;
+  if (status == status_code(Status::kOk) && fd >= 0) {
+    try {
+      map->reader = std::make_shared<DirectReader>(fd, notes_);
+    } catch (const std::exception& ex) {
+      notes_.warn(std::string("cannot read the node's NVMe file directly: ") + ex.what());
+    }
+  } else if (fd >= 0) {
+    ::close(fd);
+  }
+  return map->reader;
+}
+
+// GET_LOCATE for keys[idx]: *locs gets one result per key. False when the connection failed.
+bool NodeClient::locate(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys,
+                        const std::vector<uint32_t>& idx, std::vector<LocateResult>* locs) {
+  c->begin(kGetLocate);
+  encode_keys(c->w, keys, idx);
+  Reader r;
+  int e = roundtrip(*c, &r);
+  if (e == 0 && (r.u32() != idx.size() || r.remaining() != idx.size() * kLocateResultWire)) e = EPROTO;
+  if (e) {
+    fail(std::move(c), e, "locate");
+    return false;
+  }
+  locs->resize(idx.size());
+  for (LocateResult& l : *locs) {
+    l.status = r.i64();
+    l.offset = r.u64();
+    l.checksum = r.u64();
+    l.token = r.u64();
+  }
   return true;
+}
+
+// Fire and forget, like GET_UNPIN.
+int NodeClient::send_release(Conn& c, const std::vector<LocateResult>& locs) {
+  c.begin(kLocateRelease);
+  c.w.reserve(4 + 8 * locs.size());
+  uint32_t n = 0;
+  for (const LocateResult& l : locs) n += l.status >= 0;
+  c.w.u32(n);
+  for (const LocateResult& l : locs)
+    if (l.status >= 0) c.w.u64(l.token);
+  return n ? send_request(c) : 0;
+}
+
+// Reads keys[c->idx] (on NVMe, not staged in DRAM) straight into their buffers: GET_LOCATE, the
+// reads, LOCATE_RELEASE. Keys it cannot read stay misses. False when the connection failed.
+bool NodeClient::read_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys,
+                             const std::vector<SgList>& buffers, int64_t* results) {
+  std::shared_ptr<DirectReader> reader = data_reader(c);
+  if (!c) return false;
+  std::vector<LocateResult> locs;
+  if (!reader || !locate(c, keys, c->idx, &locs)) return c != nullptr;
+  std::vector<ValueRead> reads;
+  std::vector<uint32_t> which;
+  for (size_t j = 0; j < locs.size(); j++) {
+    const uint32_t i = c->idx[j];
+    results[i] = located_fits(locs[j], buffers[i]);
+    if (results[i] != status_code(Status::kOk) || locs[j].status == 0) continue;
+    reads.push_back(ValueRead{locs[j].offset, static_cast<uint64_t>(locs[j].status), locs[j].checksum, &buffers[i]});
+    which.push_back(i);
+  }
+  std::vector<int64_t> got(reads.size());
+  reader->read(reads, got.data());
+  for (size_t j = 0; j < which.size(); j++) results[which[j]] = got[j];
+  int e = send_release(*c, locs);
+  if (e) fail(std::move(c), e, "release");
+  return c != nullptr;
+}
+
+// kOk when a located value can be read into buf (then the result is set by the read), else the
+// result: the location's own Status, BUFFER_TOO_SMALL or INVALID_PARAMS; 0 for an empty value.
+int64_t NodeClient::located_fits(const LocateResult& l, const SgList& buf) {
+  if (l.status <= 0) return l.status;
+  bool null_ptr = false;
+  uint64_t cap = sg_bytes(buf, &null_ptr);
+  if (null_ptr) return status_code(Status::kInvalidParams);
+  return cap < static_cast<uint64_t>(l.status) ? status_code(Status::kBufferTooSmall) : status_code(Status::kOk);
 }
 
 void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
@@ -639,46 +747,60 @@ int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
   return queued;
 }
 
+// One request whose body write(w) writes and whose reply read(r, &v) reads (false: malformed).
+// Returns v, or `unavailable` (CLOSED once closed) when the node could not be asked.
+template <class T, class Write, class Read>
+T NodeClient::ask(uint16_t op, const char* what, T unavailable, Write write, Read read) {
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  if (!c) return why == Fail::kClosed ? T(status_code(Status::kClosed)) : unavailable;
+  c->begin(op);
+  write(c->w);
+  Reader r;
+  int e = roundtrip(*c, &r);
+  T v{};
+  if (e == 0 && (!read(r, &v) || !r.done())) e = EPROTO;
+  if (e) {
+    fail(std::move(c), e, what);
+    return unavailable;
+  }
+  release(std::move(c));
+  return v;
+}
+
+// ask() with a one-key list for body and a one-entry list for reply.
+template <class T>
+T NodeClient::single_key(uint16_t op, const std::string& key, const char* what, T unavailable) {
+  return ask<T>(
+      op, what, unavailable,
+      [&](Writer& w) {
+        w.u32(1);
+        w.str(key);
+      },
+      [](Reader& r, T* v) {
+        uint32_t m = r.u32();
+        *v = sizeof(T) == 8 ? static_cast<T>(r.i64()) : static_cast<T>(r.i32());
+        return m == 1;
+      });
+}
+
 int32_t NodeClient::remove(const std::string& key) {
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
-  Fail why = Fail::kNone;
-  std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return status_code(why == Fail::kClosed ? Status::kClosed : Status::kNodeUnavailable);
-  c->begin(kRemove);
-  c->w.u32(1);
-  c->w.str(key);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  int32_t rc = 0;
-  if (e == 0) {
-    uint32_t m = r.u32();
-    rc = r.i32();
-    if (m != 1 || !r.done()) e = EPROTO;
-  }
-  if (e) {
-    fail(std::move(c), e, "remove");
-    return status_code(Status::kNodeUnavailable);
-  }
-  release(std::move(c));
-  return rc;
+  return single_key<int32_t>(kRemove, key, "remove", status_code(Status::kNodeUnavailable));
+}
+
+int64_t NodeClient::remove_prefix(const std::string& prefix) {
+  if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+  return ask<int64_t>(
+      kRemovePrefix, "remove_prefix", status_code(Status::kNodeUnavailable), [&](Writer& w) { w.str(prefix); },
+      [](Reader& r, int64_t* v) { return (*v = r.i64()), true; });
 }
 
 int32_t NodeClient::remove_all() {
-  Fail why = Fail::kNone;
-  std::unique_ptr<Conn> c = acquire(&why);
-  if (!c) return status_code(why == Fail::kClosed ? Status::kClosed : Status::kNodeUnavailable);
-  c->begin(kRemoveAll);
-  Reader r;
-  int e = roundtrip(*c, &r);
-  int32_t rc = e == 0 ? r.i32() : 0;
-  if (e == 0 && !r.done()) e = EPROTO;
-  if (e) {
-    fail(std::move(c), e, "remove_all");
-    return status_code(Status::kNodeUnavailable);
-  }
-  release(std::move(c));
-  return rc;
+  return ask<int32_t>(
+      kRemoveAll, "remove_all", status_code(Status::kNodeUnavailable), [](Writer&) {},
+      [](Reader& r, int32_t* v) { return (*v = r.i32()), true; });
 }
 
 bool NodeClient::stats_json(std::string* out) {
@@ -728,6 +850,7 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
     fail(std::move(c), e, "get");
     return status_code(Status::kNotFound);
   }
+  if (status == status_code(Status::kNoSpace)) return get_value_direct(c, one, alloc);
   if (status < 0) {
     release(std::move(c));
     return status;
@@ -750,7 +873,45 @@ int64_t NodeClient::get_value(const std::string& key, const std::function<uint8_
   return result;
 }
 
-int64_t NodeClient::value_size(const std::string& key) { return get_value(key, nullptr); }
+// get_value of a page on NVMe that the node could not stage: located, then read into alloc(len).
+int64_t NodeClient::get_value_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& one,
+                                     const std::function<uint8_t*(size_t)>& alloc) {
+  std::shared_ptr<DirectReader> reader = data_reader(c);
+  std::vector<LocateResult> locs;
+  if (!c || !reader || !locate(c, one, {0}, &locs)) {
+    if (c) release(std::move(c));
+    return status_code(Status::kNotFound);
+  }
+  int64_t result = locs[0].status;
+  uint8_t* dst = result > 0 && alloc ? alloc(static_cast<size_t>(result)) : nullptr;
+  if (result > 0 && alloc && !dst) result = status_code(Status::kInvalidParams);
+  if (dst) {
+    SgList buf{Segment{dst, static_cast<uint64_t>(locs[0].status)}};
+    reader->read({ValueRead{locs[0].offset, static_cast<uint64_t>(locs[0].status), locs[0].checksum, &buf}}, &result);
+  }
+  int e = send_release(*c, locs);
+  if (e) {
+    fail(std::move(c), e, "release");
+    return result;
+  }
+  release(std::move(c));
+  return result;
+}
+
+int64_t NodeClient::locate_and_hold(const std::string& key) {
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  std::vector<LocateResult> locs;
+  if (!c || !locate(c, {key}, {0}, &locs)) return status_code(Status::kNodeUnavailable);
+  release(std::move(c));
+  return locs[0].status;
+}
+
+int64_t NodeClient::value_size(const std::string& key) {
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  return single_key<int64_t>(kValueSize, key, "value_size", status_code(Status::kNotFound));
+}
 
 bool NodeClient::ping() {
   Fail why = Fail::kNone;

@@ -64,6 +64,8 @@ struct NodeInfo {
   std::string info;
 };
 
+class DirectReader;
+
 class NodeClient {
  public:
   // Connects and says HELLO. Throws EngineError: kFormat when the node speaks other protocol
@@ -77,10 +79,10 @@ class NodeClient {
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
 
-  // results[i]: 0 or a negative Status. A value already stored (same key and size) is not
-  // copied again and reports 0. depths may be empty.
+  // results[i]: 0 or a negative Status. depths may be empty. mode (common/put_waves.h):
+  // kReplace, or kKeepExisting (a key already stored reports 0 and is not copied).
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 const std::vector<uint32_t>& depths, int32_t* results);
+                 const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   // results[i]: bytes copied into buffers[i] (spread over its segments in order), or a negative
   // Status: NOT_FOUND, BUFFER_TOO_SMALL (the value is larger than the segments), ...
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
@@ -89,13 +91,21 @@ class NodeClient {
   int32_t prefetch(const std::vector<std::string>& keys);  // keys queued for promotion
   int32_t remove(const std::string& key);
   int32_t remove_all();
+  // Keys removed (every key that starts with prefix, on every tier of the node), or a Status.
+  int64_t remove_prefix(const std::string& prefix);
   // The node's figures as a JSON object; false (and last_error()) when the node is unavailable.
   bool stats_json(std::string* out);
   // Pins key, asks alloc(len) for a destination, copies, unpins. Returns len or a negative
   // Status. alloc may return nullptr (then status_code(Status::kInvalidParams)).
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
+  // The value's length or a negative Status (NOT_FOUND also when the node is unavailable); moves
+  // no page and counts no hit on the node (VALUE_SIZE).
   int64_t value_size(const std::string& key);
   bool ping();
+  // Test hook: GET_LOCATE one key and keep the location (the node releases it when this
+  // client's connection ends). Returns the value's length or a Status.
+  int64_t locate_and_hold(const std::string& key);
+
   // A request this class does not know by name (the cluster layer's VIEW): sends `op` with
   // `body`, puts the reply body in *reply. false when the node is unavailable or does not know
   // the op (last_error() says which; an unknown op does not count as the node being down).
@@ -126,6 +136,10 @@ class NodeClient {
   void release(std::unique_ptr<Conn> c);
   void fail(std::unique_ptr<Conn> c, int err, const std::string& what);
   struct PutOps;
+  template <class T, class Write, class Read>
+  T ask(uint16_t op, const char* what, T unavailable, Write write, Read read);
+  template <class T>
+  T single_key(uint16_t op, const std::string& key, const char* what, T unavailable);
   void connect_first();
   std::unique_ptr<Conn> connect_new(int* err, std::string* msg);
   int say_hello(Conn& c, proto::HelloReply* hr, int* arena_fd);
@@ -140,6 +154,16 @@ class NodeClient {
   // Pins, copies and unpins one wave of gets; false when the connection failed (results set).
   bool get_wave(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                 int64_t* results);
+  // Direct reads (node/direct_reader.h): pages on NVMe that the node did not stage in DRAM.
+  std::shared_ptr<DirectReader> data_reader(std::unique_ptr<Conn>& c);
+  bool locate(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+              std::vector<proto::LocateResult>* locs);
+  int send_release(Conn& c, const std::vector<proto::LocateResult>& locs);
+  bool read_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
+                   int64_t* results);
+  static int64_t located_fits(const proto::LocateResult& l, const SgList& buf);
+  int64_t get_value_direct(std::unique_ptr<Conn>& c, const std::vector<std::string>& one,
+                           const std::function<uint8_t*(size_t)>& alloc);
   // Valid keys into *idx with their results set; others' results are their Status.
   void check_keys(const std::vector<std::string>& keys, size_t n_values, int32_t* results, std::vector<uint32_t>* idx);
   std::string describe(int err, const Conn* c) const;

@@ -195,8 +195,10 @@ bool NodeServer::send_reply(Session* s, Dispatcher::Outcome o) {
   if (o == Dispatcher::Outcome::kNoReply) return true;
   const uint8_t* f = s->w.finish();
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
-  int e = o == Dispatcher::Outcome::kReplyWithArena ? s->stream->send_with_fd(f, s->w.size(), store_.arena_fd(), deadline)
-                                                    : s->stream->send_all(f, s->w.size(), deadline);
+  int fd = o == Dispatcher::Outcome::kReplyWithArena ? store_.arena_fd()
+           : o == Dispatcher::Outcome::kReplyWithDataFile ? store_.data_fd()
+                                                           : -1;
+  int e = fd >= 0 ? s->stream->send_with_fd(f, s->w.size(), fd, deadline) : s->stream->send_all(f, s->w.size(), deadline);
   return e == 0 && o != Dispatcher::Outcome::kFailed;
 }
 
@@ -206,7 +208,7 @@ bool NodeServer::serve_one(Session* s) {
   Header h;
   const auto timeout = std::chrono::milliseconds(timeout_ms_);
   const auto hello_by = s->accepted + std::chrono::milliseconds(opt_.limits.hello_deadline_ms());
-  s->mark_idle(s->reservations.total() + s->pins.total());
+  s->mark_idle(s->reservations.total() + s->pins.total() + s->locations.total());
   int e = s->rx.read_header(*s->stream, &h, s->hello, hello_by, timeout_ms_, wake_fd_);
   s->idle_since_ns.store(0);
   if (e == ETIMEDOUT && !s->hello) ctr_.hello_timeouts++;
@@ -239,6 +241,13 @@ void NodeServer::end_session(Session* s) {
   ctr_.released_reservations += reservations;
   ctr_.pins_held -= pins;
   ctr_.released_pins += pins;
+  std::vector<uint64_t> locations;  // NVMe regions pinned for the client's direct reads
+  s->locations.drain(&locations);
+  if (!locations.empty()) {
+    store_.release_locations(locations);
+    ctr_.locations_held -= locations.size();
+    ctr_.released_locations += locations.size();
+  }
   if (s->evicted.load()) evicting_--;  // first: connections - evicting_ never goes below zero
   ctr_.connections--;
   s->done.store(true);

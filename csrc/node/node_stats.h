@@ -17,7 +17,8 @@ namespace mch {
 struct NodeCounters {
   std::atomic<uint64_t> connections{0}, connections_total{0}, requests{0}, bad_frames{0}, version_mismatches{0},
       refused_connections{0}, refused_peers{0}, hello_timeouts{0}, evicted_connections{0}, settings_mismatches{0},
-      pins_held{0}, reservations_held{0}, released_pins{0}, released_reservations{0}, unknown_tokens{0};
+      pins_held{0}, reservations_held{0}, released_pins{0}, released_reservations{0}, unknown_tokens{0},
+      locations_held{0}, released_locations{0};
   std::atomic<uint64_t> by_op[proto::kOpCount] = {};
 
   void count_op(uint16_t op) {
@@ -47,6 +48,8 @@ struct NodeStats {
   uint64_t released_pins = 0;        // unpinned by the node for clients that went away
   uint64_t released_reservations = 0;  // aborted by the node for clients that went away
   uint64_t unknown_tokens = 0;       // commit/unpin tokens the connection did not own (ignored)
+  uint64_t locations_held = 0;       // NVMe regions pinned for clients' direct reads now
+  uint64_t released_locations = 0;   // let go by the node for clients that went away
   std::vector<int32_t> client_pids;  // peers connected now
 
   // Snapshot of the counters (everything but identity and client_pids).
@@ -58,6 +61,7 @@ struct NodeStats {
     settings_mismatches = c.settings_mismatches, pins_held = c.pins_held;
     reservations_held = c.reservations_held, released_pins = c.released_pins;
     released_reservations = c.released_reservations, unknown_tokens = c.unknown_tokens;
+    locations_held = c.locations_held, released_locations = c.released_locations;
     requests_by_op.clear();
     for (int i = 1; i < proto::kOpCount; i++)
       requests_by_op.emplace_back(proto::op_name(static_cast<uint16_t>(i)), c.by_op[i].load());
@@ -81,8 +85,9 @@ struct NodeStats {
       v.counter(k, x);
     v.gauge("pins_held", pins_held);
     v.gauge("reservations_held", reservations_held);
+    v.gauge("locations_held", locations_held);
     for (auto [k, x] : Fields{{"released_pins", released_pins}, {"released_reservations", released_reservations},
-                              {"unknown_tokens", unknown_tokens}})
+                              {"unknown_tokens", unknown_tokens}, {"released_locations", released_locations}})
       v.counter(k, x);
     v.pids("client_pids", client_pids);
   }

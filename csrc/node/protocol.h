@@ -35,7 +35,12 @@ enum Op : uint16_t {
   kRemoveAll = 9,
   kStats = 10,
   kPing = 11,
-  kOpCount = 12,  // one past the last request op (array sizes)
+  kValueSize = 12,
+  kOpenData = 13,       // the reply carries the NVMe data file, read-only (SCM_RIGHTS)
+  kGetLocate = 14,
+  kLocateRelease = 15,  // no reply
+  kRemovePrefix = 16,
+  kOpCount = 17,  // one past the last request op (array sizes)
   kError = 255,   // node -> client only: the request `request_id` failed
 };
 
@@ -65,6 +70,11 @@ inline const char* op_name(uint16_t op) {
     case kRemoveAll: return "remove_all";
     case kStats: return "stats";
     case kPing: return "ping";
+    case kValueSize: return "value_size";
+    case kOpenData: return "open_data";
+    case kGetLocate: return "get_locate";
+    case kLocateRelease: return "locate_release";
+    case kRemovePrefix: return "remove_prefix";
     case kError: return "error";
     default: return "unknown";
   }
@@ -189,9 +199,12 @@ inline int64_t decode_put_reserve(Reader& r, KeyList* keys, std::vector<uint64_t
   return n;
 }
 
+// PUT_RESERVE header flag kFlagKeepExisting: PutMode::kKeepExisting (a stored key keeps its
+//   value); without it a committed value replaces the stored one everywhere.
+constexpr uint32_t kFlagKeepExisting = 1u << 1;
 // PUT_RESERVE reply: u32 n, n x {i32 status, u64 offset, u64 token}.
-//   status 0: copy the value to arena+offset, then commit the token; 1: the same key with the
-//   same size is stored already (nothing to copy, no token); < 0: a Status (common/status.h).
+//   status 0: copy the value to arena+offset, then commit the token; 1: kKeepExisting and the key
+//   is stored already (nothing to copy, no token); < 0: a Status (common/status.h).
 using ReserveResult = Reservation;  // common/put_waves.h
 constexpr size_t kReserveResultWire = 20;
 
@@ -213,6 +226,26 @@ constexpr size_t kPinResultWire = 25;
 // EXISTS reply: u32 n, n x i32 (1 present, 0 absent, < 0 bad key).
 // PREFETCH reply: i32 keys queued for promotion.
 // REMOVE reply: u32 n, n x i32 (0 or NOT_FOUND). REMOVE_ALL request: empty; reply: i32.
+// REMOVE_PREFIX request: str prefix (1 to kMaxKeyLen bytes); reply: i64 (keys removed, or a
+//   Status).
+// VALUE_SIZE request: a key list; reply: u32 n, n x i64 (the value's length, or a Status). The
+//   node only looks at its indexes: no page moves, no hit is counted.
+// Direct reads: an NVMe page the node does not stage in DRAM (no slot is free, or issue 15's
+//   policy says staging does not pay) is read by the client itself, straight into its buffers.
+// OPEN_DATA request: empty; reply: i32 status (0: the NVMe data file rides along, read-only;
+//   NOT_FOUND: the node has no NVMe tier). The client keeps the descriptor per node instance.
+// GET_LOCATE request: a key list; reply: u32 n, n x {i64 status, u64 offset, u64 checksum,
+//   u64 token}: status is the value's length (or a Status), the value lies at `offset` in the data
+//   file and its XXH3-64 is `checksum` (the client verifies it: a mismatch is a miss); its region
+//   is not reclaimed until the token is given back with LOCATE_RELEASE (or the connection ends).
+// LOCATE_RELEASE request: u32 n, n x u64 token. No reply.
+struct LocateResult {
+  int64_t status = 0;
+  uint64_t offset = 0;
+  uint64_t checksum = 0;
+  uint64_t token = 0;
+};
+constexpr size_t kLocateResultWire = 32;
 // STATS request: empty; reply: str (a JSON object).
 // PING: any body; the reply echoes it.
 // ERROR (node -> client, flags kFlagReply, request_id of the failed request):

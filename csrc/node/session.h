@@ -86,6 +86,7 @@ struct Session {
   bool hello = false;
   uint16_t version = 0;
   TokenTable reservations, pins;
+  TokenTable locations;  // NVMe regions pinned for the client's direct reads (GET_LOCATE)
   FrameReader rx;
   proto::Writer w;
   // Per-request scratch, reused so a warm session allocates nothing per key.
@@ -97,6 +98,7 @@ struct Session {
   std::vector<int64_t> owned;  // per commit token: index into `tokens`, or -1 (not ours)
   std::vector<PutTicket> put_t;
   std::vector<GetTicket> get_t;
+  std::vector<TieredStore::Location> locs;
 };
 
 // Gives back what a session's client still held when its connection ended: aborts its put

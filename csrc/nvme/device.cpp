@@ -24,6 +24,8 @@ Device::Device(const NvmeOptions& opt) : path_(opt.path), region_size_(opt.regio
   try {
     measure(opt.capacity);
     read_or_create_superblock();
+    // For readers in other processes (a node client's direct reads): read-only, same flags.
+    read_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | (opt.direct_io ? O_DIRECT : 0));
   } catch (...) {
     close();
     throw;
@@ -37,10 +39,15 @@ void Device::fail(int kind, const std::string& msg) {
 
 void Device::close() {
   if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  if (read_fd_ >= 0) ::close(read_fd_);
+  fd_ = read_fd_ = -1;
 }
 
-void Device::sync() const { fdatasync(fd_); }
+int Device::sync() const {
+  int err = 0;
+  if (faults_ && faults_->fire(FaultInjector::kSync, &err)) return err;
+  return fdatasync(fd_) == 0 ? 0 : errno;
+}
 
 void Device::open_locked_fd(bool direct_io) {
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (direct_io ? O_DIRECT : 0), 0600);
@@ -141,20 +148,21 @@ void Device::create_layout() {
   if (!is_blockdev_) {
     int rc = posix_fallocate(fd_, 0, static_cast<off_t>(file_bytes));
     if (rc == ENOSPC) {
-      if (ftruncate(fd_, 0) != 0) {
-      }
+      // Give back what the failed allocation took; if even that fails, say so.
+      std::string left = ftruncate(fd_, 0) == 0 ? "" : std::string(" (and it could not be shrunk back: ") +
+                                                           strerror(errno) + "; remove it)";
       fail(EngineError::kInvalid, "not enough free space for tiers.nvme.capacity " + format_bytes(capacity()) +
-                                      " at '" + path_ + "'; lower capacity or free disk space");
+                                      " at '" + path_ + "'; lower capacity or free disk space" + left);
     }
     if (rc != 0 && ftruncate(fd_, static_cast<off_t>(file_bytes)) != 0)
       fail(EngineError::kIo, "cannot size '" + path_ + "': " + strerror(errno));
   }
   AlignedBuffer block(kBlock);
-  if (had_data) {  // old bytes may hold trailers of an earlier life: invalidate them
+  if (had_data) {  // old bytes may hold trailers and records of an earlier life: invalidate them
     for (uint64_t r = 0; r < region_count_; r++)
-      if (pwrite(fd_, block.data(), kBlock, static_cast<off_t>(region_base(r) + region_size_ - kBlock)) !=
-          static_cast<ssize_t>(kBlock))
-        fail(EngineError::kIo, "cannot initialise '" + path_ + "': " + strerror(errno));
+      for (uint64_t off : {region_size_ - kBlock, uint64_t{0}})  // the trailer, the first record
+        if (pwrite(fd_, block.data(), kBlock, static_cast<off_t>(region_base(r) + off)) != static_cast<ssize_t>(kBlock))
+          fail(EngineError::kIo, "cannot initialise '" + path_ + "': " + strerror(errno));
   }
   disk::Superblock sb{};
   memcpy(sb.magic, disk::kSuperMagic, 8);

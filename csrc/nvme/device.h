@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "nvme/fault_injector.h"
 #include "nvme/options.h"
 #include "nvme/record_format.h"
 
@@ -23,6 +24,9 @@ class Device {
   Device& operator=(const Device&) = delete;
 
   int fd() const { return fd_; }
+  // A read-only descriptor of the same file (-1 if it could not be opened), for readers the
+  // engine hands the file to (they never write, and hold no lock on it).
+  int read_fd() const { return read_fd_; }
   uint64_t region_count() const { return region_count_; }
   uint64_t capacity() const { return region_count_ * region_size_; }  // bytes given to regions
   uint64_t region_size() const { return region_size_; }
@@ -30,7 +34,10 @@ class Device {
   // First region and record sequence numbers of this life (above every earlier life's).
   uint64_t first_region_seq() const { return first_region_seq_; }
   uint64_t first_record_seq() const { return first_record_seq_; }
-  void sync() const;  // fdatasync
+  // fdatasync: 0, or the errno value of a failure (the caller reports it).
+  int sync() const;
+  // Test hook (fault_injector.h): sync() consults it. Set once, before any other thread runs.
+  void set_faults(FaultInjector* f) { faults_ = f; }
   void close();
 
  private:
@@ -45,11 +52,13 @@ class Device {
   const std::string path_;
   const uint64_t region_size_;
   int fd_ = -1;
+  int read_fd_ = -1;
   bool is_blockdev_ = false;
   uint64_t file_size_ = 0;
   uint64_t region_count_ = 0;
   uint64_t first_region_seq_ = 1;
   uint64_t first_record_seq_ = 1;
+  FaultInjector* faults_ = nullptr;
 };
 
 }  // namespace mch

@@ -4,6 +4,7 @@
 #include <limits.h>
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "common/error.h"
 
@@ -47,8 +48,9 @@ int64_t IoContext::sync_io(IoOp op, uint64_t off, void* buf, size_t len) {
   return run_sync(*q, r);
 }
 
-IoContextPool::IoContextPool(int fd, int queue_depth, int max_contexts, const std::string& want, NoteLog& notes)
-    : fd_(fd), depth_(queue_depth), max_contexts_(std::max(max_contexts, 1)), notes_(notes) {
+IoContextPool::IoContextPool(int fd, int queue_depth, int max_contexts, const std::string& want, NoteLog& notes,
+                             FaultInjector* faults)
+    : fd_(fd), depth_(queue_depth), max_contexts_(std::max(max_contexts, 1)), notes_(notes), faults_(faults) {
   if (want != "auto" && want != "io_uring" && want != "threads")
     throw EngineError(EngineError::kInvalid,
                       "tiers.nvme.io_backend must be auto, io_uring or threads, not '" + want + "'");
@@ -91,7 +93,7 @@ std::unique_ptr<IoContext> IoContextPool::make_context() {
   c->cqes.resize(depth);
   if (backend_ == "io_uring") {
     std::string remark;
-    c->q = make_uring_queue(fd_, depth, c->staging.data(), c->staging.size(), &remark);
+    c->q = make_uring_queue(fd_, depth, c->staging.data(), c->staging.size(), &remark, faults_);
     if (all_.empty()) {
       fixed_buffers_ = remark.empty();
       if (!remark.empty()) notes_.warn(remark);
@@ -103,6 +105,7 @@ std::unique_ptr<IoContext> IoContextPool::make_context() {
 }
 
 IoContext* IoContextPool::acquire() {
+  if (faults_ && faults_->fire(FaultInjector::kAcquire)) throw std::runtime_error("injected: no I/O queue");
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
     if (!free_.empty()) {
@@ -119,11 +122,27 @@ IoContext* IoContextPool::acquire() {
 }
 
 void IoContextPool::release(IoContext* c) {
+  std::unique_ptr<IoContext> dead;  // destroyed (its queue drained) after the lock is let go
   {
     std::lock_guard<std::mutex> lk(mu_);
-    free_.push_back(c);
+    if (c->q->broken()) {
+      auto it = std::find_if(all_.begin(), all_.end(), [c](const std::unique_ptr<IoContext>& x) { return x.get() == c; });
+      dead = std::move(*it);
+      all_.erase(it);
+    } else {
+      free_.push_back(c);
+    }
   }
   cv_.notify_one();
+}
+
+IoContextPool::Lease::Lease(IoContextPool& p, const char* what) : pool_(p) {
+  try {
+    ctx_ = p.acquire();
+  } catch (const std::exception& e) {
+    error_ = e.what();
+    p.notes_.warn(std::string("cannot set up an I/O queue for ") + what + ": " + error_);
+  }
 }
 
 }  // namespace mch

@@ -6,9 +6,11 @@
 //
 // IoContextPool chooses the backend once (auto | io_uring | threads; io_uring that cannot be set
 // up falls back to threads with a note), creates contexts on demand up to max_parallel_calls and
-// hands them out. acquire()/release() may be called from any thread (ctx_mu_ guards the lists);
+// hands them out; a context whose queue broke is destroyed when given back (the next acquire
+// makes a fresh one). acquire()/release() may be called from any thread (mu_ guards the lists);
 // a context itself is used by the one thread that holds it.
 #pragma once
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -19,6 +21,7 @@
 #include "common/aligned_buffer.h"
 #include "common/keys.h"
 #include "common/note_log.h"
+#include "nvme/fault_injector.h"
 #include "nvme/io_queue.h"
 #include "nvme/page_index.h"
 #include "nvme/record_format.h"
@@ -79,10 +82,41 @@ struct IoContext {
   }
 };
 
+// Reads the block at each file offset in `offsets` (queue depth at a time, in chunks of 256) and
+// calls got(i, block) for offsets[i]; block is null when that read failed. The context must be
+// idle; its slots are not used.
+template <class Got>
+void read_blocks(IoContext& ctx, const std::vector<uint64_t>& offsets, Got got) {
+  const uint64_t chunk = 256;
+  AlignedBuffer buf(chunk * kBlock);
+  std::vector<iovec> iov(chunk);
+  for (uint64_t first = 0; first < offsets.size(); first += chunk) {
+    uint64_t n = std::min<uint64_t>(chunk, offsets.size() - first), next = 0, done = 0;
+    while (done < n) {
+      for (; next < n && ctx.q->inflight() < ctx.q->depth(); next++) {
+        iov[next] = {buf.data() + next * kBlock, kBlock};
+        IoRequest r;
+        r.op = IoOp::kRead;
+        r.offset = offsets[first + next];
+        r.iov = &iov[next];
+        r.iovcnt = 1;
+        r.tag = next;
+        ctx.q->submit(r);
+      }
+      ctx.reap(1, [&](const IoCompletion& c) {
+        got(first + c.tag, c.result == static_cast<int64_t>(kBlock) ? buf.data() + c.tag * kBlock : nullptr);
+        done++;
+      });
+    }
+  }
+}
+
 class IoContextPool {
  public:
-  // Throws EngineError for an unknown backend or io_uring demanded but unavailable.
-  IoContextPool(int fd, int queue_depth, int max_contexts, const std::string& backend, NoteLog& notes);
+  // Throws EngineError for an unknown backend or io_uring demanded but unavailable. `faults`
+  // (may be null) is the engine's test hook.
+  IoContextPool(int fd, int queue_depth, int max_contexts, const std::string& backend, NoteLog& notes,
+                FaultInjector* faults = nullptr);
   ~IoContextPool();
 
   IoContext* acquire();  // waits while max_contexts are in use; may throw when a queue cannot be set up
@@ -90,17 +124,25 @@ class IoContextPool {
   const std::string& backend() const { return backend_; }
   bool fixed_buffers() const { return backend_ == "io_uring" && fixed_buffers_; }
 
-  // Holds a context for a scope.
+  // Holds a context for a scope. Never throws: when no context can be set up, it is empty
+  // (false), error() says why, and a warning naming `what` went to the notes.
   class Lease {
    public:
-    explicit Lease(IoContextPool& p) : pool_(p), ctx_(p.acquire()) {}
-    ~Lease() { pool_.release(ctx_); }
+    Lease(IoContextPool& p, const char* what);
+    ~Lease() {
+      if (ctx_) pool_.release(ctx_);
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    explicit operator bool() const { return ctx_ != nullptr; }
     IoContext& operator*() const { return *ctx_; }
     IoContext* operator->() const { return ctx_; }
+    const std::string& error() const { return error_; }
 
    private:
     IoContextPool& pool_;
-    IoContext* ctx_;
+    IoContext* ctx_ = nullptr;
+    std::string error_;
   };
 
  private:
@@ -108,6 +150,7 @@ class IoContextPool {
 
   const int fd_, depth_, max_contexts_;
   NoteLog& notes_;
+  FaultInjector* faults_;
   std::string backend_;
   bool fixed_buffers_ = false;
   std::unique_ptr<ThreadPool> pool_;  // threads backend only

@@ -43,8 +43,13 @@ class IoQueue {
   // latest in the next reap().
   virtual void submit(const IoRequest& req) = 0;
   // Submits what is queued, waits until at least `min_complete` completions are available
-  // (0 = don't wait), and stores up to `max` of them. Returns the number stored.
+  // (0 = don't wait), and stores up to `max` of them. Returns the number stored. A request the
+  // device layer could not submit completes with a negative errno like any failed I/O, so a
+  // caller waiting for its requests always gets them back.
   virtual int reap(IoCompletion* out, int max, int min_complete) = 0;
+  // The queue failed in a way it cannot recover from (a submission refused for good): requests
+  // still complete (with errors), but its owner should replace it once it is idle.
+  virtual bool broken() const { return false; }
   virtual int inflight() const = 0;
   virtual int depth() const = 0;
   virtual const char* name() const = 0;
@@ -55,8 +60,10 @@ class ThreadPool;
 // Creates a queue of the given kind ("io_uring" or "threads") on `fd`. `staging` (may be null)
 // is registered with io_uring as fixed buffer 0. Throws std::runtime_error when io_uring
 // cannot be set up; `note` receives a one-line remark (e.g. fixed buffers unavailable).
+// `faults` (may be null) is the engine's test hook (fault_injector.h).
+class FaultInjector;
 std::unique_ptr<IoQueue> make_uring_queue(int fd, int depth, void* staging, size_t staging_size,
-                                          std::string* note);
+                                          std::string* note, FaultInjector* faults = nullptr);
 std::unique_ptr<IoQueue> make_thread_pool_queue(int fd, int depth, ThreadPool* pool);
 bool uring_compiled_in();
 
@@ -74,7 +81,8 @@ class ThreadPool {
   std::vector<std::thread> threads_;
 };
 
-// Runs `req` synchronously on `q` (which must be idle) and returns the completion result.
+// Runs `req` synchronously on `q` (which must be idle) and returns the completion result
+// (-EIO if the queue returned nothing, which a correct queue never does).
 int64_t run_sync(IoQueue& q, const IoRequest& req);
 
 }  // namespace mch

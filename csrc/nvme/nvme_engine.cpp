@@ -4,12 +4,14 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 
 #include "common/text.h"
 #include "nvme/recovery.h"
+#include "nvme/value_reader.h"
 
 namespace mch {
 
@@ -50,21 +52,29 @@ struct NvmeEngine::PutItem {
   uint64_t len;
   int32_t* result;
   bool reinsert;
+  bool tombstone = false;  // a removal record: a header block and no value
 };
+
+namespace {
+const SgList kNoValue;  // the value of a tombstone
+}  // namespace
 
 // ---- construction ---------------------------------------------------------------------------
 
 NvmeEngine::NvmeEngine(const NvmeOptions& opt) : opt_(opt) {
   validate_options();
-  max_value_ = opt_.region_size - 3 * kBlock;
+  max_value_ = disk::max_value_in_region(opt_.region_size);
   dev_ = std::make_unique<Device>(opt_);
+  dev_->set_faults(&faults_);
   opt_.capacity = dev_->capacity();
   ctxs_ = std::make_unique<IoContextPool>(dev_->fd(), opt_.queue_depth, opt_.max_parallel_calls, opt_.io_backend,
-                                          notes_);
+                                          notes_, &faults_);
   reinsertion_ = ReinsertionPolicy::make(opt_.reinsertion);
   regions_ = std::make_unique<RegionManager>(*dev_, opt_.sync_on_seal, notes_, ctr_.io_errors);
   readers_.assign(dev_->region_count(), 0);
   recover_from_disk();
+  backend_name_ = ctxs_->backend();  // fixed from here on (the first context exists)
+  fixed_buffers_ = ctxs_->fixed_buffers();
 }
 
 NvmeEngine::~NvmeEngine() {
@@ -78,14 +88,20 @@ void NvmeEngine::validate_options() {
   if (opt_.path.empty()) throw EngineError(EngineError::kInvalid, "tiers.nvme.path is empty");
   if (opt_.region_size < (1u << 20) || !disk::is_aligned(opt_.region_size))
     throw EngineError(EngineError::kInvalid, "tiers.nvme.region_size must be a multiple of 4 KiB and at least 1 MiB");
+  if (opt_.region_size > disk::kMaxRegionSize)
+    throw EngineError(EngineError::kInvalid, "tiers.nvme.region_size " + format_bytes(opt_.region_size) +
+                                                 " is above the maximum of " + format_bytes(disk::kMaxRegionSize) +
+                                                 "; lower it (64 MiB is a good default)");
   if (opt_.queue_depth < 1 || opt_.queue_depth > 4096)
     throw EngineError(EngineError::kInvalid, "tiers.nvme.queue_depth must be between 1 and 4096");
   if (opt_.max_parallel_calls < 1) opt_.max_parallel_calls = 1;
 }
 
 void NvmeEngine::recover_from_disk() {
-  IoContextPool::Lease ctx(*ctxs_);
+  IoContextPool::Lease ctx(*ctxs_, "recovery");
+  if (!ctx) throw EngineError(EngineError::kIo, "tiers.nvme: cannot set up an I/O queue (" + ctx.error() + ")");
   RecoveryResult r = recover(*ctx, *dev_, *regions_, index_);
+  rewrite_orphan_tombstones(*ctx, r);
   value_bytes_ = r.value_bytes;
   recovered_entries_ = r.entries;
   recovered_scanned_ = r.regions_scanned;
@@ -96,6 +112,38 @@ void NvmeEngine::recover_from_disk() {
            format_bytes(value_bytes_).c_str(), regions_->sealed_count(), recovery_seconds_,
            static_cast<unsigned long long>(recovered_scanned_));
   notes_.add(line);
+}
+
+// Removals that recovery found only in free regions (their trailer was lost) are written again
+// into the log, then the first block of each of those regions is cleared: from now on the removal
+// lives in a trusted region and the free region is not scanned again. Runs in the constructor.
+void NvmeEngine::rewrite_orphan_tombstones(IoContext& ctx, const RecoveryResult& r) {
+  std::vector<std::string> keys;
+  for (const auto& o : r.orphan_tombstones) keys.push_back(o.key);
+  std::vector<int32_t> res(keys.size());
+  write_tombstones(ctx, keys, res.data());
+  const size_t written = static_cast<size_t>(std::count(res.begin(), res.end(), status_code(Status::kOk)));
+  if (written < r.orphan_tombstones.size() || !synced("recovery")) {
+    notes_.warn("could not write again " + std::to_string(r.orphan_tombstones.size() - written) +
+                " removals found in damaged regions; they hold for this run only");
+    return;  // keep the untrusted regions as they are: the next start finds the removals again
+  }
+  if (written)
+    notes_.warn("wrote again " + std::to_string(written) + " removals whose region trailer was lost");
+  std::vector<uint32_t> still_free;  // the rewrite may have opened one of them: leave that one alone
+  for (uint32_t u : r.untrusted_regions)
+    if (regions_->at(u).state == RegionState::kFree) still_free.push_back(u);
+  clear_first_blocks(ctx, still_free);
+  synced("recovery");
+}
+
+// Zeroes the first block of each region in rs (a free region whose first block is not a record
+// is never scanned at start). False if a write failed.
+bool NvmeEngine::clear_first_blocks(IoContext& ctx, const std::vector<uint32_t>& rs) {
+  bool ok = true;
+  memset(ctx.scratch, 0, kBlock);
+  for (uint32_t r : rs) ok &= ctx.sync_io(IoOp::kWrite, dev_->region_base(r), ctx.scratch, kBlock) == static_cast<int64_t>(kBlock);
+  return ok;
 }
 
 // ---- writer path ----------------------------------------------------------------------------
@@ -116,14 +164,16 @@ void NvmeEngine::put_done(IoContext& ctx, const IoCompletion& c, std::vector<Put
   IoContext::Slot& s = ctx.slots[c.tag];
   PutItem& it = items[s.item];
   int64_t res = c.result;
-  if (inject_write_errors_.load() > 0 && inject_write_errors_.fetch_sub(1) > 0) res = -EIO;
+  int err = 0, ms = 0;
+  if (faults_.fire(FaultInjector::kWrite, &err)) res = -err;
+  if (faults_.fire(FaultInjector::kStall, nullptr, &ms)) usleep(static_cast<useconds_t>(ms) * 1000);
   if (res == s.expect) {
     regions_->at(s.loc.region).entries.push_back(s.entry);
-    index_record(s.digest, s.loc);
+    if (!it.tombstone) index_record(s.digest, s.loc);
     *it.result = status_code(Status::kOk);
     if (it.reinsert) {
       ctr_.reinserted_pages++;
-    } else {
+    } else if (!it.tombstone) {
       ctr_.puts++;
       ctr_.put_bytes += it.len;
     }
@@ -156,13 +206,14 @@ bool NvmeEngine::submit_put(IoContext& ctx, PutItem& it, size_t i, std::vector<P
 
   const uint32_t r = static_cast<uint32_t>(regions_->open_region());
   disk::RecordHeader h{};
+  h.flags = it.tombstone ? disk::kTombstone : 0;
   h.key_len = static_cast<uint32_t>(it.key->size());
   h.value_len = it.len;
   h.region_seq = regions_->at(r).region_seq;
   h.seq = regions_->next_seq();
   h.digest_lo = it.digest.lo;
   h.digest_hi = it.digest.hi;
-  h.value_checksum = sg_checksum(*it.segs, it.len);
+  h.value_checksum = it.tombstone ? checksum64(nullptr, 0) : sg_checksum(*it.segs, it.len);
   disk::encode_header(s.header, h, it.key->data());
 
   const uint64_t rec = disk::record_bytes(it.len);
@@ -193,8 +244,9 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
     if (!regions_->open_fits(rec)) {
       drain();  // a region switch needs every write to the old region finished
       // Reinsertions never reclaim: they fill the region just opened for them.
-      if (it.reinsert ? !regions_->open_fits(rec) : !ensure_room(ctx, rec)) {
-        *it.result = status_code(Status::kNoSpace);
+      Status room = it.reinsert ? (regions_->open_fits(rec) ? Status::kOk : Status::kNoSpace) : ensure_room(ctx, rec);
+      if (room != Status::kOk) {
+        *it.result = status_code(room);
         continue;
       }
     }
@@ -204,15 +256,17 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
   drain();
 }
 
-bool NvmeEngine::ensure_room(IoContext& ctx, uint64_t rec_bytes) {
-  if (regions_->open_fits(rec_bytes)) return true;
+// kOk when the open region has room for rec_bytes (opening one, reclaiming the oldest if none is
+// free); kNoSpace when nothing can be reclaimed; kIoError when a region could not be opened.
+Status NvmeEngine::ensure_room(IoContext& ctx, uint64_t rec_bytes) {
+  if (regions_->open_fits(rec_bytes)) return Status::kOk;
   if (regions_->open_region() >= 0) regions_->seal(ctx, static_cast<uint32_t>(regions_->open_region()));
   std::vector<HotRecord> hot;
   int64_t r = regions_->take_free();
-  if (r < 0 && (r = reclaim_oldest(ctx, &hot)) < 0) return false;
-  if (!regions_->open(ctx, static_cast<uint32_t>(r))) return false;
+  if (r < 0 && (r = reclaim_oldest(ctx, &hot)) < 0) return Status::kNoSpace;
+  if (!regions_->open(ctx, static_cast<uint32_t>(r))) return Status::kIoError;
   reinsert(ctx, hot);
-  return regions_->open_fits(rec_bytes);
+  return regions_->open_fits(rec_bytes) ? Status::kOk : Status::kNoSpace;
 }
 
 void NvmeEngine::reinsert(IoContext& ctx, std::vector<HotRecord>& hot) {
@@ -311,24 +365,24 @@ void NvmeEngine::drop_region(uint32_t r, const std::vector<disk::SummaryEntry>& 
   unpinned_cv_.wait(lk, [&] { return readers_[r] == 0; });
 }
 
-bool NvmeEngine::write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d) {
-  if (!ensure_room(ctx, kBlock)) return false;
-  const uint32_t r = static_cast<uint32_t>(regions_->open_region());
-  disk::RecordHeader h{};
-  h.flags = disk::kTombstone;
-  h.key_len = static_cast<uint32_t>(key.size());
-  h.region_seq = regions_->at(r).region_seq;
-  h.seq = regions_->next_seq();
-  h.digest_lo = d.lo;
-  h.digest_hi = d.hi;
-  h.value_checksum = checksum64(nullptr, 0);
-  disk::encode_header(ctx.scratch, h, key.data());
-  const uint64_t off = regions_->place(kBlock);
-  if (ctx.sync_io(IoOp::kWrite, dev_->region_base(r) + off, ctx.scratch, kBlock) != static_cast<int64_t>(kBlock))
-    return false;
-  disk::SummaryEntry e = summary_entry(h, static_cast<uint32_t>(off / kBlock));
-  regions_->at(r).entries.push_back(e);
-  return true;
+// Writes a tombstone for each key (pipelined, like puts): a restart will not bring back what was
+// indexed under it before. results[i]: 0 or a negative Status. write_mu_ held (or the constructor).
+void NvmeEngine::write_tombstones(IoContext& ctx, const std::vector<std::string>& keys, int32_t* results) {
+  std::vector<PutItem> items;
+  items.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); i++)
+    items.push_back(PutItem{&keys[i], KeyDigest::of(keys[i]), &kNoValue, 0, &results[i], false, true});
+  put_records(ctx, items);
+}
+
+// fdatasync; a failure is counted and logged (naming `what`). True when it succeeded.
+bool NvmeEngine::synced(const char* what) {
+  int err = dev_->sync();
+  if (err == 0) return true;
+  ctr_.io_errors++;
+  notes_.warn(std::string("fdatasync during ") + what + " failed (" + strerror(err) +
+              "); what was written since the last sync may not survive a power loss");
+  return false;
 }
 
 // ---- public API -----------------------------------------------------------------------------
@@ -364,23 +418,34 @@ std::vector<NvmeEngine::PutItem> NvmeEngine::put_items(const std::vector<std::st
   return items;
 }
 
+// kKeepExisting: items whose key is indexed already report 0 and are not written.
+void NvmeEngine::drop_existing(std::vector<PutItem>* items) {
+  std::lock_guard<std::mutex> lk(index_mu_);
+  size_t kept = 0;
+  for (PutItem& it : *items) {
+    if (index_.find(it.digest)) {
+      *it.result = status_code(Status::kOk);
+      continue;
+    }
+    (*items)[kept++] = it;
+  }
+  items->resize(kept);
+}
+
 void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           int32_t* results) {
+                           int32_t* results, PutMode mode) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return std::fill(results, results + keys.size(), status_code(Status::kClosed));
   std::vector<PutItem> items = put_items(keys, values, results);
+  if (mode == PutMode::kKeepExisting) drop_existing(&items);
   if (items.empty()) return;
   std::lock_guard<std::mutex> wl(write_mu_);
-  IoContext* ctx;
-  try {
-    ctx = ctxs_->acquire();
-  } catch (const std::exception& e) {
-    notes_.warn(std::string("cannot set up an I/O queue: ") + e.what());
+  IoContextPool::Lease ctx(*ctxs_, "a put");
+  if (!ctx) {
     for (auto& it : items) *it.result = status_code(Status::kIoError);
     return;
   }
   put_records(*ctx, items);
-  ctxs_->release(ctx);
 }
 
 void NvmeEngine::unpin(uint32_t region) {
@@ -423,79 +488,74 @@ void NvmeEngine::forget_corrupt(const KeyDigest& d, const PageLocation& loc) {
   }
 }
 
-void NvmeEngine::get_done(IoContext& ctx, const IoCompletion& c, const std::vector<SgList>& buffers,
-                          int64_t* results) {
-  IoContext::Slot& s = ctx.slots[c.tag];
-  int64_t& out = results[s.item];
-  if (c.result != s.expect) {
-    out = status_code(Status::kIoError);
+// Accounts for one read of a pinned page (read_values' result r) and unpins its region.
+void NvmeEngine::read_done(const KeyDigest& d, const PageLocation& loc, int64_t r) {
+  if (r == status_code(Status::kNotFound)) {  // never hand out wrong bytes: a miss, forgotten
+    ctr_.checksum_failures++;
+    ctr_.misses++;
+    forget_corrupt(d, loc);
+  } else if (r == status_code(Status::kIoError)) {
     ctr_.io_errors++;
-  } else {
-    for (const auto& cp : s.copies) memcpy(cp.user, cp.bounce, cp.len);
-    if (sg_checksum(buffers[s.item], s.loc.value_len) != s.loc.value_checksum) {
-      // Never hand out wrong bytes: a corrupt record is a miss, and is forgotten.
-      out = status_code(Status::kNotFound);
-      ctr_.checksum_failures++;
-      ctr_.misses++;
-      forget_corrupt(s.digest, s.loc);
-    } else {
-      out = s.loc.value_len;
-      ctr_.hits++;
-      ctr_.get_bytes += s.loc.value_len;
-    }
+  } else if (r >= 0) {
+    ctr_.hits++;
+    ctr_.get_bytes += static_cast<uint64_t>(r);
   }
-  unpin(s.loc.region);
-  ctx.give_slot(static_cast<int>(c.tag));
+  unpin(loc.region);
 }
 
-void NvmeEngine::submit_get(IoContext& ctx, size_t i, const SgList& buf, const KeyDigest& d, const PageLocation& loc,
-                            int64_t* results, const std::vector<SgList>& buffers) {
-  const int si = ctx.take_slot();
-  IoContext::Slot& s = ctx.slots[si];
-  s.item = i;
-  s.loc = loc;
-  s.digest = d;
-  s.iov.clear();
-  if (!ctx.prepare_value(s, buf, loc.value_len)) {
-    results[i] = status_code(Status::kInvalidParams);
-    unpin(loc.region);
-    ctx.give_slot(si);
-    return;
-  }
-  s.expect = static_cast<int64_t>(disk::align_up(loc.value_len));
-  IoRequest req;
-  req.op = IoOp::kRead;
-  req.offset = dev_->region_base(loc.region) + uint64_t(loc.block) * kBlock + kBlock;
-  req.iov = s.iov.data();
-  req.iovcnt = static_cast<int>(s.iov.size());
-  req.tag = static_cast<uint64_t>(si);
-  ctx.submit(req, [&](const IoCompletion& c) { get_done(ctx, c, buffers, results); });
+uint64_t NvmeEngine::value_offset(const PageLocation& loc) const {
+  return dev_->region_base(loc.region) + uint64_t(loc.block) * kBlock + kBlock;
 }
 
 void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                            int64_t* results) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return std::fill(results, results + keys.size(), int64_t{status_code(Status::kClosed)});
-  IoContext* ctxp;
-  try {
-    ctxp = ctxs_->acquire();
-  } catch (const std::exception& e) {
-    notes_.warn(std::string("cannot set up an I/O queue: ") + e.what());
-    return std::fill(results, results + keys.size(), int64_t{status_code(Status::kIoError)});
-  }
-  IoContext& ctx = *ctxp;
-  auto done = [&](const IoCompletion& c) { get_done(ctx, c, buffers, results); };
+  IoContextPool::Lease lease(*ctxs_, "a get");
+  if (!lease) return std::fill(results, results + keys.size(), int64_t{status_code(Status::kIoError)});
+  std::vector<ValueRead> reads;
+  std::vector<std::pair<KeyDigest, PageLocation>> pinned;  // per read
+  std::vector<size_t> which;                               // per read: its key
   for (size_t i = 0; i < keys.size(); i++) {
     KeyDigest d;
     PageLocation loc;
     results[i] = pin_for_read(keys[i], buffers[i], &d, &loc);
     if (results[i] != kPinned) continue;
-    while (ctx.free_slots.empty()) ctx.reap(1, done);
-    submit_get(ctx, i, buffers[i], d, loc, results, buffers);
+    reads.push_back(ValueRead{value_offset(loc), loc.value_len, loc.value_checksum, &buffers[i]});
+    pinned.push_back({d, loc});
+    which.push_back(i);
   }
-  while (ctx.q->inflight() > 0) ctx.reap(1, done);
+  read_values(*lease, reads, [&](size_t j, int64_t r) {
+    results[which[j]] = r;
+    read_done(pinned[j].first, pinned[j].second, r);
+  });
   ctr_.gets += keys.size();
-  ctxs_->release(ctxp);
+}
+
+// Where key's value lies, for a reader with its own descriptor of the file (read_fd()); pins
+// its region until unpin_location(loc->region). Counts a hit as a get does.
+int64_t NvmeEngine::pin_location(const std::string& key, ValueLocation* out) {
+  std::shared_lock<std::shared_mutex> life(life_mu_);
+  if (closed_) return status_code(Status::kClosed);
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  std::lock_guard<std::mutex> lk(index_mu_);
+  ctr_.gets++;
+  PageLocation* p = index_.find(KeyDigest::of(key));
+  if (!p) {
+    ctr_.misses++;
+    return status_code(Status::kNotFound);
+  }
+  p->flags |= PageIndex::kHit;
+  readers_[p->region]++;
+  *out = ValueLocation{value_offset(*p), p->value_len, p->value_checksum, p->region};
+  ctr_.hits++;
+  ctr_.get_bytes += p->value_len;
+  return p->value_len;
+}
+
+void NvmeEngine::unpin_location(uint32_t region) {
+  if (region < readers_.size()) unpin(region);
 }
 
 void NvmeEngine::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
@@ -521,49 +581,124 @@ int64_t NvmeEngine::value_size(const std::string& key) {
 }
 
 int32_t NvmeEngine::remove(const std::string& key) {
-  std::shared_lock<std::shared_mutex> life(life_mu_);
-  if (closed_) return status_code(Status::kClosed);
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
-  KeyDigest d = KeyDigest::of(key);
+  std::vector<int32_t> res(1);
+  remove_keys({key}, res.data(), nullptr);
+  return res[0];
+}
+
+// Removes each key: out of the index at once, then a tombstone (all of them pipelined) so a
+// restart does not bring it back. results[i]: 0, NOT_FOUND or a negative Status; *removed (if
+// given) gets the digests of the keys that were indexed.
+void NvmeEngine::remove_keys(const std::vector<std::string>& keys, int32_t* results, std::vector<KeyDigest>* removed) {
+  std::shared_lock<std::shared_mutex> life(life_mu_);
+  if (closed_) return std::fill(results, results + keys.size(), status_code(Status::kClosed));
   std::lock_guard<std::mutex> wl(write_mu_);
+  IoContextPool::Lease ctx(*ctxs_, "a remove");
+  if (!ctx) return std::fill(results, results + keys.size(), status_code(Status::kIoError));  // nothing changed
+  std::vector<std::string> found;
+  std::vector<size_t> which;
   {
     std::lock_guard<std::mutex> lk(index_mu_);
-    PageLocation* p = index_.find(d);
-    if (!p) return status_code(Status::kNotFound);
-    value_bytes_ -= p->value_len;
-    index_.erase(d);
+    for (size_t i = 0; i < keys.size(); i++) {
+      KeyDigest d = KeyDigest::of(keys[i]);
+      PageLocation* p = index_.find(d);
+      results[i] = p ? status_code(Status::kOk) : status_code(Status::kNotFound);
+      if (!p) continue;
+      value_bytes_ -= p->value_len;
+      index_.erase(d);
+      if (removed) removed->push_back(d);
+      found.push_back(keys[i]);
+      which.push_back(i);
+    }
   }
-  ctr_.removes++;
-  IoContextPool::Lease ctx(*ctxs_);
-  // The tombstone keeps a restart from bringing the page back.
-  if (write_tombstone(*ctx, key, d)) return status_code(Status::kOk);
-  notes_.warn("could not persist the removal of a key; it may reappear after a restart");
-  return status_code(Status::kIoError);
+  ctr_.removes += found.size();
+  std::vector<int32_t> res(found.size());
+  write_tombstones(*ctx, found, res.data());
+  size_t failed = 0;
+  for (size_t j = 0; j < which.size(); j++)
+    if (res[j] != status_code(Status::kOk)) results[which[j]] = status_code(Status::kIoError), failed++;
+  if (failed) notes_.warn("could not persist the removal of " + std::to_string(failed) + " keys; they may reappear after a restart");
+}
+
+// The keys of the pages indexed now that start with `prefix`. The index keeps digests only: the
+// keys are read back from the record headers, kBatch at a time, each page's region pinned while
+// its header is read (so reclaim cannot reuse it meanwhile).
+std::vector<std::string> NvmeEngine::keys_with_prefix(IoContext& ctx, const std::string& prefix) {
+  constexpr size_t kBatch = 256;
+  std::vector<KeyDigest> all;
+  {
+    std::lock_guard<std::mutex> lk(index_mu_);
+    all = index_.digests();
+  }
+  std::vector<std::string> out;
+  for (size_t first = 0; first < all.size(); first += kBatch) {
+    std::vector<std::pair<KeyDigest, PageLocation>> pinned;
+    {
+      std::lock_guard<std::mutex> lk(index_mu_);
+      for (size_t i = first; i < std::min(all.size(), first + kBatch); i++)
+        if (PageLocation* p = index_.find(all[i])) {
+          readers_[p->region]++;
+          pinned.push_back({all[i], *p});
+        }
+    }
+    std::vector<uint64_t> offsets;
+    for (const auto& [d, loc] : pinned) offsets.push_back(value_offset(loc) - kBlock);
+    read_blocks(ctx, offsets, [&](size_t i, const uint8_t* block) {
+      disk::RecordHeader h;
+      if (!block || !disk::decode_header(block, &h) || KeyDigest{h.digest_lo, h.digest_hi} != pinned[i].first) return;
+      std::string_view key(reinterpret_cast<const char*>(block + sizeof(h)), h.key_len);
+      if (key.compare(0, prefix.size(), prefix) == 0) out.emplace_back(key);
+    });
+    for (const auto& [d, loc] : pinned) unpin(loc.region);
+  }
+  return out;
+}
+
+int64_t NvmeEngine::remove_prefix(const std::string& prefix, std::vector<KeyDigest>* removed) {
+  std::vector<std::string> keys;
+  {
+    std::shared_lock<std::shared_mutex> life(life_mu_);
+    if (closed_) return status_code(Status::kClosed);
+    IoContextPool::Lease ctx(*ctxs_, "remove_prefix");
+    if (!ctx) return status_code(Status::kIoError);
+    keys = keys_with_prefix(*ctx, prefix);
+  }
+  std::vector<int32_t> res(keys.size());
+  const size_t before = removed->size();
+  remove_keys(keys, res.data(), removed);
+  for (int32_t r : res)
+    if (r != status_code(Status::kOk) && r != status_code(Status::kNotFound)) return r;
+  return static_cast<int64_t>(removed->size() - before);
 }
 
 int32_t NvmeEngine::remove_all() {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return status_code(Status::kClosed);
   std::lock_guard<std::mutex> wl(write_mu_);
+  IoContextPool::Lease ctx(*ctxs_, "remove_all");
+  if (!ctx) return status_code(Status::kIoError);  // nothing changed
   {
     std::unique_lock<std::mutex> lk(index_mu_);
     index_.clear();
     value_bytes_ = 0;
     unpinned_cv_.wait(lk, [&] { return std::all_of(readers_.begin(), readers_.end(), [](uint32_t n) { return n == 0; }); });
   }
+  // Every used region becomes free: its trailer is zeroed (not trusted at the next start) and so
+  // is its first block (not scanned for tombstones either: every record before this is gone).
   int32_t rc = status_code(Status::kOk);
-  {
-    IoContextPool::Lease ctx(*ctxs_);
-    memset(ctx->scratch, 0, kBlock);
-    for (uint32_t r = 0; r < regions_->region_count(); r++) {
-      if (regions_->at(r).state == RegionState::kFree) continue;
-      uint64_t trailer = dev_->region_base(r) + opt_.region_size - kBlock;
-      if (ctx->sync_io(IoOp::kWrite, trailer, ctx->scratch, kBlock) != static_cast<int64_t>(kBlock))
-        rc = status_code(Status::kIoError);
-    }
+  std::vector<uint32_t> used;
+  for (uint32_t r = 0; r < regions_->region_count(); r++)
+    if (regions_->at(r).state != RegionState::kFree) used.push_back(r);
+  memset(ctx->scratch, 0, kBlock);
+  for (uint32_t r : used) {
+    uint64_t trailer = dev_->region_base(r) + opt_.region_size - kBlock;
+    if (ctx->sync_io(IoOp::kWrite, trailer, ctx->scratch, kBlock) != static_cast<int64_t>(kBlock))
+      rc = status_code(Status::kIoError);
   }
-  dev_->sync();
+  if (!clear_first_blocks(*ctx, used)) rc = status_code(Status::kIoError);
+  if (!synced("remove_all")) rc = status_code(Status::kIoError);
   regions_->reset_all();
   return rc;
 }
@@ -575,32 +710,31 @@ void NvmeEngine::close() {
     std::lock_guard<std::mutex> wl(write_mu_);
     int64_t open = regions_->open_region();
     if (open >= 0 && !regions_->at(static_cast<uint32_t>(open)).entries.empty()) {
-      IoContextPool::Lease ctx(*ctxs_);
-      regions_->seal(*ctx, static_cast<uint32_t>(open));
+      IoContextPool::Lease ctx(*ctxs_, "sealing the open region at close");
+      if (ctx)
+        regions_->seal(*ctx, static_cast<uint32_t>(open));
+      else
+        notes_.warn("could not seal the open region at close; the next start scans it (nothing is lost)");
     }
-    dev_->sync();
+    synced("close");
   }
-  closed_backend_ = ctxs_->backend();
-  closed_fixed_buffers_ = ctxs_->fixed_buffers();
   ctxs_.reset();  // queues drain what the kernel still owns first
   dev_->close();
   closed_ = true;
 }
 
+// Takes neither life_mu_ nor write_mu_ (both are held across I/O): the figures come from
+// atomics, fields fixed at open, and the index under index_mu_ (never held across I/O).
 NvmeStats NvmeEngine::stats() {
-  std::shared_lock<std::shared_mutex> life(life_mu_);
   NvmeStats s;
-  s.io_backend = ctxs_ ? ctxs_->backend() : closed_backend_;
+  s.io_backend = backend_name_;
   s.direct_io = opt_.direct_io;
-  s.fixed_buffers = ctxs_ ? ctxs_->fixed_buffers() : closed_fixed_buffers_;
+  s.fixed_buffers = fixed_buffers_;
   s.capacity = opt_.capacity;
   s.region_size = opt_.region_size;
   s.region_count = readers_.size();
-  {
-    std::lock_guard<std::mutex> wl(write_mu_);
-    s.regions_free = regions_->free_count();
-    s.regions_sealed = regions_->sealed_count();
-  }
+  s.regions_free = regions_->free_count();
+  s.regions_sealed = regions_->sealed_count();
   {
     std::lock_guard<std::mutex> lk(index_mu_);
     s.entries = index_.size();

@@ -31,12 +31,15 @@
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/note_log.h"
+#include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
 #include "nvme/device.h"
+#include "nvme/fault_injector.h"
 #include "nvme/io_context.h"
 #include "nvme/options.h"
 #include "nvme/page_index.h"
+#include "nvme/recovery.h"
 #include "nvme/region_manager.h"
 #include "nvme/reinsertion_policy.h"
 
@@ -92,15 +95,37 @@ class NvmeEngine {
   NvmeEngine(const NvmeEngine&) = delete;
   NvmeEngine& operator=(const NvmeEngine&) = delete;
 
-  // results[i] = 0 or a negative Status.
-  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values, int32_t* results);
+  // results[i] = 0 or a negative Status. kKeepExisting: a key already indexed is left as it is
+  // (result 0, nothing written).
+  void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values, int32_t* results,
+                 PutMode mode = PutMode::kReplace);
   // results[i] = bytes read or a negative Status (kNotFound for a miss or a corrupt record).
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
   // results[i] = 1 present, 0 absent, negative Status on error.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  // Where a value lies, for a reader with its own descriptor of the file (read_fd(); a node
+  // client reading a page straight into its memory). pin_location returns the value's length
+  // (or a negative Status) and keeps its region from being reclaimed until unpin_location.
+  struct ValueLocation {
+    uint64_t offset = 0;  // file offset of the value (block aligned)
+    uint64_t len = 0;
+    uint64_t checksum = 0;  // XXH3-64 of the value, to verify after reading
+    uint32_t region = 0;
+  };
+  int64_t pin_location(const std::string& key, ValueLocation* out);
+  void unpin_location(uint32_t region);
+  // A read-only descriptor of the data file (O_DIRECT when direct_io), owned by the engine.
+  int read_fd() const { return dev_ ? dev_->read_fd() : -1; }
   // Value length, or a negative Status.
   int64_t value_size(const std::string& key);
   int32_t remove(const std::string& key);
+  // Removes each key (results[i]: 0, NOT_FOUND or a negative Status), tombstones written
+  // pipelined; *removed (may be null) gets the digests of the keys that were stored.
+  void remove_keys(const std::vector<std::string>& keys, int32_t* results, std::vector<KeyDigest>* removed);
+  // Removes every key that starts with `prefix` (read back from the record headers: the index
+  // keeps digests only), like remove(). Returns how many, or a negative Status; their digests
+  // are appended to *removed.
+  int64_t remove_prefix(const std::string& prefix, std::vector<KeyDigest>* removed);
   int32_t remove_all();
   // Seals the open region and closes the file. Later calls return kClosed.
   void close();
@@ -110,7 +135,9 @@ class NvmeEngine {
   // Lines worth logging once (backend fallbacks, recovery summary). Cleared when taken.
   std::vector<Note> take_notes() { return notes_.take(); }
   // Test hook: the next n write completions are treated as device errors (-EIO).
-  void inject_write_errors(int n) { inject_write_errors_.store(n); }
+  void inject_write_errors(int n) { faults_.arm(FaultInjector::kWrite, n); }
+  // Test hook: the next `times` operations of kind k fail with err (or stall for ms).
+  void inject_faults(FaultInjector::Kind k, int times, int err, int ms) { faults_.arm(k, times, err, ms); }
 
  private:
   struct PutItem;
@@ -121,16 +148,20 @@ class NvmeEngine {
   };
 
   void validate_options();
+  bool synced(const char* what);
   void recover_from_disk();
+  void rewrite_orphan_tombstones(IoContext& ctx, const RecoveryResult& r);
+  bool clear_first_blocks(IoContext& ctx, const std::vector<uint32_t>& rs);
   std::vector<PutItem> put_items(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                                  int32_t* results);
+  void drop_existing(std::vector<PutItem>* items);
 
   // --- writer path (write_mu_ held) ---
   void put_records(IoContext& ctx, std::vector<PutItem>& items);
   bool submit_put(IoContext& ctx, PutItem& it, size_t i, std::vector<PutItem>& items);
   void put_done(IoContext& ctx, const IoCompletion& c, std::vector<PutItem>& items);
   void index_record(const KeyDigest& d, const PageLocation& loc);
-  bool ensure_room(IoContext& ctx, uint64_t rec_bytes);
+  Status ensure_room(IoContext& ctx, uint64_t rec_bytes);
   int64_t reclaim_oldest(IoContext& ctx, std::vector<HotRecord>* hot);
   std::vector<disk::SummaryEntry> read_summary(IoContext& ctx, uint32_t r, bool* ok);
   std::vector<std::pair<KeyDigest, PageLocation>> pick_hot(uint32_t r, const std::vector<disk::SummaryEntry>& entries);
@@ -138,19 +169,20 @@ class NvmeEngine {
                 std::vector<HotRecord>* hot);
   void drop_region(uint32_t r, const std::vector<disk::SummaryEntry>& entries, bool summary_ok, size_t kept);
   void reinsert(IoContext& ctx, std::vector<HotRecord>& hot);
-  bool write_tombstone(IoContext& ctx, const std::string& key, const KeyDigest& d);
+  void write_tombstones(IoContext& ctx, const std::vector<std::string>& keys, int32_t* results);
+  std::vector<std::string> keys_with_prefix(IoContext& ctx, const std::string& prefix);
 
   // --- reader path ---
   int64_t pin_for_read(const std::string& key, const SgList& buf, KeyDigest* d, PageLocation* loc);
-  void submit_get(IoContext& ctx, size_t i, const SgList& buf, const KeyDigest& d, const PageLocation& loc,
-                  int64_t* results, const std::vector<SgList>& buffers);
-  void get_done(IoContext& ctx, const IoCompletion& c, const std::vector<SgList>& buffers, int64_t* results);
+  uint64_t value_offset(const PageLocation& loc) const;
+  void read_done(const KeyDigest& d, const PageLocation& loc, int64_t r);
   void forget_corrupt(const KeyDigest& d, const PageLocation& loc);
   void unpin(uint32_t region);
 
   NvmeOptions opt_;
   uint64_t max_value_ = 0;
   NoteLog notes_;
+  FaultInjector faults_;  // test hooks; outlives the device and the queues that consult it
   std::unique_ptr<Device> dev_;
   std::unique_ptr<IoContextPool> ctxs_;
   std::unique_ptr<ReinsertionPolicy> reinsertion_;
@@ -158,8 +190,9 @@ class NvmeEngine {
   // Lifetime: calls hold it shared; close() takes it exclusively.
   std::shared_mutex life_mu_;
   bool closed_ = false;
-  std::string closed_backend_;  // what stats() reports once the contexts are gone
-  bool closed_fixed_buffers_ = false;
+  // What stats() reports about the I/O backend: fixed once the engine is open.
+  std::string backend_name_;
+  bool fixed_buffers_ = false;
 
   // Writer state, guarded by write_mu_: the region table (placement, sealing, sequences).
   std::mutex write_mu_;
@@ -172,7 +205,6 @@ class NvmeEngine {
   std::vector<uint32_t> readers_;
   uint64_t value_bytes_ = 0;
 
-  std::atomic<int> inject_write_errors_{0};
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, put_errors{0}, gets{0}, hits{0}, misses{0}, get_bytes{0},
         checksum_failures{0}, io_errors{0}, evicted_regions{0}, evicted_pages{0}, reinserted_pages{0}, removes{0};

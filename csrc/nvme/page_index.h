@@ -39,6 +39,14 @@ class PageIndex {
     return out;
   }
 
+  // Every digest indexed (a full scan).
+  std::vector<KeyDigest> digests() const {
+    std::vector<KeyDigest> out;
+    out.reserve(map_.size());
+    map_.for_each([&](const KeyDigest& d, const PageLocation&) { out.push_back(d); });
+    return out;
+  }
+
   size_t size() const { return map_.size(); }
   size_t memory_bytes() const { return map_.memory_bytes(); }
 

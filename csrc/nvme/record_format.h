@@ -89,6 +89,14 @@ struct SummaryEntry {
 };
 static_assert(sizeof(SummaryEntry) == 48, "SummaryEntry layout");
 
+// A region of region_size bytes holds a value of at most region_size - kRegionOverhead bytes: the
+// record's header block, one summary block and the trailer take the rest.
+constexpr uint64_t kRegionOverhead = 3 * kBlock;
+// Region sizes above this would not fit a record's block offset and value length in the 32 bits
+// the index keeps for them.
+constexpr uint64_t kMaxRegionSize = 4ull << 30;
+inline uint64_t max_value_in_region(uint64_t region_size) { return region_size - kRegionOverhead; }
+
 // Bytes of one record on disk.
 inline uint64_t record_bytes(uint64_t value_len) { return kBlock + align_up(value_len); }
 

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -14,6 +16,7 @@ namespace {
 
 constexpr size_t kScanWindow = 8 << 20;  // read size when scanning an open region
 using Record = std::pair<uint32_t, disk::SummaryEntry>;  // region, entry
+constexpr uint32_t kOrphan = UINT32_MAX;  // Record's region for a tombstone found in a free region
 
 class Recovery {
  public:
@@ -24,7 +27,9 @@ class Recovery {
     auto t0 = std::chrono::steady_clock::now();
     read_trailers();
     collect();
+    collect_orphan_tombstones();
     apply();
+    keep_orphans();
     rebuild_fifo();
     res_.entries = index_.size();
     res_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -32,32 +37,23 @@ class Recovery {
   }
 
  private:
-  // 1. Every region's trailer, queue_depth reads at a time.
+  // Reads the block at `off` of every region in `rs` and calls got(i, block) for rs[i] (block
+  // is null when the read failed).
+  template <class Got>
+  void read_block_of_each(const std::vector<uint32_t>& rs, uint64_t off, Got got) {
+    std::vector<uint64_t> offsets(rs.size());
+    for (size_t i = 0; i < rs.size(); i++) offsets[i] = dev_.region_base(rs[i]) + off;
+    read_blocks(ctx_, offsets, got);
+  }
+
+  // 1. Every region's trailer.
   void read_trailers() {
     trailers_.assign(n_, disk::RegionTrailer{});
-    const uint64_t chunk = 256;
-    AlignedBuffer buf(chunk * kBlock);
-    std::vector<iovec> iov(chunk);
-    for (uint64_t first = 0; first < n_; first += chunk) {
-      uint64_t n = std::min(chunk, n_ - first), next = 0, done = 0;
-      while (done < n) {
-        for (; next < n && ctx_.q->inflight() < ctx_.q->depth(); next++) {
-          iov[next] = {buf.data() + next * kBlock, kBlock};
-          IoRequest r;
-          r.op = IoOp::kRead;
-          r.offset = dev_.region_base(first + next) + dev_.region_size() - kBlock;
-          r.iov = &iov[next];
-          r.iovcnt = 1;
-          r.tag = next;
-          ctx_.q->submit(r);
-        }
-        ctx_.reap(1, [&](const IoCompletion& c) {
-          if (c.result == static_cast<int64_t>(kBlock))
-            memcpy(&trailers_[first + c.tag], buf.data() + c.tag * kBlock, sizeof(disk::RegionTrailer));
-          done++;
-        });
-      }
-    }
+    std::vector<uint32_t> all(n_);
+    for (uint32_t r = 0; r < n_; r++) all[r] = r;
+    read_block_of_each(all, dev_.region_size() - kBlock, [&](uint64_t i, const uint8_t* b) {
+      if (b) memcpy(&trailers_[i], b, sizeof(disk::RegionTrailer));
+    });
   }
 
   // 2. Records: summaries of sealed regions, scans of the others.
@@ -98,6 +94,32 @@ class Recovery {
 
   void scan_region(uint32_t r, uint64_t region_seq);
 
+  // 2b. A region without a valid trailer is free, but its blocks may still hold tombstones of
+  // removals that were acknowledged (its trailer was damaged, or lost in a crash while sealing).
+  // Every tombstone found in a free region that was ever written (its first block is a record)
+  // is applied with the others: in sequence order a tombstone only deletes older records of its
+  // key, so an old one can never delete a newer put. Puts found there are not trusted.
+  void collect_orphan_tombstones() {
+    std::vector<uint32_t> untrusted;
+    for (uint32_t r = 0; r < n_; r++)
+      if (!disk::trailer_valid(trailers_[r])) untrusted.push_back(r);
+    std::vector<uint32_t> written;
+    read_block_of_each(untrusted, 0, [&](uint64_t i, const uint8_t* b) {
+      disk::RecordHeader h;
+      if (b && disk::decode_header(b, &h)) written.push_back(untrusted[i]);
+    });
+    for (uint32_t r : written) scan_tombstones(r);
+    res_.untrusted_regions = std::move(written);
+  }
+  void scan_tombstones(uint32_t r);
+
+  // Tombstones of free regions that took effect and still stand are handed to the engine, which
+  // writes them again into the log (their region will be reused and overwritten).
+  void keep_orphans() {
+    for (const auto& [d, key] : orphan_keys_)
+      if (effective_.count(d) && !index_.find(d)) res_.orphan_tombstones.push_back({key, d});
+  }
+
   // 3. In sequence order: later puts replace earlier ones, tombstones delete.
   void apply() {
     std::sort(all_.begin(), all_.end(), [](const Record& a, const Record& b) { return a.second.seq < b.second.seq; });
@@ -108,6 +130,7 @@ class Recovery {
       PageLocation* cur = index_.find(d);
       if (cur) res_.value_bytes -= cur->value_len;
       if (e.flags & disk::kTombstone) {
+        if (cur && r == kOrphan) effective_.insert(d);
         if (cur) index_.erase(d);
         continue;
       }
@@ -150,6 +173,8 @@ class Recovery {
   std::vector<Record> all_;
   std::vector<bool> scanned_;
   uint64_t max_region_seq_ = 0;
+  std::vector<std::pair<KeyDigest, std::string>> orphan_keys_;  // tombstones of free regions
+  std::unordered_set<KeyDigest, DigestHash> effective_;         // ... that deleted a record
   RecoveryResult res_;
 };
 
@@ -189,34 +214,55 @@ disk::SummaryEntry entry_of(const disk::RecordHeader& h, uint64_t off) {
   return e;
 }
 
+// Walks region r from its first block: for each block that decodes as a record header, calls
+// visit(header, offset, window), which returns the bytes to advance (0: stop there); blocks that
+// do not decode are stepped over. Returns the offset where the walk stopped.
+template <class Visit>
+uint64_t walk_records(IoContext& ctx, const Device& dev, uint32_t r, Visit visit) {
+  const uint64_t limit = dev.region_size() - kBlock;
+  ScanWindow win(ctx, dev.region_base(r), limit);
+  uint64_t off = 0;
+  while (off + kBlock <= limit && win.load(off, kBlock)) {
+    disk::RecordHeader h;
+    uint64_t step = disk::decode_header(win.at(off), &h) ? visit(h, off, win) : kBlock;
+    if (step == 0) break;
+    off += step;
+  }
+  return off;
+}
+
 void Recovery::scan_region(uint32_t r, uint64_t region_seq) {
   RegionState& s = regions_.at(r);
   s.entries.clear();
   const uint64_t limit = dev_.region_size() - kBlock;
-  ScanWindow win(ctx_, dev_.region_base(r), limit);
-  uint64_t off = 0;
-  while (off + kBlock <= limit && win.load(off, kBlock)) {
-    disk::RecordHeader h;
-    uint64_t rb = 0;
-    if (!disk::decode_header(win.at(off), &h) || h.region_seq != region_seq ||
-        off + (rb = disk::record_bytes(h.value_len)) > limit) {
-      off += kBlock;
-      continue;
-    }
+  uint64_t end = walk_records(ctx_, dev_, r, [&](const disk::RecordHeader& h, uint64_t off, ScanWindow& win) -> uint64_t {
+    const uint64_t rb = disk::record_bytes(h.value_len);
+    if (h.region_seq != region_seq || off + rb > limit) return kBlock;
     if (!(h.flags & disk::kTombstone)) {
-      if (!win.load(off, rb)) break;
-      if (checksum64(win.at(off) + kBlock, h.value_len) != h.value_checksum) {  // torn: skipped
-        off += rb;
-        continue;
-      }
+      if (!win.load(off, rb)) return 0;
+      if (checksum64(win.at(off) + kBlock, h.value_len) != h.value_checksum) return rb;  // torn: skipped
     }
     s.entries.push_back(entry_of(h, off));
     all_.push_back({r, s.entries.back()});
-    off += rb;
-  }
+    return rb;
+  });
   s.state = RegionState::kOpen;
-  s.write_off = off;
+  s.write_off = end;
   s.reserved = s.entries.size();
+}
+
+void Recovery::scan_tombstones(uint32_t r) {
+  const uint64_t limit = dev_.region_size() - kBlock;
+  walk_records(ctx_, dev_, r, [&](const disk::RecordHeader& h, uint64_t off, ScanWindow& win) -> uint64_t {
+    if (h.flags & disk::kTombstone) {
+      all_.push_back({kOrphan, entry_of(h, off)});
+      orphan_keys_.push_back({KeyDigest{h.digest_lo, h.digest_hi},
+                              std::string(reinterpret_cast<const char*>(win.at(off) + sizeof(h)), h.key_len)});
+      return kBlock;
+    }
+    const uint64_t rb = disk::record_bytes(h.value_len);
+    return off + rb <= limit ? rb : kBlock;
+  });
 }
 
 }  // namespace

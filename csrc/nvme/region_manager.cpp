@@ -27,12 +27,14 @@ void RegionManager::reset_all() {
   for (uint32_t r = 0; r < regions_.size(); r++) free_.push_back(r);
   sealed_fifo_.clear();
   open_ = -1;
+  counted();
 }
 
 int64_t RegionManager::take_free() {
   if (free_.empty()) return -1;
   uint32_t r = free_.front();
   free_.pop_front();
+  counted();
   return r;
 }
 
@@ -40,15 +42,20 @@ int64_t RegionManager::pop_oldest_sealed() {
   if (sealed_fifo_.empty()) return -1;
   uint32_t r = sealed_fifo_.front();
   sealed_fifo_.pop_front();
+  counted();
   return r;
 }
 
 void RegionManager::release(uint32_t r) {
   regions_[r] = RegionState{};
   free_.push_back(r);
+  counted();
 }
 
-void RegionManager::push_sealed(uint32_t r) { sealed_fifo_.push_back(r); }
+void RegionManager::push_sealed(uint32_t r) {
+  sealed_fifo_.push_back(r);
+  counted();
+}
 
 bool RegionManager::fits(const RegionState& s, uint64_t rec_bytes) const {
   return s.write_off + rec_bytes + disk::summary_bytes(s.reserved + 1) + kBlock <= dev_.region_size();
@@ -87,12 +94,18 @@ void RegionManager::seal(IoContext& ctx, uint32_t r) {
     notes_.warn("sealing region " + std::to_string(r) + " failed (" + errstr(rc) +
                "); its pages stay readable, a restart will scan it");
   }
-  if (sync_on_seal_) dev_.sync();
+  int err = sync_on_seal_ ? dev_.sync() : 0;
+  if (err) {
+    io_errors_++;
+    notes_.warn("fdatasync after sealing region " + std::to_string(r) + " failed (" + strerror(err) +
+                "); pages written since the last sync may not survive a power loss");
+  }
   s.state = RegionState::kSealed;
   s.summary_off = t.summary_offset;
   s.summary_count = n;
   std::vector<disk::SummaryEntry>().swap(s.entries);
   sealed_fifo_.push_back(r);
+  counted();
   if (open_ == static_cast<int64_t>(r)) open_ = -1;
 }
 

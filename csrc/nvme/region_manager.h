@@ -4,7 +4,8 @@
 // (writing their trailers), and reports the oldest sealed region for reclaim.
 //
 // Not thread-safe: the engine calls it with its write mutex held (recovery runs before any
-// other call). I/O goes through the IoContext the caller passes.
+// other call), except free_count() and sealed_count(), which any thread may read at any time
+// (stats() does, without the write mutex). I/O goes through the IoContext the caller passes.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -38,8 +39,8 @@ class RegionManager {
   int64_t open_region() const { return open_; }
   // The open region has room for a record of rec_bytes (plus its summary entry).
   bool open_fits(uint64_t rec_bytes) const { return open_ >= 0 && fits(regions_[open_], rec_bytes); }
-  size_t free_count() const { return free_.size(); }
-  size_t sealed_count() const { return sealed_fifo_.size(); }
+  size_t free_count() const { return free_n_.load(std::memory_order_relaxed); }
+  size_t sealed_count() const { return sealed_n_.load(std::memory_order_relaxed); }
 
   // A free region, or -1.
   int64_t take_free();
@@ -64,6 +65,10 @@ class RegionManager {
 
  private:
   bool fits(const RegionState& s, uint64_t rec_bytes) const;
+  void counted() {  // publishes the list sizes for free_count() / sealed_count()
+    free_n_.store(free_.size(), std::memory_order_relaxed);
+    sealed_n_.store(sealed_fifo_.size(), std::memory_order_relaxed);
+  }
 
   Device& dev_;
   const bool sync_on_seal_;
@@ -72,6 +77,7 @@ class RegionManager {
   std::vector<RegionState> regions_;
   std::deque<uint32_t> free_;
   std::deque<uint32_t> sealed_fifo_;  // oldest first
+  std::atomic<size_t> free_n_{0}, sealed_n_{0};
   int64_t open_ = -1;
   uint64_t next_region_seq_;
   uint64_t next_seq_;

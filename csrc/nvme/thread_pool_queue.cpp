@@ -149,8 +149,8 @@ std::unique_ptr<IoQueue> make_thread_pool_queue(int fd, int depth, ThreadPool* p
 int64_t run_sync(IoQueue& q, const IoRequest& req) {
   q.submit(req);
   IoCompletion c;
-  while (q.reap(&c, 1, 1) != 1) {
-  }
+  while (q.reap(&c, 1, 1) != 1)
+    if (q.inflight() == 0) return -EIO;
   return c.result;
 }
 

@@ -20,12 +20,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/aligned_buffer.h"
 #include "common/note_log.h"
+#include "common/put_waves.h"
 #include "common/sg_list.h"
+#include "nvme/fault_injector.h"
 #include "nvme/options.h"
 
 namespace mch::binding {
@@ -60,14 +64,16 @@ inline std::vector<SgList> multi_sg(const std::vector<std::vector<uintptr_t>>& p
   return out;
 }
 
-// target.batch_put(keys, sg, extra..., results): extra is the depths where the class takes them.
+inline PutMode put_mode(bool keep_existing) { return keep_existing ? PutMode::kKeepExisting : PutMode::kReplace; }
+
+// target.batch_put(keys, sg, extra..., results, mode): extra is the depths where the class takes them.
 template <class Target, class... Extra>
-std::vector<int32_t> batch_put(Target& target, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
-                               const Extra&... extra) {
+std::vector<int32_t> batch_put(Target& target, bool keep_existing, const std::vector<std::string>& keys,
+                               const std::vector<SgList>& sg, const Extra&... extra) {
   if (keys.size() != sg.size()) throw pybind11::value_error("keys and pointers differ in length");
   std::vector<int32_t> res(keys.size());
   pybind11::gil_scoped_release nogil;
-  target.batch_put(keys, sg, extra..., res.data());
+  target.batch_put(keys, sg, extra..., res.data(), put_mode(keep_existing));
   return res;
 }
 
@@ -108,10 +114,10 @@ struct WithDepths {};
 struct NoDepths {};
 
 template <class Target>
-std::vector<int32_t> put_with_depths(Target& t, const std::vector<std::string>& keys, const std::vector<SgList>& sg,
-                                     std::vector<uint32_t> depths) {
+std::vector<int32_t> put_with_depths(Target& t, bool keep_existing, const std::vector<std::string>& keys,
+                                     const std::vector<SgList>& sg, std::vector<uint32_t> depths) {
   depths.resize(keys.size(), 0);
-  return batch_put(t, keys, sg, depths);
+  return batch_put(t, keep_existing, keys, sg, depths);
 }
 
 // Defines batch_put, batch_put_sg, batch_get, batch_get_sg and batch_exists on `cls`. sg_ptrs and
@@ -124,21 +130,23 @@ void def_batch_api(Cls& cls, const char* sg_ptrs, const char* sg_sizes) {
   using PtrLists = std::vector<std::vector<uintptr_t>>;
   using SizeLists = std::vector<std::vector<uint64_t>>;
   using Keys = std::vector<std::string>;
+  // keep_existing: a key already stored keeps its value (reports 0, nothing copied); else the
+  // new value replaces it everywhere.
   if constexpr (std::is_same_v<Depths, WithDepths>) {
     using D = std::vector<uint32_t>;
-    cls.def("batch_put", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s, D d) {
-         return put_with_depths(t, k, flat_sg(p, s), d);
-       }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = D{});
-    cls.def("batch_put_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s, D d) {
-         return put_with_depths(t, k, multi_sg(p, s), d);
-       }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes), py::arg("depths") = D{});
+    cls.def("batch_put", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s, D d, bool keep) {
+         return put_with_depths(t, keep, k, flat_sg(p, s), d);
+       }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("depths") = D{}, py::arg("keep_existing") = false);
+    cls.def("batch_put_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s, D d, bool keep) {
+         return put_with_depths(t, keep, k, multi_sg(p, s), d);
+       }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes), py::arg("depths") = D{}, py::arg("keep_existing") = false);
   } else {
-    cls.def("batch_put", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s) {
-         return batch_put(t, k, flat_sg(p, s));
-       }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"));
-    cls.def("batch_put_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s) {
-         return batch_put(t, k, multi_sg(p, s));
-       }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes));
+    cls.def("batch_put", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s, bool keep) {
+         return batch_put(t, keep, k, flat_sg(p, s));
+       }, py::arg("keys"), py::arg("ptrs"), py::arg("sizes"), py::arg("keep_existing") = false);
+    cls.def("batch_put_sg", [](Target& t, const Keys& k, const PtrLists& p, const SizeLists& s, bool keep) {
+         return batch_put(t, keep, k, multi_sg(p, s));
+       }, py::arg("keys"), py::arg(sg_ptrs), py::arg(sg_sizes), py::arg("keep_existing") = false);
   }
   cls.def("batch_get", [](Target& t, const Keys& k, const Ptrs& p, const Sizes& s) {
        return batch_get(t, k, flat_sg(p, s));
@@ -167,6 +175,36 @@ void def_take_notes(Cls& cls) {
   cls.def("take_notes", [](Target& t, bool with_levels) { return notes_to_py(t.take_notes(), with_levels); },
           pybind11::arg("with_levels") = false,
           "Lines worth logging once (cleared when taken); with_levels: (logging level, line) pairs.");
+}
+
+// A fault kind by its test-facing name (nvme/fault_injector.h); ValueError for another name.
+inline FaultInjector::Kind fault_kind(const std::string& name) {
+  static const char* names[FaultInjector::kKinds] = {"write", "submit", "sync", "acquire", "stall"};
+  for (int k = 0; k < FaultInjector::kKinds; k++)
+    if (name == names[k]) return static_cast<FaultInjector::Kind>(k);
+  throw pybind11::value_error("unknown fault kind '" + name + "'; use write, submit, sync, acquire or stall");
+}
+
+// The whole value of `key` as bytes, read by target.value_size() and target.batch_get() into
+// fresh aligned memory (again if the value changed size in between), or the error code (an int).
+template <class Target>
+pybind11::object read_whole_value(Target& t, const std::string& key) {
+  for (int attempt = 0; attempt < 4; attempt++) {
+    int64_t n, got;
+    AlignedBuffer buf;
+    {
+      pybind11::gil_scoped_release nogil;
+      n = t.value_size(key);
+      if (n < 0) return pybind11::int_(n);
+      buf = AlignedBuffer(std::max<uint64_t>(align_up(static_cast<uint64_t>(n)), kBlock));
+      std::vector<std::string> keys{key};
+      std::vector<SgList> sg{one_segment(reinterpret_cast<uintptr_t>(buf.data()), buf.size())};
+      t.batch_get(keys, sg, &got);
+    }
+    if (got >= 0) return pybind11::bytes(reinterpret_cast<const char*>(buf.data()), static_cast<size_t>(got));
+    if (got != status_code(Status::kBufferTooSmall)) return pybind11::int_(got);  // else replaced meanwhile
+  }
+  return pybind11::int_(status_code(Status::kBufferTooSmall));
 }
 
 // The value as bytes (allocated by Python while the copy runs without the GIL), or the code.

@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/keys.h"
 #include "common/status.h"
+#include "dram/dram_tier.h"
 #include "node/node_stats.h"
 #include "nvme/record_format.h"
 #include "python/binding_utils.h"
@@ -46,10 +47,20 @@ void bind_common(py::module_& m) {
   m.attr("MAX_KEY_LEN") = kMaxKeyLen;
   m.attr("FORMAT_VERSION") = disk::kFormatVersion;
   m.attr("BLOCK_SIZE") = kBlock;
+  // Size limits (config.py validates against them): an NVMe region holds a value of at most
+  // region_size - NVME_REGION_OVERHEAD bytes; value lengths are 32-bit.
+  m.attr("NVME_REGION_OVERHEAD") = disk::kRegionOverhead;
+  m.attr("MAX_REGION_SIZE") = disk::kMaxRegionSize;
+  m.attr("MAX_SLAB_SIZE") = DramTier::kMaxSlabSize;
   // The per-key result codes: [(name, value, doc)], the source of mooncake_hicache.ErrorCode.
   py::list codes;
-  for (const StatusInfo& s : kStatusTable) codes.append(py::make_tuple(s.name, s.value, s.doc));
+  py::dict mooncake;  // {name: Mooncake ErrorCode name of the same meaning and number, or None}
+  for (const StatusInfo& s : kStatusTable) {
+    codes.append(py::make_tuple(s.name, s.value, s.doc));
+    mooncake[s.name] = *s.mooncake ? py::object(py::str(s.mooncake)) : py::object(py::none());
+  }
   m.attr("STATUS_CODES") = codes;
+  m.attr("STATUS_MOONCAKE_NAMES") = mooncake;
   m.def("metric_kinds", &metric_kinds,
         "{section: {field: 'counter' | 'gauge' | 'flag' | 'info' | 'counter:<label>' | 'list'}} for every "
         "stats section; mooncake_hicache.metrics types the Prometheus series with it.");

@@ -217,12 +217,15 @@ void bind_node_client(py::module_& m) {
   cls.def("prefetch", &NodeClient::prefetch, release_gil())
       .def("remove", &NodeClient::remove, release_gil())
       .def("remove_all", &NodeClient::remove_all, release_gil())
+      .def("remove_prefix", &NodeClient::remove_prefix, release_gil())
       .def("stats_json", &client_stats_json,
            "The node's figures as a JSON string; raises EngineError('io', ...) when the node is unavailable.")
       .def("get_bytes", &get_value_bytes<NodeClient>,
            "The value as bytes, or a negative error code (NOT_FOUND for a miss or an unavailable node).")
       .def("value_size", &NodeClient::value_size, release_gil())
       .def("ping", &NodeClient::ping, release_gil())
+      .def("_locate_and_hold", &NodeClient::locate_and_hold, release_gil(),
+           "Test hook: locate one key on the node's NVMe and keep its region pinned until this client goes away.")
       .def("close", &NodeClient::close, release_gil())
       .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
       .def_property_readonly("last_error", &NodeClient::last_error)

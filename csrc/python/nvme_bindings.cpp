@@ -21,26 +21,6 @@ std::unique_ptr<NvmeEngine> make_engine(const std::string& path, uint64_t capaci
   return std::make_unique<NvmeEngine>(o);
 }
 
-// Reads one value into fresh aligned memory: bytes, or the error code (an int) on a miss.
-py::object get_bytes(NvmeEngine& e, const std::string& key) {
-  for (int attempt = 0; attempt < 4; attempt++) {
-    int64_t n, got;
-    AlignedBuffer buf;
-    {
-      py::gil_scoped_release nogil;
-      n = e.value_size(key);
-      if (n < 0) return py::int_(n);
-      buf = AlignedBuffer(std::max<uint64_t>(align_up(static_cast<uint64_t>(n)), kBlock));
-      std::vector<std::string> keys{key};
-      std::vector<SgList> sg{one_segment(reinterpret_cast<uintptr_t>(buf.data()), buf.size())};
-      e.batch_get(keys, sg, &got);
-    }
-    if (got >= 0) return py::bytes(reinterpret_cast<const char*>(buf.data()), static_cast<size_t>(got));
-    if (got != status_code(Status::kBufferTooSmall)) return py::int_(got);  // else replaced meanwhile: retry
-  }
-  return py::int_(status_code(Status::kBufferTooSmall));
-}
-
 py::object stats(NvmeEngine& e) {
   NvmeStats s;
   {
@@ -61,13 +41,27 @@ void bind_nvme(py::module_& m) {
           py::arg("sync_on_seal") = true, py::arg("reinsertion") = true, py::arg("max_parallel_calls") = 8);
   def_batch_api<NvmeEngine, NoDepths>(cls, "all_ptrs", "all_sizes");
   def_take_notes(cls);
-  cls.def("get_bytes", &get_bytes)
+  cls.def("get_bytes", &read_whole_value<NvmeEngine>)
       .def("value_size", &NvmeEngine::value_size, release_gil())
       .def("remove", &NvmeEngine::remove, release_gil())
       .def("remove_all", &NvmeEngine::remove_all, release_gil())
+      .def("remove_prefix",
+           [](NvmeEngine& e, const std::string& prefix) -> int64_t {
+             if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+             std::vector<KeyDigest> removed;
+             return e.remove_prefix(prefix, &removed);
+           },
+           release_gil())
       .def("close", &NvmeEngine::close, release_gil())
       .def("stats", &stats)
       .def_property_readonly("max_value_size", &NvmeEngine::max_value_size)
       .def("_inject_write_errors", &NvmeEngine::inject_write_errors,
-           "Test hook: the next n write completions count as device errors (-EIO).");
+           "Test hook: the next n write completions count as device errors (-EIO).")
+      .def("_inject_faults",
+           [](NvmeEngine& e, const std::string& kind, int times, int err, int ms) {
+             e.inject_faults(fault_kind(kind), times, err, ms);
+           },
+           py::arg("kind"), py::arg("times"), py::arg("err") = EIO, py::arg("ms") = 0,
+           "Test hook: the next `times` operations of `kind` (write, submit, sync, acquire, stall) fail with "
+           "errno `err` (stall: are delayed by `ms`).");
 }

@@ -18,8 +18,9 @@ std::unique_ptr<TieredStore> make_store(uint64_t dram_capacity, uint64_t slab_si
                                         const std::string& nvme_path, uint64_t nvme_capacity,
                                         uint64_t nvme_region_size, int nvme_queue_depth, bool nvme_direct_io,
                                         const std::string& nvme_io_backend, bool nvme_sync_on_seal,
-                                        bool nvme_reinsertion) {
+                                        bool nvme_reinsertion, bool keep_keys) {
   TieredOptions o;
+  o.keep_keys = keep_keys;
   o.dram_capacity = dram_capacity;
   o.slab_size = slab_size;
   o.eviction = eviction;
@@ -39,18 +40,12 @@ py::object get_bytes(TieredStore& s, const std::string& key) {
     py::gil_scoped_release nogil;
     s.get_pin({key}, &t);
   }
+  // On NVMe but not stageable in DRAM: read it straight from NVMe, as batch_get does.
+  if (t[0].status == status_code(Status::kNoSpace)) return read_whole_value(s, key);
   if (t[0].status < 0) return py::int_(t[0].status);
   py::bytes out(reinterpret_cast<const char*>(s.arena_base() + t[0].offset), static_cast<size_t>(t[0].status));
   s.get_unpin({t[0].token});
   return out;
-}
-
-int64_t value_size(TieredStore& s, const std::string& key) {
-  std::vector<GetTicket> t;
-  py::gil_scoped_release nogil;
-  s.get_pin({key}, &t);
-  if (t[0].status >= 0) s.get_unpin({t[0].token});
-  return t[0].status;
 }
 
 }  // namespace
@@ -62,16 +57,23 @@ void bind_tiering(py::module_& m) {
           py::arg("write_through") = false, py::arg("nvme_path") = "", py::arg("nvme_capacity") = 4ull << 30,
           py::arg("nvme_region_size") = 64ull << 20, py::arg("nvme_queue_depth") = 64,
           py::arg("nvme_direct_io") = true, py::arg("nvme_io_backend") = "auto", py::arg("nvme_sync_on_seal") = true,
-          py::arg("nvme_reinsertion") = true);
+          py::arg("nvme_reinsertion") = true, py::arg("keep_keys") = false);
   def_batch_api<TieredStore, WithDepths>(cls, "ptrs", "sizes");
   def_take_notes(cls);
   cls.def("prefetch", &TieredStore::prefetch, release_gil())
       .def("get_bytes", &get_bytes)
-      .def("value_size", &value_size)
+      .def("value_size", &TieredStore::value_size, release_gil())
       .def("remove", &TieredStore::remove, release_gil())
       .def("remove_all", &TieredStore::remove_all, release_gil())
+      .def("remove_prefix", &TieredStore::remove_prefix, release_gil())
       .def("close", &TieredStore::close, release_gil())
       .def("stats_json", &TieredStore::stats_json, release_gil())
+      .def("_inject_nvme_faults",
+           [](TieredStore& t, const std::string& kind, int times, int err, int ms) {
+             t.inject_nvme_faults(fault_kind(kind), times, err, ms);
+           },
+           py::arg("kind"), py::arg("times"), py::arg("err") = EIO, py::arg("ms") = 0,
+           "Test hook: NvmeEngine._inject_faults on this store's NVMe tier.")
       .def_property_readonly("arena_fd", &TieredStore::arena_fd)
       .def_property_readonly("arena_size", &TieredStore::arena_size);
 }

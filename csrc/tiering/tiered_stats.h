@@ -37,7 +37,7 @@ struct TieringSection {
   bool write_through = false;
   uint64_t puts = 0, put_bytes = 0, skipped_existing = 0, gets = 0, dram_hits = 0, nvme_hits = 0, misses = 0,
            get_bytes = 0, demoted = 0, demote_failures = 0, not_admitted = 0, promoted = 0, written_through = 0,
-           prefetch_queued = 0, prefetch_done = 0;
+           prefetch_queued = 0, prefetch_done = 0, direct_reads = 0;
 
   template <class V>
   void visit(V& v) const {
@@ -48,7 +48,7 @@ struct TieringSection {
                               {"get_bytes", get_bytes}, {"demoted", demoted}, {"demote_failures", demote_failures},
                               {"not_admitted", not_admitted}, {"promoted", promoted},
                               {"written_through", written_through}, {"prefetch_queued", prefetch_queued},
-                              {"prefetch_done", prefetch_done}})
+                              {"prefetch_done", prefetch_done}, {"direct_reads", direct_reads}})
       v.counter(k, x);
   }
 };

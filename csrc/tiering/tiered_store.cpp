@@ -13,9 +13,12 @@
 #include <thread>
 
 #include "dram/dram_tier.h"
+#include "tiering/removal_fence.h"
 #include "nvme/nvme_engine.h"
 #include "common/keys.h"
 #include "common/sg_list.h"
+#include "common/text.h"
+#include "nvme/record_format.h"
 
 namespace mch {
 
@@ -37,7 +40,10 @@ struct TieredStore::Impl {
   std::unordered_map<KeyDigest, int, DigestHash> demoting;
   // Pages being copied from NVMe into DRAM (guarded by mu): a get of one waits for it to land.
   std::unordered_map<KeyDigest, int, DigestHash> promoting;
-  std::condition_variable settled_cv;  // signalled when a demotion or promotion finishes
+  std::condition_variable settled_cv;  // signalled when a demotion, promotion or NVMe write finishes
+  // Removals in progress and the NVMe writes of pages leaving DRAM (guarded by mu; see
+  // removal_fence.h): a removed page never comes back from a copy that was in flight.
+  RemovalFence fence;
 
   // Background promotion of prefetched keys: one worker, a bounded queue (guarded by pf_mu).
   std::mutex pf_mu;
@@ -50,19 +56,27 @@ struct TieredStore::Impl {
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
         misses{0}, get_bytes{0}, demoted{0}, demote_failures{0}, not_admitted{0}, promoted{0},
-        written_through{0}, prefetch_queued{0}, prefetch_done{0};
+        written_through{0}, prefetch_queued{0}, prefetch_done{0}, direct_reads{0};
   } ctr;
 
   explicit Impl(const TieredOptions& o) : opt(o) {
     if (opt.admission != "always" && opt.admission != "never" && opt.admission != "second_hit")
       throw EngineError(EngineError::kInvalid,
                         "tiers.dram.admission must be always, never or second_hit, not '" + opt.admission + "'");
+    if (opt.has_nvme && opt.slab_size <= DramTier::kMaxSlabSize &&
+        opt.slab_size > disk::max_value_in_region(opt.nvme.region_size))
+      throw EngineError(EngineError::kInvalid,
+                        "tiers.dram.slab_size " + format_bytes(opt.slab_size) + " holds pages larger than a region of " +
+                            format_bytes(opt.nvme.region_size) + " (tiers.nvme.region_size) can store (at most " +
+                            format_bytes(disk::max_value_in_region(opt.nvme.region_size)) +
+                            "), so such pages would be dropped when they leave DRAM; lower tiers.dram.slab_size or "
+                            "raise tiers.nvme.region_size");
     DramTier::Options d;
     d.capacity = opt.dram_capacity;
     d.slab_size = opt.slab_size;
     d.eviction = opt.eviction;
     d.hugepages = opt.hugepages;
-    d.keep_keys = opt.has_nvme;  // a demoted page is written under its key
+    d.keep_keys = opt.has_nvme || opt.keep_keys;  // a demoted page is written under its key
     try {
       dram.reset(new DramTier(d));
     } catch (const std::invalid_argument& e) {
@@ -97,21 +111,30 @@ struct TieredStore::Impl {
     DramTier::Victim v;
     uint32_t slot;
   };
+  // The victims of one call, and the fence ticket of their NVMe write (0: nothing to write).
+  struct Demotion {
+    std::vector<Pending> items;
+    uint64_t ticket = 0;
+  };
 
   // Calls dram->reserve and records its victims as pending demotion. Caller holds mu.
-  int64_t reserve_locked(uint64_t len, std::vector<Pending>* pending) {
+  int64_t reserve_locked(uint64_t len, Demotion* pending) {
     std::vector<DramTier::Victim> victims;
     int64_t s = dram->reserve(len, &victims);
     for (auto& v : victims) {
-      if (nvme && admit(v)) demoting[v.digest]++;
+      if (nvme && admit(v)) {
+        demoting[v.digest]++;
+        if (!pending->ticket) pending->ticket = fence.begin_transfer();
+      }
       uint32_t where = v.copy.data() ? Pending::kNone : static_cast<uint32_t>(s);
-      pending->push_back(Pending{std::move(v), where});
+      pending->items.push_back(Pending{std::move(v), where});
     }
     return s;
   }
 
   // Writes evicted entries to NVMe (before their slots are reused), then marks them settled.
-  void demote(std::vector<Pending>& pending) {
+  void demote(Demotion& demotion) {
+    std::vector<Pending>& pending = demotion.items;
     if (pending.empty()) return;
     std::vector<std::string> keys;
     std::vector<SgList> sg;
@@ -147,8 +170,28 @@ struct TieredStore::Impl {
     {
       std::lock_guard<std::mutex> lk(mu);
       for (const auto& d : settled) settle(demoting, d);
+      fence.end_transfer(demotion.ticket);
     }
     settled_cv.notify_all();
+  }
+
+  // Whether the key has a value in some tier (or on its way there). Caller holds mu; the NVMe
+  // lookup is an index lookup (no I/O).
+  bool stored(const KeyDigest& d, const std::string& key) {
+    return dram->find(d) >= 0 || demoting.count(d) || (nvme && nvme->value_size(key) >= 0);
+  }
+
+  struct WriteThrough;
+  void publish_committed(uint32_t s, WriteThrough* wt);
+  void write_through(WriteThrough& wt);
+  void replace(const std::vector<uint64_t>& tokens, const std::vector<size_t>& replacing, int32_t* results,
+               WriteThrough* wt);
+
+  // Step 2 of a removal (removal_fence.h), mu held through lk: the fence must already cover the
+  // keys and they must be out of DRAM; waits for the transfers that started before.
+  void wait_transfers_in_flight(std::unique_lock<std::mutex>& lk) {
+    const uint64_t horizon = fence.now();
+    settled_cv.wait(lk, [&] { return !fence.transfers_before(horizon); });
   }
 
   // Waits (mu held via lk) until none of `digests` is being demoted or promoted, at most 10 s.
@@ -179,12 +222,13 @@ struct TieredStore::Impl {
     for (size_t i = 0; i < keys.size(); i++) sizes[i] = nvme->value_size(keys[i]);
     std::vector<size_t> idx;
     std::vector<uint32_t> slot_of;
-    std::vector<Pending> pending;
+    Demotion pending;
+    uint64_t ticket = 0;  // this promotion's fence ticket
     {
       std::lock_guard<std::mutex> lk(mu);
       if (closed) return;
       for (size_t i = 0; i < keys.size(); i++) {
-        if (sizes[i] < 0) continue;
+        if (sizes[i] < 0 || fence.covers(ds[i], keys[i])) continue;  // absent, or being removed
         if (dram->find(ds[i]) >= 0 || promoting.count(ds[i])) {
           (*out)[i].status = status_code(Status::kNoSpace);  // landed meanwhile (or landing): the caller looks again
           continue;
@@ -198,6 +242,7 @@ struct TieredStore::Impl {
         idx.push_back(i);
         slot_of.push_back(static_cast<uint32_t>(s));
       }
+      if (!idx.empty()) ticket = fence.begin_transfer();
     }
     demote(pending);
     std::vector<std::string> k;
@@ -214,7 +259,7 @@ struct TieredStore::Impl {
       GetTicket& t = (*out)[idx[j]];
       const KeyDigest& d = ds[idx[j]];
       settle(promoting, d);
-      if (res[j] != sizes[idx[j]]) {
+      if (res[j] != sizes[idx[j]] || fence.covers(d, keys[idx[j]])) {  // unreadable, or removed meanwhile
         dram->abort(s);
         continue;
       }
@@ -230,6 +275,7 @@ struct TieredStore::Impl {
       t.token = make_token(s, dram->slot(s).gen);
       t.tier = 2;
     }
+    fence.end_transfer(ticket);
     settled_cv.notify_all();
   }
 
@@ -266,12 +312,12 @@ TieredStore::~TieredStore() {
 }
 
 void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
-                              const std::vector<uint32_t>& depths, std::vector<PutTicket>* out) {
+                              const std::vector<uint32_t>& depths, std::vector<PutTicket>* out, PutMode mode) {
   Impl& m = *impl_;
   out->assign(keys.size(), PutTicket{});
   std::vector<KeyDigest> digests(keys.size());
   for (size_t i = 0; i < keys.size(); i++) digests[i] = KeyDigest::of(keys[i]);
-  std::vector<Impl::Pending> pending;
+  Impl::Demotion pending;
   {
     std::lock_guard<std::mutex> lk(m.mu);
     if (m.closed) {
@@ -282,9 +328,8 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
       PutTicket& t = (*out)[i];
       t.status = key_code(keys[i]);
       if (t.status != status_code(Status::kOk)) continue;
-      int64_t have = m.dram->find(digests[i]);
-      if (have >= 0 && m.dram->slot(static_cast<uint32_t>(have)).len == sizes[i]) {
-        t.status = kAlreadyStored;  // the same page is stored already: nothing to copy
+      if (mode == PutMode::kKeepExisting && m.stored(digests[i], keys[i])) {
+        t.status = kAlreadyStored;  // its value stays: nothing to copy
         m.ctr.skipped_existing++;
         continue;
       }
@@ -301,11 +346,55 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
   m.demote(pending);  // before the caller overwrites the victims' slots
 }
 
+// Slots published with write-through on: written to NVMe after the mutex is let go (pinned
+// meanwhile), under the fence tickets taken when they were published.
+struct TieredStore::Impl::WriteThrough {
+  std::vector<uint32_t> slots;
+  std::vector<uint64_t> tickets;
+};
+
+// The committed slot s (kWriting, filled by the caller) becomes the key's value. Caller holds mu.
+void TieredStore::Impl::publish_committed(uint32_t s, WriteThrough* wt) {
+  dram->publish(s);
+  ctr.puts++;
+  ctr.put_bytes += dram->slot(s).len;
+  if (!opt.write_through || !nvme) return;
+  dram->pin(s);
+  wt->tickets.push_back(fence.begin_transfer());
+  wt->slots.push_back(s);
+}
+
+void TieredStore::Impl::write_through(WriteThrough& wt) {
+  if (wt.slots.empty()) return;
+  std::vector<std::string> keys;
+  std::vector<SgList> sg;
+  for (uint32_t s : wt.slots) {
+    keys.push_back(dram->key_of(s));
+    sg.push_back({Segment{dram->data(s), dram->slot(s).len}});
+  }
+  std::vector<int32_t> res(keys.size());
+  nvme->batch_put(keys, sg, res.data());
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    for (size_t i = 0; i < wt.slots.size(); i++) {
+      if (res[i] == status_code(Status::kOk)) ctr.written_through++;
+      dram->unpin(wt.slots[i]);
+    }
+    for (uint64_t t : wt.tickets) fence.end_transfer(t);
+  }
+  settled_cv.notify_all();
+}
+
+// Publishes the committed slots. A key with an older copy somewhere (another DRAM entry, a
+// transfer in flight, the NVMe tier) is replaced the way a removal removes it (removal_fence.h):
+// its old copies are taken out first, so once the put has returned no get can see the old value,
+// not after eviction and not after a restart.
 void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results) {
   Impl& m = *impl_;
-  std::vector<uint32_t> through;  // slots to also write to NVMe (pinned meanwhile)
+  Impl::WriteThrough wt;
+  std::vector<size_t> replacing;  // tokens whose key has an older copy
   {
-    std::lock_guard<std::mutex> lk(m.mu);
+    std::unique_lock<std::mutex> lk(m.mu);
     for (size_t i = 0; i < tokens.size(); i++) {
       uint32_t s = token_slot(tokens[i]);
       if (!m.dram->valid_slot(s) || m.dram->slot(s).gen != token_gen(tokens[i]) ||
@@ -319,29 +408,38 @@ void TieredStore::put_commit(const std::vector<uint64_t>& tokens, const std::vec
         results[i] = status_code(Status::kIoError);
         continue;
       }
-      m.dram->publish(s);
-      m.ctr.puts++;
-      m.ctr.put_bytes += slot.len;
       results[i] = status_code(Status::kOk);
-      if (m.opt.write_through && m.nvme) {
-        m.dram->pin(s);
-        through.push_back(s);
+      if (m.stored(slot.digest, m.dram->key_of(s))) {
+        m.fence.add(slot.digest);
+        m.dram->erase(slot.digest);  // the older DRAM entry; this slot is not indexed yet
+        replacing.push_back(i);
+        continue;
       }
+      m.publish_committed(s, &wt);
     }
+    if (!replacing.empty()) m.wait_transfers_in_flight(lk);
   }
-  if (through.empty()) return;
-  std::vector<std::string> keys;
-  std::vector<SgList> sg;
-  for (uint32_t s : through) {
-    keys.push_back(m.dram->key_of(s));
-    sg.push_back({Segment{m.dram->data(s), m.dram->slot(s).len}});
-  }
-  std::vector<int32_t> res(keys.size());
-  m.nvme->batch_put(keys, sg, res.data());
-  std::lock_guard<std::mutex> lk(m.mu);
-  for (size_t i = 0; i < through.size(); i++) {
-    if (res[i] == status_code(Status::kOk)) m.ctr.written_through++;
-    m.dram->unpin(through[i]);
+  if (!replacing.empty()) m.replace(tokens, replacing, results, &wt);
+  m.write_through(wt);
+}
+
+// Removes the NVMe copies of the keys of tokens[replacing[j]], then publishes their new values
+// (or, if the old copy could not be removed, gives the slot back: the put fails with IO_ERROR).
+void TieredStore::Impl::replace(const std::vector<uint64_t>& tokens, const std::vector<size_t>& replacing,
+                                int32_t* results, WriteThrough* wt) {
+  std::vector<int32_t> removed(replacing.size(), status_code(Status::kNotFound));
+  for (size_t j = 0; j < replacing.size() && nvme; j++)
+    removed[j] = nvme->remove(dram->key_of(token_slot(tokens[replacing[j]])));
+  std::lock_guard<std::mutex> lk(mu);
+  for (size_t j = 0; j < replacing.size(); j++) {
+    uint32_t s = token_slot(tokens[replacing[j]]);
+    fence.drop(dram->slot(s).digest);
+    if (removed[j] == status_code(Status::kOk) || removed[j] == status_code(Status::kNotFound)) {
+      publish_committed(s, wt);
+    } else {
+      dram->abort(s);
+      results[replacing[j]] = removed[j];
+    }
   }
 }
 
@@ -451,6 +549,7 @@ struct TieredPutOps {
   const std::vector<uint32_t>& depths;
   const std::vector<uint64_t>& sizes;
   uint8_t* arena;
+  PutMode mode;
   std::vector<std::string> k;
   std::vector<uint64_t> sz;
   std::vector<uint32_t> dp;
@@ -462,7 +561,7 @@ struct TieredPutOps {
       sz.push_back(sizes[i]);
       dp.push_back(i < depths.size() ? depths[i] : 0);
     }
-    store.put_reserve(k, sz, dp, out);
+    store.put_reserve(k, sz, dp, out, mode);
     return true;
   }
   int32_t copy(uint32_t i, const Reservation& r) {
@@ -478,7 +577,7 @@ struct TieredPutOps {
 };
 
 void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                            const std::vector<uint32_t>& depths, int32_t* results) {
+                            const std::vector<uint32_t>& depths, int32_t* results, PutMode mode) {
   std::vector<uint32_t> todo;
   std::vector<uint64_t> sizes(keys.size());
   for (size_t i = 0; i < keys.size(); i++) {
@@ -489,7 +588,7 @@ void TieredStore::batch_put(const std::vector<std::string>& keys, const std::vec
     else
       todo.push_back(static_cast<uint32_t>(i));
   }
-  TieredPutOps ops{*this, keys, values, depths, sizes, impl_->dram->arena().base(), {}, {}, {}};
+  TieredPutOps ops{*this, keys, values, depths, sizes, impl_->dram->arena().base(), mode, {}, {}, {}};
   PutWaveScratch scratch;
   run_put_waves(todo, results, ops, scratch);
 }
@@ -549,6 +648,7 @@ void TieredStore::batch_get(const std::vector<std::string>& keys, const std::vec
     results[direct_idx[j]] = res[j];
     if (res[j] >= 0) {
       m.ctr.nvme_hits++;
+      m.ctr.direct_reads++;
       m.ctr.get_bytes += static_cast<uint64_t>(res[j]);
     } else {
       m.ctr.misses++;
@@ -582,6 +682,56 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
   for (size_t j = 0; j < idx.size(); j++) results[idx[j]] = r[j] == 1 ? 1 : 0;
 }
 
+// Direct reads (tiered_store.h): NVMe pages that are read by the caller, not staged in DRAM.
+void TieredStore::locate(const std::vector<std::string>& keys, std::vector<Location>* out) {
+  Impl& m = *impl_;
+  out->assign(keys.size(), Location{});
+  for (size_t i = 0; i < keys.size(); i++) {
+    Location& l = (*out)[i];
+    {
+      std::lock_guard<std::mutex> lk(m.mu);
+      if (m.closed || !m.nvme) {
+        l.status = status_code(m.closed ? Status::kClosed : Status::kNotFound);
+        continue;
+      }
+      if (m.fence.covers(KeyDigest::of(keys[i]), keys[i])) continue;  // being removed: a miss
+    }
+    NvmeEngine::ValueLocation v;
+    l.status = m.nvme->pin_location(keys[i], &v);
+    if (l.status < 0) {
+      if (l.status == status_code(Status::kNotFound)) m.ctr.misses++;
+      continue;
+    }
+    l.offset = v.offset, l.checksum = v.checksum, l.token = uint64_t(v.region) + 1;
+    m.ctr.nvme_hits++;
+    m.ctr.direct_reads++;
+    m.ctr.get_bytes += v.len;
+  }
+}
+
+void TieredStore::release_locations(const std::vector<uint64_t>& tokens) {
+  if (!impl_->nvme) return;
+  for (uint64_t t : tokens)
+    if (t > 0 && t <= UINT32_MAX) impl_->nvme->unpin_location(static_cast<uint32_t>(t - 1));
+}
+
+int TieredStore::data_fd() const { return impl_->nvme ? impl_->nvme->read_fd() : -1; }
+
+int64_t TieredStore::value_size(const std::string& key) {
+  Impl& m = *impl_;
+  int32_t st = key_code(key);
+  if (st != status_code(Status::kOk)) return st;
+  const KeyDigest d = KeyDigest::of(key);
+  {
+    std::unique_lock<std::mutex> lk(m.mu);
+    if (m.closed) return status_code(Status::kClosed);
+    m.wait_settled(lk, {d});  // a page on its way to NVMe is sized once it is there
+    int64_t s = m.dram->find(d);
+    if (s >= 0) return m.dram->slot(static_cast<uint32_t>(s)).len;
+  }
+  return m.nvme ? m.nvme->value_size(key) : status_code(Status::kNotFound);
+}
+
 int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   Impl& m = *impl_;
   if (!m.nvme) return 0;
@@ -609,26 +759,73 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   return n;
 }
 
+// A removal (removal_fence.h): fence the key, take it out of DRAM, wait for the NVMe writes in
+// flight (one may carry the page), remove it from NVMe, lift the fence.
 int32_t TieredStore::remove(const std::string& key) {
   Impl& m = *impl_;
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;
+  const KeyDigest d = KeyDigest::of(key);
   bool found;
   {
-    std::lock_guard<std::mutex> lk(m.mu);
-    found = m.dram->erase(KeyDigest::of(key));
+    std::unique_lock<std::mutex> lk(m.mu);
+    m.fence.add(d);
+    found = m.dram->erase(d);
+    m.wait_transfers_in_flight(lk);
   }
-  if (m.nvme && m.nvme->remove(key) == status_code(Status::kOk)) found = true;
-  return found ? status_code(Status::kOk) : status_code(Status::kNotFound);
+  const int32_t not_found = status_code(Status::kNotFound);
+  int32_t rc = m.nvme ? m.nvme->remove(key) : not_found;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    m.fence.drop(d);
+  }
+  if (rc == not_found) return found ? status_code(Status::kOk) : not_found;
+  return rc;  // 0, or the NVMe tier's error (the removal may not survive a restart)
 }
 
+// remove() for every key that starts with prefix (a tenant's namespace): DRAM matches by the keys
+// its slots keep, NVMe by the keys in its record headers. Returns how many keys were removed.
+int64_t TieredStore::remove_prefix(const std::string& prefix) {
+  Impl& m = *impl_;
+  if (prefix.empty() || prefix.size() > kMaxKeyLen) return status_code(Status::kInvalidParams);
+  std::vector<KeyDigest> removed;
+  {
+    std::unique_lock<std::mutex> lk(m.mu);
+    if (m.closed) return status_code(Status::kClosed);
+    if (!m.dram->keeps_keys()) return status_code(Status::kUnsupported);
+    m.fence.add_prefix(prefix);
+    m.dram->erase_prefix(prefix, &removed);
+    m.wait_transfers_in_flight(lk);
+  }
+  int64_t rc = m.nvme ? m.nvme->remove_prefix(prefix, &removed) : 0;
+  {
+    std::lock_guard<std::mutex> lk(m.mu);
+    m.fence.drop_prefix(prefix);
+  }
+  if (rc < 0) return rc;
+  std::sort(removed.begin(), removed.end(), [](const KeyDigest& a, const KeyDigest& b) {
+    return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi;
+  });
+  return std::unique(removed.begin(), removed.end()) - removed.begin();  // a page in both tiers counts once
+}
+
+// remove() for every key; queued prefetches are dropped too.
 int32_t TieredStore::remove_all() {
   Impl& m = *impl_;
   {
-    std::lock_guard<std::mutex> lk(m.mu);
-    m.dram->clear();
+    std::lock_guard<std::mutex> lk(m.pf_mu);
+    m.pf_queue.clear();
   }
-  return m.nvme ? m.nvme->remove_all() : status_code(Status::kOk);
+  {
+    std::unique_lock<std::mutex> lk(m.mu);
+    m.fence.add_all();
+    m.dram->clear();
+    m.wait_transfers_in_flight(lk);
+  }
+  int32_t rc = m.nvme ? m.nvme->remove_all() : status_code(Status::kOk);
+  std::lock_guard<std::mutex> lk(m.mu);
+  m.fence.drop_all();
+  return rc;
 }
 
 void TieredStore::close() {
@@ -653,6 +850,10 @@ std::vector<Note> TieredStore::take_notes() {
   return out;
 }
 
+void TieredStore::inject_nvme_faults(FaultInjector::Kind k, int times, int err, int ms) {
+  if (impl_->nvme) impl_->nvme->inject_faults(k, times, err, ms);
+}
+
 TieredStats TieredStore::stats() {
   Impl& m = *impl_;
   TieredStats st;
@@ -675,6 +876,7 @@ TieredStats TieredStore::stats() {
   t.demoted = c.demoted, t.demote_failures = c.demote_failures, t.not_admitted = c.not_admitted;
   t.promoted = c.promoted, t.written_through = c.written_through, t.prefetch_queued = c.prefetch_queued;
   t.prefetch_done = c.prefetch_done;
+  t.direct_reads = c.direct_reads;
   st.has_nvme = m.nvme != nullptr;
   if (m.nvme) st.nvme = m.nvme->stats();
   return st;

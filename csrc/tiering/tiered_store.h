@@ -26,6 +26,7 @@
 #include "common/put_waves.h"
 #include "common/sg_list.h"
 #include "common/status.h"
+#include "nvme/fault_injector.h"
 #include "nvme/options.h"
 #include "tiering/tiered_stats.h"
 
@@ -39,6 +40,7 @@ struct TieredOptions {
   uint64_t slab_size = 32ull << 20;     // unit handed to a size class; largest value it can hold
   std::string eviction = "lru";         // lru | s3fifo | prefix_lru
   bool hugepages = true;                // try 2 MiB hugetlb pages for the arena
+  bool keep_keys = false;               // keep page keys without an NVMe tier too (remove_prefix)
   // Tiering
   std::string admission = "always";     // which DRAM victims go to NVMe: always | never | second_hit
   bool write_through = false;           // also write every put to NVMe at commit
@@ -48,7 +50,7 @@ struct TieredOptions {
 };
 
 // put_reserve's answer per key: status kOk (copy to arena + offset, then commit the token),
-// kAlreadyStored (same key and size stored already: skip) or a negative Status.
+// kAlreadyStored (PutMode::kKeepExisting and the key is stored: skip) or a negative Status.
 using PutTicket = Reservation;
 
 struct GetTicket {
@@ -66,9 +68,13 @@ class TieredStore {
 
   // ---- zero-copy steps ----
   // depth: the page's position in its prefix chain (0 = unknown); used by prefix_lru.
+  // mode (common/put_waves.h): kReplace (the default) or kKeepExisting.
   void put_reserve(const std::vector<std::string>& keys, const std::vector<uint64_t>& sizes,
-                   const std::vector<uint32_t>& depths, std::vector<PutTicket>* out);
+                   const std::vector<uint32_t>& depths, std::vector<PutTicket>* out,
+                   PutMode mode = PutMode::kReplace);
   // ok[i] false aborts ticket i. results[i]: status_code(Status::kOk) or a negative Status.
+  // A committed value replaces every older copy of its key (DRAM, NVMe, a transfer in flight)
+  // before this returns.
   void put_commit(const std::vector<uint64_t>& tokens, const std::vector<uint8_t>& ok, int32_t* results);
   void abort_puts(const std::vector<uint64_t>& tokens);
   void get_pin(const std::vector<std::string>& keys, std::vector<GetTicket>* out);
@@ -76,14 +82,35 @@ class TieredStore {
 
   // ---- whole operations (reserve/pin + memcpy + commit/unpin, for in-process callers) ----
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                 const std::vector<uint32_t>& depths, int32_t* results);
+                 const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
+
+  // ---- direct reads: an NVMe page read by the caller itself, not staged in DRAM ----
+  // What a node answers when it cannot (or, issue 15, should not) stage a page in DRAM: where
+  // the value lies in data_fd(), for the client to read straight into its own buffers (one
+  // copy: disk to the caller's memory). status: the value's length or a negative Status; the
+  // value's region stays pinned (not reclaimed) until release_locations(token).
+  struct Location {
+    int64_t status = status_code(Status::kNotFound);
+    uint64_t offset = 0;    // file offset of the value in data_fd() (block aligned)
+    uint64_t checksum = 0;  // XXH3-64 of the value: the reader verifies it
+    uint64_t token = 0;
+  };
+  void locate(const std::vector<std::string>& keys, std::vector<Location>* out);
+  void release_locations(const std::vector<uint64_t>& tokens);
+  int data_fd() const;  // read-only descriptor of the NVMe data file; -1 without an NVMe tier
 
   // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  // The value's length, or a negative Status. Only looks at the indexes: it moves no page
+  // (no promotion, no eviction) and counts no hit or miss.
+  int64_t value_size(const std::string& key);
   // Starts copying NVMe-only pages of `keys` into DRAM (in the background); returns how many.
   int32_t prefetch(const std::vector<std::string>& keys);
   int32_t remove(const std::string& key);
+  // Removes every key that starts with prefix, from every tier, as remove() does; returns how
+  // many, or a negative Status (UNSUPPORTED when the DRAM tier keeps no keys: tiers.dram.keep_keys).
+  int64_t remove_prefix(const std::string& prefix);
   int32_t remove_all();
   void close();  // seals NVMe; DRAM content that was not demoted is dropped
 
@@ -96,6 +123,8 @@ class TieredStore {
   // stats() as a JSON object string: {"dram": {...}, "tiering": {...}, "nvme": {...}}.
   std::string stats_json();
   std::vector<Note> take_notes();  // the NVMe tier's, prefixed "nvme: "
+  // Test hook: NvmeEngine::inject_faults on the NVMe tier (no-op without one).
+  void inject_nvme_faults(FaultInjector::Kind k, int times, int err, int ms);
 
  struct Impl;  // public so the file-local helpers in tiered_store.cpp can take it
 

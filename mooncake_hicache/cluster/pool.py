@@ -16,7 +16,7 @@ import json
 
 from .. import _native
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, ErrorCode
 from ..node import NodeConnection
 from .transport import choose_transport
 
@@ -69,6 +69,11 @@ class PoolConnection(NodeConnection):
 
     def take_notes(self, with_levels: bool = False) -> list:
         return self._pool.take_notes(with_levels=with_levels) + self._client.take_notes(with_levels=with_levels)
+
+    def remove_prefix(self, prefix) -> int:
+        """Not across the pool yet: a removal by prefix on this host's node alone would leave the
+        namespace's pages on the other members, so it answers UNSUPPORTED and removes nothing."""
+        return int(ErrorCode.UNSUPPORTED)
 
     def close(self) -> None:
         self._pool.close()

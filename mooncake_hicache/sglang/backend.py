@@ -398,17 +398,30 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
             return sorted({name.prefix + "_" for view in self._views.values() for name in view.names})
 
     def clear(self) -> bool:
-        """Remove this server's pages, and only those. The store is shared (other servers and
-        tenants on the node), and it has no removal by key prefix yet, so this removes nothing,
-        says so in the log and returns False: it never wipes other tenants' pages."""
+        """Remove this server's pages, and only those: every stored object whose key starts with
+        one of this instance's key prefixes (``key_prefixes()``: tag, model and fingerprint, rank
+        scope), from every tier of the shared store and for good. Other servers' and tenants'
+        pages stay. Logs how many objects it removed; False (and a warning) if a removal failed."""
         try:
-            log.warning("mooncake-hicache: clear() removed nothing from the shared store: removing only this "
-                        "server's pages (keys starting with %s) needs a removal by key prefix, which this "
-                        "version of the store lacks, and removing everything would drop other servers' pages. "
-                        "These pages stay readable until the store evicts them.", ", ".join(self.key_prefixes()) or "-")
+            if not self._usable():
+                return False
+            removed, failed = 0, []
+            for prefix in self.key_prefixes():
+                n = self.store.remove_prefix(prefix)
+                if n < 0:
+                    failed.append(f"{prefix} ({ErrorCode.describe(n)})")
+                else:
+                    removed += n
+            if failed:
+                log.warning("mooncake-hicache: clear() removed %d objects but failed for %s%s", removed, ", ".join(failed),
+                            "; a DRAM-only store needs tiers.dram.keep_keys: true" if "UNSUPPORTED" in "".join(failed) else "")
+                return False
+            log.info("mooncake-hicache: clear() removed %d objects (keys starting with %s)", removed,
+                     ", ".join(self.key_prefixes()) or "-")
+            return True
         except Exception:
-            pass
-        return False
+            self._warn("clear", "mooncake-hicache: clear failed", exc_info=True)
+            return False
 
     def describe_l3_object_layout(self, *, sidecar_pool_specs: Sequence[Any] = (),
                                   swa_trailing_pages: Optional[int] = None, page_size: Optional[int] = None) -> dict:
