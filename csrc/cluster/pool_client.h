@@ -144,6 +144,13 @@ class PoolClient {
   // TCP), after connecting the lanes that need it; the lane of a finished exchange put in error
   // when its request did not end well (true: the node refused the lane: resend inline).
   std::vector<std::shared_ptr<ClientLane>> rdma_lanes(Call& c, const Round& r);
+  void connect_lanes(Call& c, Round& cr, const std::vector<std::shared_ptr<ClientLane>>& pending,
+                     std::vector<std::shared_ptr<ClientLane>>* out);
+  using InlineBuild = std::function<void(Exchange&, const std::vector<uint32_t>&)>;
+  using RdmaBuild = std::function<void(Exchange&, const std::vector<uint32_t>&, const proto::RdmaDescs&,
+                                       std::shared_ptr<ClientLane>, std::function<void(Exchange&)>)>;
+  void build_remote(Call& c, Round& r, const std::vector<SgList>& bufs, const std::vector<uint64_t>& lens,
+                    const InlineBuild& inline_build, const RdmaBuild& rdma_build);
   bool settle_lane(Exchange& e);
   bool describe_group(const ClientLane& l, const std::vector<uint32_t>& g, const std::vector<SgList>& bufs,
                       const std::vector<uint64_t>& lens, proto::RdmaDescs* d);

@@ -1,6 +1,7 @@
 // PoolClient's RDMA steps (pool_client.h, rdma_client.h): lanes for a round, their connection
 // exchanges, descriptors of a member's share, and putting a lane in error after a bad request.
 #include <algorithm>
+#include <functional>
 
 #include "cluster/pool_call.h"
 #include "cluster/pool_client.h"
@@ -35,7 +36,13 @@ std::vector<std::shared_ptr<ClientLane>> PoolClient::rdma_lanes(Call& c, const R
     cr.ex[t]->build_rdma_connect(req);
     any = true;
   }
-  if (!any) return out;
+  if (any) connect_lanes(c, cr, pending, &out);
+  return out;
+}
+
+// Runs the round's RDMA_CONNECT exchanges; a lane that connected goes into (*out)[t].
+void PoolClient::connect_lanes(Call& c, Round& cr, const std::vector<std::shared_ptr<ClientLane>>& pending,
+                               std::vector<std::shared_ptr<ClientLane>>* out) {
   start_remote(c, cr);
   std::vector<Exchange*> live;
   for (auto& e : cr.ex)
@@ -48,13 +55,32 @@ std::vector<std::shared_ptr<ClientLane>> PoolClient::rdma_lanes(Call& c, const R
     RdmaConnectReply rep;
     Reader rd = e && e->ok() ? e->reply() : Reader();
     if (e && e->ok() && decode_rdma_connect_reply(rd, &rep)) {
-      if (rdma_->connected(*pending[t], rep)) out[t] = pending[t];
+      if (rdma_->connected(*pending[t], rep)) (*out)[t] = pending[t];
       continue;
     }
     rdma_->connect_failed(*pending[t], e ? e->error_code() : 0, e ? e->message() : "no connection to the member");
   }
   give_back_links(c, cr);
-  return out;
+}
+
+// The remote exchanges of a round: over the target's lane when every buffer of its share is
+// registered (rdma_build, which keeps inline_build for the case the node refuses the lane),
+// else inline.
+void PoolClient::build_remote(Call& c, Round& r, const std::vector<SgList>& bufs, const std::vector<uint64_t>& lens,
+                              const InlineBuild& inline_build, const RdmaBuild& rdma_build) {
+  std::vector<std::shared_ptr<ClientLane>> lanes = rdma_lanes(c, r);
+  RdmaDescs d;
+  for (size_t t = 0; t < r.groups.size(); t++) {
+    if (r.groups[t].empty() || c.is_local(static_cast<uint16_t>(t))) continue;
+    const std::vector<uint32_t>& g = r.groups[t];
+    r.ex[t] = std::make_unique<Exchange>();
+    bool rdma = lanes[t] && describe_group(*lanes[t], g, bufs, lens, &d);
+    if (rdma)
+      rdma_build(*r.ex[t], g, d, lanes[t], [inline_build, &g](Exchange& e) { inline_build(e, g); });  // a copy: it runs after this returns
+    else
+      inline_build(*r.ex[t], g);
+    if (rdma_) rdma_->count_request(rdma);
+  }
 }
 
 bool PoolClient::describe_group(const ClientLane& l, const std::vector<uint32_t>& g, const std::vector<SgList>& bufs,

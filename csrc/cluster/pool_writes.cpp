@@ -156,22 +156,13 @@ void PoolClient::put_round(Call& c, Round& r, const std::vector<std::string>& ke
                            const std::vector<uint32_t>& depths, const std::vector<uint64_t>& sizes,
                            std::vector<std::vector<int32_t>>* per_target) {
   per_target->assign(r.groups.size(), {});
-  std::vector<std::shared_ptr<ClientLane>> lanes = rdma_lanes(c, r);
-  RdmaDescs d;
-  for (size_t t = 0; t < r.groups.size(); t++) {
-    if (r.groups[t].empty() || c.is_local(static_cast<uint16_t>(t))) continue;
-    const std::vector<uint32_t>* g = &r.groups[t];
-    r.ex[t] = std::make_unique<Exchange>();
-    auto inline_build = [&keys, &sizes, &depths, &values, g](Exchange& e) {
-      e.build_put(keys, *g, sizes, depths, values);
-    };
-    bool rdma = lanes[t] && describe_group(*lanes[t], *g, values, sizes, &d);
-    if (rdma)
-      r.ex[t]->build_put_rdma(keys, *g, sizes, depths, d, lanes[t], inline_build);
-    else
-      inline_build(*r.ex[t]);
-    if (rdma_) rdma_->count_request(rdma);
-  }
+  build_remote(
+      c, r, values, sizes,
+      [&](Exchange& e, const std::vector<uint32_t>& g) { e.build_put(keys, g, sizes, depths, values); },
+      [&](Exchange& e, const std::vector<uint32_t>& g, const RdmaDescs& d, std::shared_ptr<ClientLane> l,
+          std::function<void(Exchange&)> downgrade) {
+        e.build_put_rdma(keys, g, sizes, depths, d, std::move(l), std::move(downgrade));
+      });
   start_remote(c, r);
   for (size_t t = 0; t < r.groups.size(); t++) {
     const std::vector<uint32_t>& g = r.groups[t];

@@ -27,60 +27,15 @@ uint64_t random_instance() {
   return v ? v : 1;
 }
 
-RdmaEndpoint endpoint_of(const QpEndpoint& q) {
-  RdmaEndpoint e;
-  e.qpn = q.qpn;
-  e.psn = q.psn;
-  memcpy(e.gid, q.gid.raw, 16);
-  e.lid = q.lid;
-  e.mtu = q.mtu;
-  e.link_layer = static_cast<uint8_t>(q.link_layer);
-  return e;
-}
-
-QpEndpoint qp_of(const RdmaEndpoint& e) {
-  QpEndpoint q;
-  q.qpn = e.qpn;
-  q.psn = e.psn;
-  memcpy(q.gid.raw, e.gid, 16);
-  q.lid = e.lid;
-  q.mtu = e.mtu;
-  q.link_layer = static_cast<rdma::LinkLayer>(e.link_layer);
-  return q;
-}
-
-std::vector<std::string> usable_devices(const rdma::VerbsApi& api) {
-  std::vector<rdma::DeviceSummary> ds;
-  std::string err;
-  if (!rdma::describe_devices(api, &ds, &err)) throw EngineError(EngineError::kInvalid, err);
-  std::vector<std::string> out;
-  for (const rdma::DeviceSummary& d : ds)
-    if (d.usable()) out.push_back(d.name);
-  if (out.empty())
-    throw EngineError(EngineError::kInvalid, "no RDMA device with an active port (devices: " + device_names(api) + ")");
-  return out;
-}
-
 }  // namespace
 
 RdmaClient::RdmaClient(const rdma::VerbsApi& api, const RdmaClientOptions& opt)
     : api_(api), opt_(opt), instance_(random_instance()), fork_gen_(fork_generation()) {
-  std::vector<std::string> names = opt_.devices.empty() ? usable_devices(api_) : opt_.devices;
-  for (const std::string& n : names) {
-    rdma::DeviceOptions o;
-    o.name = n;
-    o.gid_index = opt_.gid_index;
-    o.completion_thread = false;  // this side never posts
-    o.cq_size = 256;
-    try {
-      devices_.push_back(std::make_unique<rdma::RdmaDevice>(api_, o));
-    } catch (const EngineError& e) {
-      throw EngineError(e.kind, std::string(e.what()) + " (devices here: " + device_names(api_) + ")");
-    }
-  }
-  if (api_.fake)
-    notes_.warn("rdma: using the FAKE verbs provider (MOONCAKE_HICACHE_FAKE_VERBS=1): no RDMA NIC is used; tests "
-                "only");
+  rdma::DeviceOptions o;
+  o.gid_index = opt_.gid_index;
+  o.completion_thread = false;  // this side never posts
+  o.cq_size = 256;
+  devices_ = open_rdma_devices(api_, opt_.devices, o, notes_);
 }
 
 RdmaClient::~RdmaClient() {
@@ -173,7 +128,7 @@ bool RdmaClient::connect_request(ClientLane& l, RdmaConnect* out, std::string* e
   out->client = instance_;
   out->lane = l.id;
   out->node_instance = 0;
-  out->ep = endpoint_of(l.qp->local());
+  out->ep = to_wire_endpoint(l.qp->local());
   out->regions.clear();
   for (const rdma::MemoryPiece& p : l.dev->memory().regions()) out->regions.push_back(RemoteSeg{p.addr, p.len, p.rkey});
   if (out->regions.size() > kRdmaMaxRegions) {
@@ -186,7 +141,7 @@ bool RdmaClient::connect_request(ClientLane& l, RdmaConnect* out, std::string* e
 bool RdmaClient::connected(ClientLane& l, const RdmaConnectReply& r) {
   std::lock_guard<std::mutex> lk(l.mu);
   std::string err;
-  if (!l.regions_only && l.qp->connect(qp_of(r.ep), &err) != 0) {
+  if (!l.regions_only && l.qp->connect(to_qp_endpoint(r.ep), &err) != 0) {
     notes_.warn("rdma: lane " + std::to_string(l.id) + " on " + l.dev->name() + " could not connect: " + err);
     l.state = ClientLane::State::kDown;
     back_off(l, std::chrono::milliseconds(100));
@@ -262,13 +217,7 @@ bool RdmaClient::describe(const ClientLane& l, const SgList& sg, uint64_t len, R
 
 RdmaClientStats RdmaClient::stats() const {
   RdmaClientStats s;
-  s.transport = "rdma";
-  s.provider = api_.name;
-  for (const auto& d : devices_) {
-    s.devices += (s.devices.empty() ? "" : ",") + d->name();
-    s.registered_bytes += d->memory().bytes();
-    s.memory_regions += d->memory().region_count();
-  }
+  device_figures(api_, devices_, &s);
   {
     std::lock_guard<std::mutex> lk(mu_);
     for (const auto& [m, lanes] : members_)

@@ -382,13 +382,23 @@ struct RdmaDescs {
   }
 };
 
+// One descriptor {u64 addr, u64 len, u32 rkey}.
+inline void encode_seg(Writer& w, const RemoteSeg& s) {
+  w.u64(s.addr);
+  w.u64(s.len);
+  w.u32(s.rkey);
+}
+inline RemoteSeg decode_seg(Reader& r) {
+  RemoteSeg s;
+  s.addr = r.u64();
+  s.len = r.u64();
+  s.rkey = r.u32();
+  return s;
+}
+
 inline void encode_segs(Writer& w, const RdmaDescs& d, uint32_t k) {
   w.u32(d.first[k + 1] - d.first[k]);
-  for (uint32_t j = d.first[k]; j < d.first[k + 1]; j++) {
-    w.u64(d.segs[j].addr);
-    w.u64(d.segs[j].len);
-    w.u32(d.segs[j].rkey);
-  }
+  for (uint32_t j = d.first[k]; j < d.first[k + 1]; j++) encode_seg(w, d.segs[j]);
 }
 // One key's segments; false when out of bounds (a count over kRdmaMaxSegs, the request's total
 // over kRdmaMaxDescs, an empty or oversized segment, a sum over kPeerMaxValue).
@@ -398,10 +408,7 @@ inline bool decode_segs(Reader& r, RdmaDescs* d) {
     return false;
   uint64_t sum = 0;
   for (uint32_t j = 0; j < n; j++) {
-    RemoteSeg s;
-    s.addr = r.u64();
-    s.len = r.u64();
-    s.rkey = r.u32();
+    RemoteSeg s = decode_seg(r);
     sum += s.len;
     if (s.len == 0 || s.len > kPeerMaxValue || sum > kPeerMaxValue || s.addr + s.len < s.addr) return false;
     d->segs.push_back(s);
@@ -531,11 +538,7 @@ inline void encode_rdma_connect(Writer& w, const RdmaConnect& c) {
   w.u64(c.node_instance);
   encode_endpoint(w, c.ep);
   w.u32(static_cast<uint32_t>(c.regions.size()));
-  for (const RemoteSeg& s : c.regions) {
-    w.u64(s.addr);
-    w.u64(s.len);
-    w.u32(s.rkey);
-  }
+  for (const RemoteSeg& s : c.regions) encode_seg(w, s);
 }
 inline bool decode_rdma_connect(Reader& r, RdmaConnect* c) {
   c->client = r.u64();
@@ -547,9 +550,7 @@ inline bool decode_rdma_connect(Reader& r, RdmaConnect* c) {
   if (!r.ok() || n > kRdmaMaxRegions || uint64_t(n) * kRdmaDescBytes != r.remaining()) return false;
   c->regions.resize(n);
   for (RemoteSeg& s : c->regions) {
-    s.addr = r.u64();
-    s.len = r.u64();
-    s.rkey = r.u32();
+    s = decode_seg(r);
     if (s.addr + s.len < s.addr) return false;
   }
   return r.done();

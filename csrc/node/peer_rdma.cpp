@@ -17,7 +17,13 @@ namespace {
 
 int64_t now_ns() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 
-QpEndpoint to_qp(const RdmaEndpoint& e) {
+bool same_endpoint(const RdmaEndpoint& a, const RdmaEndpoint& b) {
+  return a.qpn == b.qpn && a.psn == b.psn && memcmp(a.gid, b.gid, 16) == 0 && a.lid == b.lid;
+}
+
+}  // namespace
+
+QpEndpoint to_qp_endpoint(const RdmaEndpoint& e) {
   QpEndpoint q;
   q.qpn = e.qpn;
   q.psn = e.psn;
@@ -28,7 +34,7 @@ QpEndpoint to_qp(const RdmaEndpoint& e) {
   return q;
 }
 
-RdmaEndpoint from_qp(const QpEndpoint& q) {
+RdmaEndpoint to_wire_endpoint(const QpEndpoint& q) {
   RdmaEndpoint e;
   e.qpn = q.qpn;
   e.psn = q.psn;
@@ -39,11 +45,35 @@ RdmaEndpoint from_qp(const QpEndpoint& q) {
   return e;
 }
 
-bool same_endpoint(const RdmaEndpoint& a, const RdmaEndpoint& b) {
-  return a.qpn == b.qpn && a.psn == b.psn && memcmp(a.gid, b.gid, 16) == 0 && a.lid == b.lid;
+std::vector<std::string> usable_device_names(const rdma::VerbsApi& api) {
+  std::vector<rdma::DeviceSummary> ds;
+  std::string err;
+  if (!rdma::describe_devices(api, &ds, &err)) throw EngineError(EngineError::kInvalid, err);
+  std::vector<std::string> out;
+  for (const rdma::DeviceSummary& d : ds)
+    if (d.usable()) out.push_back(d.name);
+  if (out.empty())
+    throw EngineError(EngineError::kInvalid, "no RDMA device with an active port (devices: " + device_names(api) + ")");
+  return out;
 }
 
-}  // namespace
+std::vector<std::unique_ptr<rdma::RdmaDevice>> open_rdma_devices(const rdma::VerbsApi& api,
+                                                                 const std::vector<std::string>& names,
+                                                                 const rdma::DeviceOptions& base, NoteLog& notes) {
+  std::vector<std::unique_ptr<rdma::RdmaDevice>> out;
+  for (const std::string& n : names.empty() ? usable_device_names(api) : names) {
+    rdma::DeviceOptions o = base;
+    o.name = n;
+    try {
+      out.push_back(std::make_unique<rdma::RdmaDevice>(api, o));
+    } catch (const EngineError& e) {
+      throw EngineError(e.kind, std::string(e.what()) + " (devices here: " + device_names(api) + ")");
+    }
+  }
+  if (api.fake)
+    notes.warn("rdma: using the FAKE verbs provider (MOONCAKE_HICACHE_FAKE_VERBS=1): no RDMA NIC is used; tests only");
+  return out;
+}
 
 std::string device_names(const rdma::VerbsApi& api) {
   std::vector<rdma::DeviceSummary> ds;
@@ -69,32 +99,14 @@ bool NodeLane::admits(const RemoteSeg& s) const {
 PeerRdma::PeerRdma(const rdma::VerbsApi& api, const PeerRdmaOptions& opt, uint8_t* arena, uint64_t arena_size,
                    uint64_t instance)
     : api_(api), opt_(opt), instance_(instance), arena_(arena) {
-  std::vector<std::string> names = opt_.devices;
-  if (names.empty()) {
-    std::vector<rdma::DeviceSummary> ds;
+  rdma::DeviceOptions o;
+  o.gid_index = opt_.gid_index;
+  devices_ = open_rdma_devices(api_, opt_.devices, o, notes_);
+  for (auto& d : devices_) {
     std::string err;
-    if (!rdma::describe_devices(api_, &ds, &err)) throw EngineError(EngineError::kInvalid, err);
-    for (const rdma::DeviceSummary& d : ds)
-      if (d.usable()) names.push_back(d.name);
-    if (names.empty()) throw EngineError(EngineError::kInvalid, "no RDMA device with an active port (devices: " +
-                                                                    device_names(api_) + ")");
+    int rc = d->memory().add(arena, arena_size, rdma::kLocalWrite, &err);
+    if (rc) throw EngineError(EngineError::kIo, "cannot register the arena on " + d->name() + ": " + err);
   }
-  for (const std::string& n : names) {
-    rdma::DeviceOptions o;
-    o.name = n;
-    o.gid_index = opt_.gid_index;
-    try {
-      devices_.push_back(std::make_unique<rdma::RdmaDevice>(api_, o));
-    } catch (const EngineError& e) {
-      throw EngineError(e.kind, std::string(e.what()) + " (devices here: " + device_names(api_) + ")");
-    }
-    std::string err;
-    int rc = devices_.back()->memory().add(arena, arena_size, rdma::kLocalWrite, &err);
-    if (rc) throw EngineError(EngineError::kIo, "cannot register the arena on " + n + ": " + err);
-  }
-  if (api_.fake)
-    notes_.warn("rdma: using the FAKE verbs provider (MOONCAKE_HICACHE_FAKE_VERBS=1): no RDMA NIC is used; tests "
-                "only");
 }
 
 PeerRdma::~PeerRdma() {
@@ -145,7 +157,7 @@ int32_t PeerRdma::connect(const RdmaConnect& c, RdmaConnectReply* reply, std::st
   if (rc) return rc;
   std::shared_lock<std::shared_mutex> lk(lane->mu);
   reply->node_instance = instance_;
-  reply->ep = from_qp(lane->qp->local());
+  reply->ep = to_wire_endpoint(lane->qp->local());
   reply->device = lane->dev->name();
   return 0;
 }
@@ -175,7 +187,7 @@ int32_t PeerRdma::connect_lane(NodeLane& lane, const RdmaConnect& c, std::string
     *err = e.what();
     return kErrRdmaLane;
   }
-  if (lane.qp->connect(to_qp(c.ep), err) != 0) return kErrRdmaLane;
+  if (lane.qp->connect(to_qp_endpoint(c.ep), err) != 0) return kErrRdmaLane;
   lane.remote = c.ep;
   lane.regions.swap(regions);
   return 0;
@@ -228,12 +240,8 @@ void PeerRdma::sweep() {
 
 RdmaNodeStats PeerRdma::stats() const {
   RdmaNodeStats s;
-  s.transport = "rdma";
-  s.provider = api_.name;
+  device_figures(api_, devices_, &s);
   for (const auto& d : devices_) {
-    s.devices += (s.devices.empty() ? "" : ",") + d->name();
-    s.registered_bytes += d->memory().bytes();
-    s.memory_regions += d->memory().region_count();
     s.completions += d->completions();
     s.poller_sleeps += d->sleeps();
   }

@@ -108,5 +108,27 @@ class PeerRdma {
 
 // The devices `api` offers, for messages ("mch_fake0, mch_fake1"; "none").
 std::string device_names(const rdma::VerbsApi& api);
+// The devices with an active port; throws EngineError (kInvalid) naming the devices when none.
+std::vector<std::string> usable_device_names(const rdma::VerbsApi& api);
+// Opens `names` (empty: every device with an active port) with `base`'s options; notes a warning
+// when `api` is the fake. Throws EngineError naming the devices there are.
+std::vector<std::unique_ptr<rdma::RdmaDevice>> open_rdma_devices(const rdma::VerbsApi& api,
+                                                                 const std::vector<std::string>& names,
+                                                                 const rdma::DeviceOptions& base, NoteLog& notes);
+// The figures every RDMA side reports of its devices (transport, provider, device names,
+// registered bytes and regions) into `s` (RdmaNodeStats, cluster::RdmaClientStats).
+template <class S>
+void device_figures(const rdma::VerbsApi& api, const std::vector<std::unique_ptr<rdma::RdmaDevice>>& devices, S* s) {
+  s->transport = "rdma";
+  s->provider = api.name;
+  for (const auto& d : devices) {
+    s->devices += (s->devices.empty() ? "" : ",") + d->name();
+    s->registered_bytes += d->memory().bytes();
+    s->memory_regions += d->memory().region_count();
+  }
+}
+// A queue pair's endpoint as RDMA_CONNECT carries it, and back.
+rdma::QpEndpoint to_qp_endpoint(const proto::RdmaEndpoint& e);
+proto::RdmaEndpoint to_wire_endpoint(const rdma::QpEndpoint& q);
 
 }  // namespace mch

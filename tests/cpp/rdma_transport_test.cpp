@@ -340,19 +340,27 @@ INSTANTIATE_TEST_SUITE_P(
                       ErrorCase{"RemoteOperation", fake::FaultKind::kRemoteOperation, WcStatus::kRemoteOperation}),
     [](const ::testing::TestParamInfo<ErrorCase>& i) { return std::string(i.param.name); });
 
-TEST(QueuePair, AWrongRkeyIsARemoteAccessError) {
-  Link l;
-  std::vector<uint8_t> local = pattern(4096, 2), remote(4096, 0);
+// RDMA WRITEs of all of `local` into the responder's `remote`: the first WR with its rkey XORed with
+// `rkey_xor` (0: the right key),
+// `more` further ones with the right key; run to completion.
+void write_all(Link& l, std::vector<uint8_t>& local, std::vector<uint8_t>& remote, uint32_t rkey_xor, uint32_t more,
+               Transfer& t) {
   reg(*l.req_dev, local);
   auto rp = reg(*l.resp_dev, remote);
   std::vector<MemoryPiece> lp;
-  l.req_dev->memory().lookup(reinterpret_cast<uint64_t>(local.data()), 4096, &lp);
-  Sge s{lp[0].addr, 4096, lp[0].lkey};
+  l.req_dev->memory().lookup(reinterpret_cast<uint64_t>(local.data()), local.size(), &lp);
+  Sge s{lp[0].addr, static_cast<uint32_t>(local.size()), lp[0].lkey};
+  t.clear(WrOpcode::kRdmaWrite, 1 + more);
+  t.add(0, &s, 1, rp[0].addr, rp[0].rkey ^ rkey_xor);
+  for (uint32_t i = 1; i <= more; i++) t.add(i, &s, 1, rp[0].addr, rp[0].rkey);
+  EXPECT_EQ(l.req->run(t, Clock::now() + 5s), 0);
+}
+
+TEST(QueuePair, AWrongRkeyIsARemoteAccessError) {
+  Link l;
+  std::vector<uint8_t> local = pattern(4096, 2), remote(4096, 0);
   Transfer t;
-  t.clear(WrOpcode::kRdmaWrite, 2);
-  t.add(0, &s, 1, rp[0].addr, rp[0].rkey ^ 0x5a5a);  // wrong key
-  t.add(1, &s, 1, rp[0].addr, rp[0].rkey);
-  ASSERT_EQ(l.req->run(t, Clock::now() + 5s), 0);
+  write_all(l, local, remote, 0x5a5a, 1, t);  // wrong key, then a right one
   EXPECT_EQ(t.first_error(), WcStatus::kRemoteAccess);
   EXPECT_TRUE(t.item_failed(0));
   EXPECT_TRUE(t.item_failed(1));  // flushed behind it
@@ -362,15 +370,8 @@ TEST(QueuePair, AWrongRkeyIsARemoteAccessError) {
 TEST(QueuePair, ARangePastTheRemoteRegionIsARemoteAccessError) {
   Link l;
   std::vector<uint8_t> local = pattern(8192, 2), remote(4096, 0);
-  reg(*l.req_dev, local);
-  auto rp = reg(*l.resp_dev, remote);
-  std::vector<MemoryPiece> lp;
-  l.req_dev->memory().lookup(reinterpret_cast<uint64_t>(local.data()), 8192, &lp);
-  Sge s{lp[0].addr, 8192, lp[0].lkey};
   Transfer t;
-  t.clear(WrOpcode::kRdmaWrite, 1);
-  t.add(0, &s, 1, rp[0].addr, rp[0].rkey);
-  ASSERT_EQ(l.req->run(t, Clock::now() + 5s), 0);
+  write_all(l, local, remote, 0, 0, t);
   EXPECT_EQ(t.first_error(), WcStatus::kRemoteAccess);
   EXPECT_EQ(remote, std::vector<uint8_t>(4096, 0));
 }
