@@ -88,6 +88,9 @@ def _cmd_check_config(args) -> int:
     from .config import load_config
     config = load_config(args.file)
     print(f"# {args.file}: valid (mode resolves to {config.resolved_mode})")
+    if config.cluster is not None and config.cluster.transport != "tcp":
+        from .cluster.transport import transport_here
+        print(f"# cluster.transport on this host: {transport_here(config.cluster)}")
     print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
     return 0
 

@@ -194,3 +194,15 @@ def test_devices_command_answers_no_devices_without_rdma():
     if "no devices" not in out.stdout:
         pytest.skip(f"this host has RDMA devices:\n{out.stdout}")
     assert out.stdout.startswith("no devices")
+
+
+def test_check_config_says_what_the_transport_would_be_on_this_host(tmp_path):
+    cluster = Cluster(tmp_path, ["a"], transport="rdma", rdma={"devices": ["mlx5_9"]})
+    node = cluster["a"]
+    node.write_config()
+    out = subprocess.run([sys.executable, "-m", "mooncake_hicache", "check-config", node.config_path],
+                         env=dict(os.environ, **FAKE), capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr  # a config may be meant for another host: reported, not refused
+    assert "# cluster.transport on this host: not usable on this host: cluster.rdma.devices[0]" in out.stdout
+    assert "devices here: mch_fake0, mch_fake1" in out.stdout
+    cluster.close()

@@ -84,3 +84,13 @@ def choose_transport(cluster, *, who: str = "this process") -> TransportChoice:
                                      tuple(cluster.rdma.devices))
     log.info("cluster transport of %s: %s (%s)", who, "rdma" if choice.rdma else "tcp", choice.why)
     return choice
+
+
+def transport_here(cluster) -> str:
+    """What ``choose_transport`` would pick on this host, as text (``check-config``: a config may
+    be meant for another host, so a problem is reported, not raised)."""
+    try:
+        choice = choose_transport(cluster, who="this host")
+    except ConfigError as e:
+        return f"not usable on this host: {e}"
+    return f"{'rdma' if choice.rdma else 'tcp'} ({choice.why})"
