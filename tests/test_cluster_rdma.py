@@ -8,7 +8,8 @@ allowed. It keeps queue-pair states, memory regions and keys like a NIC, and its
 bytes between the processes with process_vm_readv/writev, so the rest is the product's real path:
 the RDMA_CONNECT handshake over the authenticated TCP connection, descriptors of the rank's
 registered buffer in the requests, the nodes' RDMA READs (puts) and WRITEs (gets) into it, the
-completion threads, failed completions, and a node restart detected by its incarnation. On
+completion threads, failed completions, a hung transfer, and a node restart detected by its
+incarnation. On
 hardware, tests/hw/ runs the same over a real device.
 
 The test process itself never opens the fake (the verbs provider is chosen once per process).
@@ -20,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -121,6 +123,31 @@ def test_a_failed_completion_fails_its_pages_and_the_lane_reconnects(rdma_pool):
     assert node["reconnects"] + node["connects"] >= 2
     pool = rank.call("stats")["pool"]["rdma"]
     assert pool["lane_failures"] >= 1 and pool["lanes_up"] >= 1
+
+
+def test_a_hung_transfer_costs_one_timeout_and_the_lane_comes_back(rdma_pool):
+    # b's third work request never executes and never completes (a hung NIC): the request times
+    # out at the rank, the node gives its queue pair up (then the NIC touches none of the slots'
+    # memory) before it releases the reservations, and both sides connect the lane anew.
+    rdma_pool["b"].env["MOONCAKE_HICACHE_FAKE_VERBS_FAIL"] = "stall@3"
+    for n in rdma_pool.nodes.values():
+        n.config["cluster"]["spill_depth"] = 0
+    rdma_pool.start()
+    rank = rdma_pool.rank()
+    keys = keys_on("b", rdma_pool, 8, "hung")
+    put = rank.call("put", keys)
+    assert put["codes"] == [ErrorCode.NODE_UNAVAILABLE] * len(keys)
+    assert put["seconds"] < 2.0 + 1.5  # request_timeout_ms 2000: one timeout, no hang
+    deadline = time.monotonic() + 15
+    while rdma_pool["b"].stats()["peer"]["rdma"]["given_up"] < 1:
+        assert time.monotonic() < deadline, "the node did not give the hung queue pair up"
+        time.sleep(0.2)
+    time.sleep(2.5)  # the member's cool-down at the rank
+    assert rank.call("put", keys)["codes"] == [0] * len(keys)
+    assert_all_read(rank.call("get", keys), keys)
+    node = rdma_pool["b"].stats()["peer"]["rdma"]
+    assert node["reconnects"] >= 1 and node["bytes_written"] == len(keys) * PAGE
+    assert rank.call("stats")["pool"]["rdma"]["tcp_fallbacks"] == 0
 
 
 def test_a_restarted_node_refuses_the_old_lane_by_its_incarnation(rdma_pool):
