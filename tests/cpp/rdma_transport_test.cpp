@@ -376,32 +376,33 @@ TEST(QueuePair, ARangePastTheRemoteRegionIsARemoteAccessError) {
   EXPECT_EQ(remote, std::vector<uint8_t>(4096, 0));
 }
 
-TEST(QueuePair, ARemoteQueuePairThatWasResetIsARetryExceededError) {
+// One 4 KiB WRITE to a responder whose QP `spoil` changed first; the remote bytes stay zero.
+template <class Spoil>
+void write_to_spoilt_responder(Spoil spoil, Transfer& t) {
   Link l;
   std::vector<uint8_t> local = pattern(4096, 2), remote(4096, 0);
   reg(*l.req_dev, local);
   reg(*l.resp_dev, remote);
-  std::string err;
-  ASSERT_EQ(l.resp->reset(&err), 0);  // the peer restarted its side
-  Transfer t;
+  spoil(*l.resp);
   build(t, WrOpcode::kRdmaWrite, *l.req_dev, local, *l.resp_dev, remote, 1, 4096);
   ASSERT_EQ(l.req->run(t, Clock::now() + 5s), 0);
-  EXPECT_EQ(t.first_error(), WcStatus::kRetryExceeded);
   EXPECT_TRUE(t.item_failed(0));
   EXPECT_EQ(remote, std::vector<uint8_t>(4096, 0));
 }
 
-TEST(QueuePair, AResponderInErrorRefusesIncomingWrites) {
-  Link l;
-  std::vector<uint8_t> local = pattern(4096, 2), remote(4096, 0);
-  reg(*l.req_dev, local);
-  reg(*l.resp_dev, remote);
-  l.resp->force_error();  // what a client does when it stops waiting for a reply
+TEST(QueuePair, ARemoteQueuePairThatWasResetIsARetryExceededError) {
   Transfer t;
-  build(t, WrOpcode::kRdmaWrite, *l.req_dev, local, *l.resp_dev, remote, 1, 4096);
-  ASSERT_EQ(l.req->run(t, Clock::now() + 5s), 0);
-  EXPECT_TRUE(t.item_failed(0));
-  EXPECT_EQ(remote, std::vector<uint8_t>(4096, 0));
+  write_to_spoilt_responder([](QueuePair& qp) {  // the peer restarted its side
+    std::string err;
+    ASSERT_EQ(qp.reset(&err), 0);
+  }, t);
+  EXPECT_EQ(t.first_error(), WcStatus::kRetryExceeded);
+}
+
+TEST(QueuePair, AResponderInErrorRefusesIncomingWrites) {
+  Transfer t;
+  // What a client does when it stops waiting for a reply.
+  write_to_spoilt_responder([](QueuePair& qp) { qp.force_error(); }, t);
 }
 
 TEST(QueuePair, AHungTransferGivesTheQueuePairUpBeforeItReturns) {
