@@ -70,8 +70,9 @@ class Exchange {
   // Drops the lane and rebuilds the request inline (the node refused the lane).
   void downgrade();
   void build_rdma_connect(const proto::RdmaConnect& c);
-  // EXISTS, PREFETCH, REMOVE (the local protocol's key-list bodies).
-  void build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx);
+  // EXISTS, PREFETCH, REMOVE (the local protocol's key-list bodies; step: PREFETCH's pages a step).
+  void build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                  uint32_t step = 0);
   // STATS, VIEW, REMOVE_ALL, PING: an empty body.
   void build_empty(uint16_t op);
 
