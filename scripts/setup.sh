@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything mooncake-hicache needs on Debian/Ubuntu, idempotently:
-#   system packages (compiler, liburing, xxhash, fio, etcd), a virtualenv in .venv, and an
+#   system packages (compiler, liburing, xxhash, googletest, fio, etcd), a virtualenv in .venv, and an
 #   editable build of the package (the C++ extension is compiled here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # it is not wanted). libssl-dev: HMAC-SHA256 for the cluster handshake (OpenSSL libcrypto).
 # libibverbs-dev: the RDMA transport (cluster.transport rdma; without it the build has only TCP);
 # python3-pyverbs: 'mooncake-hicache devices' (made importable in the virtualenv below).
-APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libssl-dev fio etcd-server libibverbs-dev
-              python3-pyverbs)
+# libgtest-dev: the C++ unit tests (tests/cpp).
+APT_PACKAGES=(g++ cmake make pkg-config liburing-dev libxxhash-dev libssl-dev libgtest-dev fio etcd-server
+              libibverbs-dev python3-pyverbs)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -283,6 +284,9 @@ int NodeClient::say_hello(Conn& c, HelloReply* hr, int* arena_fd) {
     e = recv_reply(c, &r, Clock::now(), arena_fd) == EPROTO && !c.error.empty() ? EPROTO : e;
   }
   if (e == 0 && (!decode_hello_reply(r, hr) || *arena_fd < 0 || hr->arena_size == 0)) e = EPROTO;
+  // Never map past the end of the memfd: touching such a page raises SIGBUS in this process.
+  struct stat st;
+  if (e == 0 && (fstat(*arena_fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < hr->arena_size)) e = EPROTO;
   return e;
 }
 
