@@ -359,9 +359,11 @@ struct TieredStore::Impl::CleanBatch {
   uint64_t ticket = 0;
 };
 
-// Picks up to demote_batch bytes of the coldest dirty pages that admission lets onto NVMe.
-// Caller holds mu. False when there is none.
+// Picks up to demote_batch bytes (and at most a quarter of the arena: the batch stays pinned
+// while it is written, and puts need unpinned victims) of the coldest dirty pages that admission
+// lets onto NVMe. Caller holds mu. False when there is none.
 bool TieredStore::Impl::pick_cold_dirty(CleanBatch* b) {
+  const uint64_t most = std::max<uint64_t>(1, std::min<uint64_t>(opt.demote_batch, dram->arena().size() / 4));
   uint64_t bytes = 0;
   dram->for_each_cold_dirty([&](uint32_t s) {
     const DramTier::Slot& sl = dram->slot(s);
@@ -370,7 +372,7 @@ bool TieredStore::Impl::pick_cold_dirty(CleanBatch* b) {
     if (!admit(probe)) return true;
     b->slots.push_back(s);
     bytes += sl.len;
-    return bytes < opt.demote_batch;
+    return bytes < most;
   });
   if (b->slots.empty()) return false;
   for (uint32_t s : b->slots) {
