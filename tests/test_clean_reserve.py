@@ -15,7 +15,7 @@ import pytest
 
 from mooncake_hicache import ConfigError, Store
 from mooncake_hicache import _native
-from conftest import pattern
+from conftest import pattern, wait_demoter_idle
 from store_modes import config_for
 
 MiB = 1 << 20
@@ -79,6 +79,47 @@ def test_reads_never_wait_for_a_write_under_a_put_storm(stores, kind):
     assert st["clean_target_bytes"] == 4 * MiB
 
 
+def wait_for(cond, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+STALL_MS = 2000  # each stalled NVMe write completion (the fault hook), far above a 1 MiB read
+
+
+@pytest.mark.parametrize("reserve", [0.5, 0])
+def test_a_get_does_not_queue_behind_a_stalled_background_write(stores, reserve):
+    """The demoter's writes stall (the fault hook delays each write completion by 2 s, holding the
+    engine's write lock); a get of NVMe pages meanwhile takes a clean slot or reads directly and
+    returns at once. Without a reserve the same get must first write the page it displaces, and
+    waits for the stalled writer (the control)."""
+    store = stores.make("tiered", clean_reserve=reserve, demote_batch="2MiB", **SMALL)
+    old = [f"old{i}" for i in range(32)]
+    put_pages(store, old)
+    if reserve:
+        wait_demoter_idle(store)
+    store._backend._inject_nvme_faults("stall", 2, ms=STALL_MS)
+    writer = threading.Thread(target=put_pages, args=(store, ["n0", "n1", "n2", "n3"]))
+    writer.start()  # takes clean slots (or dirty ones), so the demoter writes: stalled
+    try:
+        if reserve:
+            wait_for(lambda: tiering(store)["demoter_writing"] > 0, "the demoter to write")
+        else:
+            time.sleep(0.3)
+        t0 = time.monotonic()
+        read_back(store, old[:2])
+        took = time.monotonic() - t0
+    finally:
+        writer.join(timeout=60)
+    if reserve:
+        assert took < STALL_MS / 1000 / 2, f"a get took {took:.2f} s behind a stalled write"
+        assert tiering(store)["reads_waited_for_write"] == 0
+    else:
+        assert took >= STALL_MS / 1000 / 2 and tiering(store)["reads_waited_for_write"] >= 1
+
+
 def write_pages_through(stores, keys):
     """Pages on NVMe from an earlier life of the store."""
     store = stores.make("tiered", write_through=True, **SMALL)
@@ -112,10 +153,7 @@ def test_a_clean_page_leaves_dram_without_a_write(stores):
     """Pages the demoter wrote are evicted later without a second write (nvme puts do not grow)."""
     store = stores.make("tiered", clean_reserve=0.9, demote_batch="16MiB", **SMALL)
     put_pages(store, [f"p{i}" for i in range(14)])
-    deadline = time.monotonic() + 10
-    while tiering(store)["demoter_pages"] < 14 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert tiering(store)["demoter_pages"] >= 14
+    wait_for(lambda: tiering(store)["demoter_pages"] >= 14, "the demoter to write every page")
     puts = store.stats()["nvme"]["puts"]
     read_back(store, [f"p{i}" for i in range(14)])
     assert store.stats()["nvme"]["puts"] == puts
@@ -169,19 +207,27 @@ def test_a_node_killed_during_background_demotion_loses_nothing_on_nvme(stores):
     store = stores.make("node", **settings)
     first = [f"a{i}" for i in range(40)]
     put_pages(store, first)
-    deadline = time.monotonic() + 10
-    while tiering(store)["clean_bytes"] < tiering(store)["clean_target_bytes"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_demoter_idle(store)
     acknowledged = on_nvme(store.config.node.socket, first)
     assert len(acknowledged) >= 24  # all but (at most) the 16 DRAM holds
     pid = store.stats()["node"]["pid"]
-    batches = tiering(store)["demoter_batches"]
-    burst = [f"b{i}" for i in range(200)]
-    for i, k in enumerate(burst):  # a put storm keeps the demoter writing
-        store.put(k, pattern(k, PAGE))
-        if i >= 24 and tiering(store)["demoter_batches"] > batches + 2:
-            break
-    os.kill(pid, signal.SIGKILL)
+    burst = [f"b{i}" for i in range(300)]
+    stop = threading.Event()
+
+    def storm():  # keeps the demoter writing; puts fail once the node is gone
+        for k in burst:
+            if stop.is_set():
+                return
+            store.put(k, pattern(k, PAGE))
+
+    putter = threading.Thread(target=storm)
+    putter.start()
+    try:
+        wait_for(lambda: tiering(store)["demoter_writing"] > 0, "a background demotion", timeout=60)
+        os.kill(pid, signal.SIGKILL)  # while the demoter writes a batch
+    finally:
+        stop.set()
+        putter.join(timeout=60)
     stores.node_pids.discard(pid)
     store.close()
     store = reopen_after_kill(stores, settings)

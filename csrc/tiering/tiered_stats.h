@@ -41,7 +41,7 @@ struct TieringSection {
   // Clean reserve (tiered_store.h): the level and target in bytes, reads that waited for an
   // NVMe write (0 while the reserve holds), the demoter's batches, pages and back-offs.
   uint64_t clean_bytes = 0, clean_target_bytes = 0, reads_waited_for_write = 0, demoter_batches = 0,
-           demoter_pages = 0, demoter_backoffs = 0;
+           demoter_pages = 0, demoter_backoffs = 0, demoter_writing = 0;
 
   template <class V>
   void visit(V& v) const {
@@ -58,6 +58,7 @@ struct TieringSection {
       v.counter(k, x);
     v.gauge("clean_bytes", clean_bytes);
     v.gauge("clean_target_bytes", clean_target_bytes);
+    v.gauge("demoter_writing", demoter_writing);
   }
 };
 

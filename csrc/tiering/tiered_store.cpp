@@ -63,7 +63,8 @@ struct TieredStore::Impl {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
         misses{0}, get_bytes{0}, demoted{0}, demote_failures{0}, not_admitted{0}, promoted{0},
         written_through{0}, prefetch_queued{0}, prefetch_done{0}, direct_reads{0},
-        reads_waited_for_write{0}, demoter_batches{0}, demoter_pages{0}, demoter_backoffs{0};
+        reads_waited_for_write{0}, demoter_batches{0}, demoter_pages{0}, demoter_backoffs{0},
+        demoter_writing{0};  // a gauge: pages of the batch the demoter is writing now
   } ctr;
 
   explicit Impl(const TieredOptions& o) : opt(o) {
@@ -396,7 +397,9 @@ void TieredStore::Impl::write_clean(CleanBatch& b) {
   for (size_t i = 0; i < b.keys.size(); i++)
     if (have[i] != 1) k.push_back(b.keys[i]), v.push_back(b.values[i]), at.push_back(i);
   std::vector<int32_t> wrote(k.size());
+  ctr.demoter_writing = k.size();
   if (!k.empty()) nvme->batch_put(k, v, wrote.data(), PutMode::kReplace, WritePriority::kBackground);
+  ctr.demoter_writing = 0;
   for (size_t j = 0; j < at.size(); j++) res[at[j]] = wrote[j];
   {
     std::lock_guard<std::mutex> lk(mu);
@@ -1022,7 +1025,7 @@ TieredStats TieredStore::stats() {
   t.prefetch_done = c.prefetch_done;
   t.direct_reads = c.direct_reads;
   t.reads_waited_for_write = c.reads_waited_for_write, t.demoter_batches = c.demoter_batches;
-  t.demoter_pages = c.demoter_pages, t.demoter_backoffs = c.demoter_backoffs;
+  t.demoter_pages = c.demoter_pages, t.demoter_backoffs = c.demoter_backoffs, t.demoter_writing = c.demoter_writing;
   t.clean_target_bytes = m.clean_target;
   st.has_nvme = m.nvme != nullptr;
   if (m.nvme) st.nvme = m.nvme->stats();
