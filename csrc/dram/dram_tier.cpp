@@ -155,10 +155,9 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims, bool clean
   int cls = class_for(len);
   SizeClass& c = classes_[cls];
   if (c.free.empty() && !assign_free_page(cls)) {
-    if (clean_only && c.clean == 0) return status_code(Status::kNoSpace);
-    int64_t v = c.policy->victim([&](uint32_t id) {
+    int64_t v = clean_only ? coldest_clean(c) : c.policy->victim([&](uint32_t id) {
       const Slot& s = slots_at(id);
-      return s.state == kReady && s.pins == 0 && (!clean_only || (s.flags & kCleanFlag));
+      return s.state == kReady && s.pins == 0;
     });
     if (v < 0 && (clean_only || !steal_page(cls, victims))) return status_code(Status::kNoSpace);
     if (v >= 0) {
@@ -175,6 +174,21 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims, bool clean
   s.pins = 0;
   s.flags = 0;
   return id;
+}
+
+// A clean, ready, unpinned slot among the kCleanScan coldest of class c, or -1: a clean page
+// further toward the hot end is not taken (it would evict a page that is still hot, and the
+// walk would grow with the tier); the demoter cleans the cold end instead.
+int64_t DramTier::coldest_clean(const SizeClass& c) const {
+  if (c.clean == 0) return -1;
+  int64_t found = -1;
+  uint32_t seen = 0;
+  c.policy->walk_coldest([&](uint32_t id) {
+    const Slot& s = slots_at(id);
+    if (s.state == kReady && s.pins == 0 && (s.flags & kCleanFlag)) found = id;
+    return found < 0 && ++seen < kCleanScan;
+  });
+  return found;
 }
 
 void DramTier::mark_clean(uint32_t id) {

@@ -83,8 +83,8 @@ class DramTier final : public SlotTable {
   // A kWriting slot for `len` bytes, or a negative Status. Entries evicted to make room are
   // appended to *victims: one of the same size class (bytes still in the returned slot), or those
   // of a slab page moved from another class (bytes copied out).
-  // clean_only: take a free slot or evict a clean one only (no victim that still needs a write;
-  // no slab page is moved): kNoSpace when there is none.
+  // clean_only: take a free slot or evict a clean one among the kCleanScan coldest only (no
+  // victim that still needs a write; no slab page is moved): kNoSpace when there is none.
   int64_t reserve(uint64_t len, std::vector<Victim>* victims, bool clean_only = false);
   // Records what a kWriting slot will hold (the key only where keys are kept).
   void prepare(uint32_t slot, std::string_view key, const KeyDigest& d, uint64_t len, uint32_t depth);
@@ -103,6 +103,7 @@ class DramTier final : public SlotTable {
 
   // ---- clean pages ----
   static constexpr uint8_t kCleanFlag = 2;
+  static constexpr uint32_t kCleanScan = 256;  // how far from the cold end a clean victim is looked for
   bool is_clean(uint32_t id) const { return slots_at(id).flags & kCleanFlag; }
   void mark_clean(uint32_t id);  // a ready slot whose value is on NVMe now
   // Bytes that can be taken without a write: free slab pages, free slots, clean ready slots.
@@ -166,6 +167,7 @@ class DramTier final : public SlotTable {
   void release(uint32_t id);  // -> kFree, back on its class's free list
   void drop_key(uint32_t id);
   void forget_clean(uint32_t id);  // the slot's value leaves: it no longer counts as clean
+  int64_t coldest_clean(const SizeClass& c) const;
 
   Options opt_;
   DramArena arena_;

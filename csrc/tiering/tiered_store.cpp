@@ -56,6 +56,7 @@ struct TieredStore::Impl {
   // guarded by mu; clean_target is fixed at construction.
   std::condition_variable demote_cv;
   bool demoter_stop = false;
+  bool clean_wanted = false;  // a clean-only reservation found no clean page at the cold end
   uint64_t clean_target = 0;  // bytes
   std::thread demoter;
 
@@ -221,7 +222,11 @@ struct TieredStore::Impl {
   int64_t reserve_slot(uint64_t len, Demotion* pending, bool for_read) {
     const bool clean_only = keeps_reserve();
     int64_t s = reserve_locked(len, pending, clean_only);
-    if (s == status_code(Status::kNoSpace) && clean_only && !for_read) s = reserve_locked(len, pending, false);
+    if (s == status_code(Status::kNoSpace) && clean_only) {
+      clean_wanted = true;  // the demoter cleans the cold end now, whatever the level says
+      demote_cv.notify_one();
+      if (!for_read) s = reserve_locked(len, pending, false);
+    }
     return s;
   }
 
@@ -418,16 +423,20 @@ void TieredStore::Impl::write_clean(CleanBatch& b) {
 }
 
 // Keeps dram->clean_bytes() at clean_target: woken by reserve_locked when the level drops below
-// it (so its pace follows the rate at which puts and promotions take slots), and every 50 ms.
-// While reads are in flight and the level is above half the target it backs off (2 ms at a
-// time): the disk serves the reads first.
+// it (so its pace follows the rate at which puts and promotions take slots), when a clean-only
+// reservation found no clean page at the cold end (clean_wanted: clean pages that are all hot
+// count in the level but are not taken), and every 50 ms. While reads are in flight and the
+// level is above half the target it backs off (2 ms at a time; not when asked by a reader): the
+// disk serves the reads first.
 void TieredStore::Impl::demote_loop() {
   std::unique_lock<std::mutex> lk(mu);
+  auto wanted = [&] { return clean_wanted || dram->clean_bytes() < clean_target; };
   while (!demoter_stop) {
-    demote_cv.wait_for(lk, std::chrono::milliseconds(50),
-                       [&] { return demoter_stop || dram->clean_bytes() < clean_target; });
-    if (demoter_stop || dram->clean_bytes() >= clean_target) continue;
-    if (nvme->reads_active() > 0 && dram->clean_bytes() >= clean_target / 2) {
+    demote_cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return demoter_stop || wanted(); });
+    if (demoter_stop || !wanted()) continue;
+    const bool asked = clean_wanted;  // readers are waiting for clean slots: no back-off
+    clean_wanted = false;
+    if (!asked && nvme->reads_active() > 0 && dram->clean_bytes() >= clean_target / 2) {
       ctr.demoter_backoffs++;
       demote_cv.wait_for(lk, std::chrono::milliseconds(2), [&] { return demoter_stop; });
       continue;
