@@ -7,6 +7,8 @@ Runs, one after the other, each as a subprocess (its progress goes to stderr as 
   one-file-per-page baseline, write and read, per page size and queue depth;
 * ``bench/store_bench.py`` -- the tiers through the node as SGLang ranks use them: put/get in DRAM,
   put with demotion, get from NVMe (promotion), ``batch_is_exist`` latency, vs memcpy and fio;
+* ``bench/plan_bench.py``  -- what planning a prefetch of 1,000 pages costs (the prefetch policy),
+  paired with one get of a DRAM page at the 8b model's page size (the ratio: plan / page);
 
 with ``--quick`` unless ``--full`` is given, collects the one JSON line each prints
 (``{"bench": ...}``) and prints one table: operation, page size, GB/s (median [min-max] over
@@ -43,7 +45,7 @@ sys.path.insert(0, HERE)
 
 import _bench_common as bc  # noqa: E402
 
-BENCHES = {"nvme": "nvme_bench.py", "store": "store_bench.py"}
+BENCHES = {"nvme": "nvme_bench.py", "store": "store_bench.py", "plan": "plan_bench.py"}
 
 
 # ---- a limit measured here ------------------------------------------------------------------
@@ -161,6 +163,14 @@ def rows_from_store(doc: dict) -> list:
     return rows
 
 
+def rows_from_plan(doc: dict) -> list:
+    """Planning a prefetch of 1,000 pages, paired with one get of a DRAM page (plan_bench.py)."""
+    size = bc.fmt_size(doc["page_bytes"])
+    return [[f"plan {c['pages']} pages: {c['policy']}, {c['case']}", size, "-", "-", f"{c['plan_us'] / 1e3:.3f}", "-",
+             f"get 1 dram page ({c['get_page_us'] / 1e3:.3f} ms)", "-",
+             f"{c['ratio']:.3f} [{c['ratio_min']:.3f}-{c['ratio_max']:.3f}]", c["pairs"]] for c in doc["cases"]]
+
+
 def print_table(headers: list, rows: list) -> None:
     """First column left-aligned, the others right-aligned."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
@@ -175,7 +185,7 @@ def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--full", action="store_true", help="run each bench's default (longer) set instead of --quick")
-    p.add_argument("--only", default="nvme,store", help="comma-separated subset of: nvme, store (default both)")
+    p.add_argument("--only", default="nvme,store,plan", help="comma-separated subset of: nvme, store, plan (default all)")
     p.add_argument("--dir", default=None, help="directory for data files, passed to each bench as --dir")
     p.add_argument("--output", default=os.path.join(HERE, "out", "micro"), help="where micro.json goes")
     p.add_argument("--seconds", type=float, default=None,
@@ -214,6 +224,8 @@ def main(argv: Optional[list] = None) -> int:
             rows.append([f"{name}: no JSON (exit {d['exit']})", "-", "-", "-", "-", "-", "", "-", "-", "-"])
         elif doc.get("bench") == "nvme":
             rows += rows_from_nvme(doc)
+        elif doc.get("bench") == "plan":
+            rows += rows_from_plan(doc)
         else:
             rows += rows_from_store(doc)
     print(f"\nMicro benchmarks ({'full' if args.full else 'quick'}), GB/s = 1e9 B/s, median [min-max] over samples; "

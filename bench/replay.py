@@ -39,6 +39,7 @@ Examples::
     .venv/bin/python bench/replay.py ../shared/traces/conversation_trace.jsonl --output bench/results
     .venv/bin/python bench/replay.py TRACE --model 8b --configs lru-dram,ours-dram+nvme/prefix_lru
     .venv/bin/python bench/replay.py TRACE --max-requests 2000 --speed 20   # 20x faster than real time
+    .venv/bin/python bench/replay.py TRACE --model 8b --prefetch-policy prefix_order,none,cost_aware,recompute
 
 Exit status: 0 when the run completed, every page read back was right, every put stored its page
 and every get returned all the pages ``batch_is_exist`` promised; 1 otherwise (each failure is
@@ -70,6 +71,7 @@ from replay_backends import (DRAM_SLAB, HiCacheFileBackend, HostPool, HostTierFr
                              nvme_pages_per_region, sglang_available, timed_get)
 from replay_report import (check_targets, failure_lines, lat_summary, markdown_table,  # noqa: E402
                            plot_all, print_table)
+from replay_policies import parse_policies, run_policies  # noqa: E402
 from replay_trace import Trace  # noqa: E402
 
 POLICIES = ("lru", "s3fifo", "prefix_lru")
@@ -489,6 +491,16 @@ def write_report(doc: dict, output: str, plots: bool = True) -> list:
     return files
 
 
+def policy_mode(args, trace, sizes, model, override) -> int:
+    """``--prefetch-policy``: one replay per policy (replay_policies.py)."""
+    os.makedirs(args.workdir, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="mooncake-hicache-replay-", dir=args.workdir)
+    try:
+        return run_policies(parse_policies(args.prefetch_policy), trace, sizes, model, args, workdir, override)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
@@ -506,6 +518,11 @@ def main(argv=None) -> int:
     p.add_argument("--tier-gbps", default=None, help="TTFT model: use these tier bandwidths instead of measuring, e.g. dram=20,nvme=7,file=2")
     p.add_argument("--jobs", type=int, default=1, help="configurations replayed at once, one process each (default 1: clean timings; "
                    "hit figures do not depend on it)")
+    p.add_argument("--prefetch-policy", default=None, metavar="LIST",
+                   help="replay once per prefetch policy instead of per configuration (our DRAM + NVMe store), e.g. "
+                        "prefix_order,none,cost_aware,recompute ('recompute': report no hit; any "
+                        "package.module:Class policy too); see bench/README.md")
+    p.add_argument("--prefetch-batch-pages", type=int, default=16, help="prefetch.batch_pages of the policies (default 16)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--report", action="store_true", help="TRACE is a replay.json: print its table and write results.md and plots into --output")
     args = p.parse_args(argv)
@@ -563,6 +580,10 @@ def main(argv=None) -> int:
         bad = [c for c in names if c not in ALL_CONFIGS]
         if bad:
             raise ValueError(f"unknown config(s) {', '.join(bad)}; choose from {', '.join(ALL_CONFIGS)}")
+        if args.prefetch_policy is not None:
+            parse_policies(args.prefetch_policy)
+            if "file" in override:
+                raise ValueError("--tier-gbps: the prefetch policy replay has tiers dram and nvme only")
     except ValueError as e:
         print(f"replay: {e}", file=sys.stderr)
         return 2
@@ -582,6 +603,9 @@ def main(argv=None) -> int:
     bc.progress(f"model {model.name}: {bc.fmt_size(model.page_bytes)} pages, scale 1/{scale:g} -> {bc.fmt_size(sizes['page_bytes'])}; "
                 f"DRAM {bc.fmt_size(dram_real)} real = {sizes['dram_pages']:,} pages ({bc.fmt_size(sizes['dram_capacity'])} here), "
                 f"NVMe {bc.fmt_size(nvme_real)} real = {sizes['nvme_pages']:,} pages ({bc.fmt_size(sizes['nvme_capacity'])} here)")
+
+    if args.prefetch_policy is not None:
+        return policy_mode(args, trace, sizes, model, override)
 
     if "hicache-file" in names:
         why = sglang_available()

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mooncake_hicache.policies.cost_model import prefill_flops
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 TOKENS_PER_PAGE = 64        # SGLang's page size for HiCache storage
@@ -92,12 +94,9 @@ def scaled_page_bytes(model: ModelShape, scale: float) -> int:
 
 
 def compute_s(model: ModelShape, uncached: int, cached: int) -> float:
-    """Seconds to prefill ``uncached`` tokens that follow ``cached`` tokens already in KV."""
-    if uncached <= 0:
-        return 0.0
-    u, c = float(uncached), float(cached)
-    flops = 2.0 * model.params * u + 4.0 * model.layers * model.q_dim * (u * c + u * (u - 1) / 2)
-    return flops / (GPU_PEAK_FLOPS * MFU)
+    """Seconds to prefill ``uncached`` tokens that follow ``cached`` tokens already in KV (the
+    FLOP count of ``mooncake_hicache.policies.cost_model.prefill_flops``)."""
+    return prefill_flops(model.params, model.layers, model.q_dim, cached, uncached) / (GPU_PEAK_FLOPS * MFU)
 
 
 def ttft_s(model: ModelShape, input_tokens: int, hit_tokens_by_tier: dict, gbps_by_tier: dict) -> float:

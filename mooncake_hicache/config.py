@@ -15,6 +15,12 @@ document (or no document at all) is valid::
         reinsertion: true     # on region reclaim, re-append pages that were read since written
     logging:
       level: INFO             # DEBUG | INFO | WARNING | ERROR
+    prefetch:                 # docs/prefetch.md
+      policy: prefix_order    # prefix_order | none | cost_aware | package.module:ClassName
+      batch_pages: 16         # pages promoted NVMe -> DRAM per step (a step lands together)
+      concurrency: 1          # promotion steps running at once
+      cost_model: {preset: 8b, prefill_tflops: 494.5}   # cost_aware: what recomputing costs
+      estimates: {dram_gbps: 10, nvme_gbps: 8, smoothing: 0.1, probe_every: 32, probe_pages: 1}
 
 Sizes are byte counts (``4096``) or a number with a unit: ``KB MB GB TB`` are decimal,
 ``KiB MiB GiB TiB`` (and the shorthands ``k m g t``) are binary, ``B`` is bytes; units are
@@ -68,6 +74,7 @@ __all__ = [
     "ConfigError",
     "LoggingConfig",
     "NvmeConfig",
+    "PrefetchConfig",
     "TiersConfig",
     "ENV_PREFIX",
     "CONFIG_ENV_VAR",
@@ -470,16 +477,24 @@ def _parse_port(value: Any, field: str) -> int:
     return port
 
 
-def _parse_weight(value: Any, field: str) -> float:
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
-        raise ConfigError(field, f"weight must be a positive number, got {_show(value)}; write e.g. 1 or 2.5")
-    return float(number)
+def _positive_number(what: str, example: str, most: float = float("inf")) -> Callable[[Any, str], float]:
+    """A parser of numbers in (0, most] (ints, floats, or strings of them)."""
+    def parse(value: Any, field: str) -> float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number <= most \
+                or number == float("inf"):
+            bound = "a positive number" if most == float("inf") else f"a number above 0 and at most {most:g}"
+            raise ConfigError(field, f"{what} must be {bound}, got {_show(value)}; write e.g. {example}")
+        return float(number)
+    return parse
+
+
+_parse_weight = _positive_number("weight", "1 or 2.5")
 
 
 def _parse_positive_size(value: Any, field: str) -> int:
@@ -738,6 +753,82 @@ class ClusterConfig:
             _secret_bytes(self.secret.encode(), at("secret"))
 
 
+# --------------------------------------------------------------------------------------------
+# The prefetch section (policies that decide what to load ahead of SGLang's gets; docs/prefetch.md)
+# --------------------------------------------------------------------------------------------
+
+PREFETCH_POLICIES = ("prefix_order", "none", "cost_aware")
+# Model shapes the recompute cost can be computed for (their numbers: policies/cost_model.py).
+COST_MODEL_PRESETS = ("0.5b", "8b", "70b")
+MAX_PREFETCH_BATCH = 128  # SGLang's STORAGE_BATCH_SIZE: no plan is longer
+_USER_POLICY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _parse_policy(value: Any, field: str) -> str:
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and (text.lower() in PREFETCH_POLICIES or _USER_POLICY_RE.match(text)):
+        return text.lower() if text.lower() in PREFETCH_POLICIES else text
+    close = difflib.get_close_matches(str(value).lower(), PREFETCH_POLICIES, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(field, f"unknown prefetch policy {_show(value)}; {hint}choose one of {', '.join(PREFETCH_POLICIES)}, "
+                             "or a policy of your own as 'package.module:ClassName' (docs/prefetch.md)")
+
+
+@dataclass(frozen=True)
+class CostModelConfig:
+    """What recomputing a token costs (the ``cost_aware`` policy): a model shape and the prefill speed."""
+
+    preset: str = _setting("8b", _choice(COST_MODEL_PRESETS, str.lower))
+    prefill_tflops: float = _setting(494.5, _positive_number("prefill_tflops", "494.5 (an H100 at 50% of its 989 dense BF16 TFLOP/s)"))
+    params_b: Optional[float] = _setting(None, _optional(_positive_number("params_b", "8 (billions of parameters)")))
+    layers: Optional[int] = _setting(None, _optional(_parse_int))
+    q_dim: Optional[int] = _setting(None, _optional(_parse_int))
+
+    def _check(self, where: str) -> None:
+        for name in ("layers", "q_dim"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(_joiner(where)(name), f"{name} must be a positive integer, got {value}")
+
+
+@dataclass(frozen=True)
+class EstimatesConfig:
+    """The online transfer estimates (per tier, from completed gets) and how they start and refresh.
+    The starting speeds are optimistic on purpose: a tier thought fast is used, so measured, and
+    its estimate corrected by the first get; a tier thought slow would be declined until a probe."""
+
+    dram_gbps: float = _setting(10.0, _positive_number("dram_gbps", "10"))
+    nvme_gbps: float = _setting(8.0, _positive_number("nvme_gbps", "8"))
+    smoothing: float = _setting(0.1, _positive_number("smoothing", "0.1 (the weight of each new transfer)", most=1.0))
+    probe_every: int = _setting(32, _parse_int)
+    probe_pages: int = _setting(1, _parse_int)
+
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if self.probe_every < 1:
+            raise ConfigError(at("probe_every"), f"probe_every {self.probe_every} must be at least 1 (plans between re-measurements of a tier that is not used)")
+        if not 0 <= self.probe_pages <= MAX_PREFETCH_BATCH:
+            raise ConfigError(at("probe_pages"), f"probe_pages {self.probe_pages} is out of range; choose 0 (never re-measure) to {MAX_PREFETCH_BATCH}")
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """Which pages SGLang is told are hits and which are moved into DRAM ahead of its gets."""
+
+    policy: str = _setting("prefix_order", _parse_policy)
+    batch_pages: int = _setting(16, _parse_int)
+    concurrency: int = _setting(1, _parse_int)
+    cost_model: CostModelConfig = _section(CostModelConfig)
+    estimates: EstimatesConfig = _section(EstimatesConfig)
+
+    def _check(self, where: str) -> None:
+        at = _joiner(where)
+        if not 1 <= self.batch_pages <= MAX_PREFETCH_BATCH:
+            raise ConfigError(at("batch_pages"), f"batch_pages {self.batch_pages} is out of range; choose 1 to {MAX_PREFETCH_BATCH} (pages promoted per step; 16 is a good default)")
+        if not 1 <= self.concurrency <= 64:
+            raise ConfigError(at("concurrency"), f"concurrency {self.concurrency} is out of range; choose 1 to 64 (promotion steps running at once)")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. Build it with ``load_config``."""
@@ -747,6 +838,7 @@ class Config:
     node: NodeConfig = _section(NodeConfig)
     metrics: MetricsConfig = _section(MetricsConfig)
     logging: LoggingConfig = _section(LoggingConfig)
+    prefetch: PrefetchConfig = _section(PrefetchConfig)
     # None (the default, and what an absent section gives): a single host, no pool across hosts.
     cluster: Optional[ClusterConfig] = _dataclass_field(
         default=None, metadata={"section": ClusterConfig, "optional": True})

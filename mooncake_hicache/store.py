@@ -44,7 +44,7 @@ from . import _native
 from .config import Config, load_config
 from .errors import ErrorCode, StoreError
 from .node import NodeConnection
-from .tiers import backend_stats, log_notes, open_tiers
+from .tiers import Tier, backend_stats, log_notes, open_tiers
 
 log = logging.getLogger("mooncake_hicache")
 
@@ -178,15 +178,27 @@ class Store:
 
     def batch_is_exist(self, keys: Sequence[str]) -> list[int]:
         """1 if the key is stored, 0 if not, a negative ErrorCode for a bad key."""
-        keys = self._check_lists(keys)
-        return self._backend.batch_exists(keys)
+        return [1 if c > 0 else c for c in self.batch_locate(keys)]
 
-    def prefetch(self, keys: Sequence[str]) -> int:
-        """Start copying the NVMe-only pages among ``keys`` into DRAM in the background, so a
-        following ``batch_get_into`` reads DRAM. Returns how many pages were queued."""
+    def batch_locate(self, keys: Sequence[str]) -> list[int]:
+        """Where each key is: a :class:`~mooncake_hicache.tiers.Tier` code (``DRAM`` 1, ``NVME`` 2,
+        ``ABSENT`` 0; in a pool also ``REMOTE_DRAM`` 3 and ``REMOTE_NVME`` 4, the cheapest holder
+        counting), or a negative ErrorCode for a bad key. Touches no data, as ``batch_is_exist``."""
+        keys = self._check_lists(keys)
+        codes = self._backend.batch_exists(keys)
+        if isinstance(self._backend, _native.NvmeEngine):  # the NVMe engine alone answers 1 for "stored"
+            return [int(Tier.NVME) if c == 1 else c for c in codes]
+        return codes
+
+    def prefetch(self, keys: Sequence[str], batch_pages: int = 0) -> int:
+        """Start copying the NVMe-only pages among ``keys`` into DRAM in the background, in the
+        order given and ``batch_pages`` pages a step (0: the tier's default, 16), so a following
+        ``batch_get_into`` reads DRAM. Returns how many pages were queued."""
         keys = self._check_lists(keys)
         fn = getattr(self._backend, "prefetch", None)
-        return fn(keys) if fn else 0
+        if fn is None:
+            return 0
+        return fn(keys, int(batch_pages)) if batch_pages else fn(keys)
 
     # ---- single-key convenience ----------------------------------------------------------
 
@@ -247,17 +259,30 @@ class Store:
 
     # ---- lifecycle and figures -----------------------------------------------------------
 
+    @property
+    def prefetcher(self):
+        """The prefetch policy layer of this store (``config.prefetch``; a
+        :class:`~mooncake_hicache.policies.Prefetcher`), built on first use."""
+        found = self.__dict__.get("_prefetcher")
+        if found is None:
+            from .policies import Prefetcher
+            found = self.__dict__.setdefault("_prefetcher", Prefetcher(self, self.config.prefetch))
+        return found
+
     def stats(self) -> dict:
         """Live figures as a plain dict with one section per part: ``dram``, ``nvme``,
-        ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode). Keys include
-        entries, value_bytes, hits, misses, checksum_failures, evictions,
-        index_bytes_per_entry and recovery_seconds."""
+        ``tiering`` (hits per tier, demotions, promotions), ``node`` (in node mode), ``prefetch``
+        (once the prefetch policy has been used). Keys include entries, value_bytes, hits,
+        misses, checksum_failures, evictions, index_bytes_per_entry and recovery_seconds."""
         self._check_open()
         self._log_notes()
         try:
-            return backend_stats(self._backend)
+            out = backend_stats(self._backend)
         except _native.EngineError as e:  # the node is not reachable
             raise StoreError(f"cannot read the store's figures: {e.args[-1]}") from None
+        if "_prefetcher" in self.__dict__:
+            out["prefetch"] = self.__dict__["_prefetcher"].stats()
+        return out
 
     def close(self) -> None:
         """Seal the open region, flush, release the data file. Idempotent."""

@@ -1,7 +1,8 @@
 """The in-process tier stack (``TieredStore``, or the NVMe engine alone) built from a config,
 and the helpers every holder of a native backend shares: its figures as one dict and its notes
 logged at the level the C++ side gave them. Used by ``Store`` (in-process mode) and by the node
-process (``node.Node``); imports neither.
+process (``node.Node``); imports neither. ``Tier`` names the tiers a page can be in, as
+``Store.batch_locate`` reports them.
 """
 
 from __future__ import annotations
@@ -9,10 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+from enum import IntEnum
 
 from . import _native
 from .config import Config
 from .errors import ConfigError, StoreError
+
+
+class Tier(IntEnum):
+    """Where a page is: the codes the C++ tiers answer an existence query with
+    (``TieredStore::batch_exists``, the node's ``EXISTS`` reply; in a pool ``PoolClient`` answers
+    the cheapest holder's, a remote member's shifted by 2). Larger codes cost more to read. A
+    negative code (a bad key) is an ``ErrorCode``, not a tier."""
+
+    ABSENT = 0
+    """Not stored: a miss."""
+    DRAM = 1
+    """In this host's DRAM tier: a get copies it out of the arena."""
+    NVME = 2
+    """On this host's NVMe tier only: a get reads it from the device (and promotes it to DRAM)."""
+    REMOTE_DRAM = 3
+    """In a pool (``cluster:``), in another member's DRAM tier only: a get reads it over TCP."""
+    REMOTE_NVME = 4
+    """In a pool, on another member's NVMe tier only: a get reads it over TCP from the device."""
 
 
 def open_tiers(config: Config):
@@ -29,7 +49,8 @@ def open_tiers(config: Config):
                 sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
         kwargs = dict(dram_capacity=dr.capacity, slab_size=dr.slab_size, eviction=dr.eviction,
                       hugepages=dr.hugepages, admission=dr.admission, write_through=dr.write_through,
-                      keep_keys=dr.keep_keys, clean_reserve=dr.clean_reserve, demote_batch=dr.demote_batch)
+                      keep_keys=dr.keep_keys, clean_reserve=dr.clean_reserve, demote_batch=dr.demote_batch,
+                      prefetch_workers=config.prefetch.concurrency)
         if nv is not None:
             kwargs.update(nvme_path=nv.path, nvme_capacity=nv.capacity, nvme_region_size=nv.region_size,
                           nvme_queue_depth=nv.queue_depth, nvme_direct_io=nv.direct_io,

@@ -391,7 +391,10 @@ def prefetch_through_controller(cc, rid: str, tokens, threshold: int = PAGE_SIZE
 
 def run_ranks(target, world_size: int, *args, timeout: float = 120.0) -> None:
     """Run ``target(rank, world_size, *args)`` in ``world_size`` forked processes (SGLang is
-    already imported here) and raise with a child's traceback if any fails."""
+    already imported here) and raise with a child's traceback if any fails. A child still running
+    shortly before ``timeout`` prints every thread's stack to stderr and exits, so a hang is shown
+    where it happens."""
+    import faulthandler
     import multiprocessing
     import os
     import traceback
@@ -401,6 +404,7 @@ def run_ranks(target, world_size: int, *args, timeout: float = 120.0) -> None:
 
     def child(rank: int) -> None:
         code = 1
+        faulthandler.dump_traceback_later(max(1.0, timeout - 5.0), exit=True)
         try:
             import torch
 

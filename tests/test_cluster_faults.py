@@ -84,7 +84,7 @@ def check_after_kill(calls, killed_at, replicas):
 
 def check_rejoined(cl, c_held):
     """The restarted node has the pages it held (from its NVMe) and serves them to its rank."""
-    assert cl["c"].client().batch_exists(c_held) == [1] * len(c_held)
+    assert all(e > 0 for e in cl["c"].client().batch_exists(c_held))  # 1 DRAM or 2 NVMe (after the restart)
     c_keys = c_held[:16]
     store = cl.store("c")
     buf = Buffer(len(c_keys) * PAGE)
@@ -103,7 +103,7 @@ def test_a_holder_killed_under_load_costs_no_wrong_bytes_and_no_hang(tmp_path, r
         procs = start_clients(cl, tmp_path, ["a", "b"], seconds=3.0)
         wait_loaded(tmp_path, cl, ["a", "b"])
         written = [f"load-{n}-{i}" for n in "ab" for i in range(96)]
-        c_held = [k for k, e in zip(written, cl["c"].client().batch_exists(written)) if e == 1]
+        c_held = [k for k, e in zip(written, cl["c"].client().batch_exists(written)) if e > 0]
         assert c_held  # (a holder that timed out on a loaded machine is spilled past: not every key)
         time.sleep(0.5)
         killed_at = time.time()

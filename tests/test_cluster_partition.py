@@ -85,7 +85,7 @@ class NodeProcess:
         """Which of ``keys`` this node has (asked over its own Unix socket)."""
         c = _native.NodeClient(self.config["node"]["socket"], 2000)
         try:
-            return [e == 1 for e in c.batch_exists(list(keys))]
+            return [e > 0 for e in c.batch_exists(list(keys))]
         finally:
             c.close()
 

@@ -150,6 +150,38 @@ def test_writes_spill_past_a_dead_holder_and_readers_find_them(tmp_path):
         cl.close()
 
 
+def test_exists_names_the_cheapest_holders_tier_and_prefetch_carries_its_step(tmp_path):
+    """Store.batch_locate in a pool: 1/2 for the local node's DRAM/NVMe, 3/4 for another member's
+    (Tier.REMOTE_DRAM/REMOTE_NVME, which the prefetch policy learns apart); a prefetch with a step
+    reaches the remote holder, which promotes its NVMe pages into its DRAM."""
+    cl = Cluster(tmp_path, ["a", "b"]).start()
+    try:
+        p = Placement([("a", 1.0), ("b", 1.0)])
+        keys = [f"tier-{i}" for i in range(32)]
+        at_b = [p.holders(k)[0] == "b" for k in keys]
+        assert any(at_b) and not all(at_b)
+        a, abuf = rank(cl, "a", pages=len(keys))
+        assert put(a, abuf, keys) == [0] * len(keys)
+        assert a.batch_locate(keys) == [3 if b else 1 for b in at_b]
+        assert a.batch_is_exist(keys) == [1] * len(keys)
+
+        cl["b"].stop()  # b's DRAM goes, its NVMe (write-through) stays
+        cl["b"].start()
+        cl.wait_all_up()
+        assert cl.store("b").batch_locate(keys) == [2 if b else 3 for b in at_b]
+        a = cl.store("a")  # a new pool client: the old one may still hold b as down
+        assert a.batch_locate(keys) == [4 if b else 1 for b in at_b]
+
+        b_keys = [k for k, b in zip(keys, at_b) if b]
+        assert a.prefetch(b_keys, batch_pages=4) == len(b_keys)
+        deadline = time.monotonic() + 10
+        while a.batch_locate(b_keys) != [3] * len(b_keys) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.batch_locate(b_keys) == [3] * len(b_keys)
+    finally:
+        cl.close()
+
+
 def test_cluster_status_and_metrics_show_every_member(cluster):
     cmd = [sys.executable, "-m", "mooncake_hicache", "cluster", "status", "--config", cluster["b"].config_path]
     table = subprocess.run(cmd, capture_output=True, text=True, timeout=30)

@@ -100,6 +100,11 @@ def test_to_dict_returns_plain_dicts_with_sizes_as_ints(data_path):
                  "max_connections": 1024, "socket_mode": 0o600, "allowed_uids": []},
         "metrics": {"port": 9731, "host": "127.0.0.1", "max_connections": 16, "timeout_s": 5},
         "logging": {"level": "INFO"},
+        "prefetch": {"policy": "prefix_order", "batch_pages": 16, "concurrency": 1,
+                     "cost_model": {"preset": "8b", "prefill_tflops": 494.5, "params_b": None, "layers": None,
+                                    "q_dim": None},
+                     "estimates": {"dram_gbps": 10.0, "nvme_gbps": 8.0, "smoothing": 0.1, "probe_every": 32,
+                                   "probe_pages": 1}},
     }
 
 

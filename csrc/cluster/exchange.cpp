@@ -59,10 +59,12 @@ void Exchange::build_get(const std::vector<std::string>& keys, const std::vector
   w_.finish();
 }
 
-void Exchange::build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx) {
+void Exchange::build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                          uint32_t step) {
   n_ = static_cast<uint32_t>(idx.size());
   begin_frame(op, op == kPrefetch ? 4 : 4 + 4ull * n_);
   encode_keys(w_, keys, idx);
+  if (op == kPrefetch && step) w_.u32(step);  // PREFETCH's optional trailing step (protocol.h)
   w_.finish();
 }
 

@@ -54,8 +54,9 @@ class Exchange {
   // PEER_GET with capacities caps[idx[k]]; dest(k, len) places each value.
   void build_get(const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
                  const std::vector<uint64_t>& caps, Dest dest);
-  // EXISTS, PREFETCH, REMOVE (the local protocol's key-list bodies).
-  void build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx);
+  // EXISTS, PREFETCH, REMOVE (the local protocol's key-list bodies; step: PREFETCH's pages a step).
+  void build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                  uint32_t step = 0);
   // STATS, VIEW, REMOVE_ALL, PING: an empty body.
   void build_empty(uint16_t op);
 

@@ -87,8 +87,14 @@ class PoolClient {
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                  const std::vector<uint32_t>& depths, int32_t* results, PutMode mode = PutMode::kReplace);
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
+  // results[i]: the cheapest place that holds the key: 1 the local node's DRAM, 2 its NVMe only,
+  // 3 a remote member's DRAM, 4 a remote member's NVMe only (the local node's codes plus
+  // kRemoteTierOffset); 0 absent or no holder answered; negative Status for a bad key.
+  static constexpr int32_t kRemoteTierOffset = 2;
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
-  int32_t prefetch(const std::vector<std::string>& keys);
+  // Asks each key's first available holder to promote it NVMe -> DRAM, `step` pages a step (0:
+  // the node's default); returns how many the holders queued.
+  int32_t prefetch(const std::vector<std::string>& keys, uint32_t step = 0);
   int32_t remove(const std::string& key);
   int32_t remove_all();
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
@@ -130,8 +136,9 @@ class PoolClient {
   bool assign_reads(Call& c, Plan& p, Round& r);
   void get_round(Call& c, Round& r, const std::vector<std::string>& keys, const std::vector<SgList>& buffers,
                  const std::vector<uint64_t>& caps, Plan& p, int64_t* results);
+  static void note_holder(int32_t answer, bool local, int32_t* result);
   void keys_round(Call& c, Round& r, uint16_t op, const std::vector<std::string>& keys,
-                  std::vector<std::vector<int32_t>>* per_target);
+                  std::vector<std::vector<int32_t>>* per_target, uint32_t step = 0);
   void put_absent(const std::vector<std::string>& keys, const std::vector<SgList>& values,
                   const std::vector<uint32_t>& depths, int32_t* results);
   int64_t get_value_from(Call& c, uint16_t t, const std::string& key, const std::function<uint8_t*(size_t)>& alloc);

@@ -180,12 +180,12 @@ int64_t PoolClient::value_size(const std::string& key) { return get_value(key, n
 // local node's share through its client. per_target[t]: the member's answers, in group order
 // (PREFETCH: one number); empty when the member failed.
 void PoolClient::keys_round(Call& c, Round& r, uint16_t op, const std::vector<std::string>& keys,
-                            std::vector<std::vector<int32_t>>* per_target) {
+                            std::vector<std::vector<int32_t>>* per_target, uint32_t step) {
   per_target->assign(r.groups.size(), {});
   for (size_t t = 0; t < r.groups.size(); t++) {
     if (r.groups[t].empty() || c.is_local(static_cast<uint16_t>(t))) continue;
     r.ex[t] = std::make_unique<Exchange>();
-    r.ex[t]->build_keys(op, keys, r.groups[t]);
+    r.ex[t]->build_keys(op, keys, r.groups[t], step);
   }
   start_remote(c, r);
   for (size_t t = 0; t < r.groups.size(); t++) {
@@ -198,7 +198,7 @@ void PoolClient::keys_round(Call& c, Round& r, uint16_t op, const std::vector<st
       out.resize(g.size());
       c.local->batch_exists(sub, out.data());
     } else if (op == kPrefetch) {
-      out.assign(1, c.local->prefetch(sub));
+      out.assign(1, c.local->prefetch(sub, step));
     } else {
       for (const std::string& k : sub) out.push_back(c.local->remove(k));
     }
@@ -250,12 +250,20 @@ void PoolClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
     std::vector<std::vector<int32_t>> per;
     keys_round(c, r, kExists, keys, &per);
     for (size_t t = 0; t < per.size(); t++)
-      for (size_t k = 0; k < per[t].size(); k++)
-        if (per[t][k] == 1) results[r.groups[t][k]] = 1;
+      for (size_t k = 0; k < per[t].size(); k++) note_holder(per[t][k], c.is_local(static_cast<uint16_t>(t)),
+                                                             &results[r.groups[t][k]]);
   }
 }
 
-int32_t PoolClient::prefetch(const std::vector<std::string>& keys) {
+// A member's EXISTS answer (1 DRAM, 2 NVMe only) folded into a key's result: the cheapest place
+// that holds it, a remote member's tier shifted past the local ones (kRemoteTierOffset).
+void PoolClient::note_holder(int32_t answer, bool local, int32_t* result) {
+  if (answer <= 0) return;
+  int32_t code = local ? answer : answer + kRemoteTierOffset;
+  if (*result <= 0 || code < *result) *result = code;
+}
+
+int32_t PoolClient::prefetch(const std::vector<std::string>& keys, uint32_t step) {
   if (keys.empty() || closed_.load()) return 0;
   Call c = begin_call();
   Plan p(keys.size());
@@ -272,7 +280,7 @@ int32_t PoolClient::prefetch(const std::vector<std::string>& keys) {
     }
   }
   std::vector<std::vector<int32_t>> per;
-  keys_round(c, r, kPrefetch, keys, &per);
+  keys_round(c, r, kPrefetch, keys, &per, step);
   int32_t queued = 0;
   for (const auto& v : per)
     if (!v.empty()) queued += v[0];

@@ -267,8 +267,9 @@ Outcome Dispatcher::exists(Session& s, const Header& h, Reader& r) {
 
 Outcome Dispatcher::prefetch(Session& s, const Header& h, Reader& r) {
   int64_t n = decode_keys(r, &s.keys);
+  uint32_t step = r.ok() && r.remaining() == 4 ? r.u32() : 0;  // optional trailing step
   if (n < 0 || !r.done()) return bad_body(s, h);
-  int32_t q = n ? store_.prefetch(s.keys.vec()) : 0;
+  int32_t q = n ? store_.prefetch(s.keys.vec(), step) : 0;
   s.w.begin(kPrefetch, h.request_id, kFlagReply, s.version);
   s.w.i32(q);
   return Outcome::kReply;

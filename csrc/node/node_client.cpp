@@ -92,19 +92,21 @@ int hello_refusal_errno(int32_t error_code) {
 }
 
 // idx cut into parts that each fit one request frame of `op`: at most kMaxBatch keys and at
-// most limits::max_request_body(op) bytes, a key costing `per_key` bytes plus its length.
+// most limits::max_request_body(op) bytes, a key costing `per_key` bytes plus its length, each
+// frame also carrying `trailer` bytes after the list.
 std::vector<std::pair<size_t, size_t>> frame_parts(const std::vector<std::string>& keys,
-                                                   const std::vector<uint32_t>& idx, uint16_t op, size_t per_key) {
+                                                   const std::vector<uint32_t>& idx, uint16_t op, size_t per_key,
+                                                   size_t trailer = 0) {
   std::vector<std::pair<size_t, size_t>> parts;
   const uint64_t max_body = limits::max_request_body(op);
   size_t begin = 0;
-  uint64_t body = 4;
+  uint64_t body = 4 + trailer;
   for (size_t j = 0; j < idx.size(); j++) {
     uint64_t cost = per_key + keys[idx[j]].size();
     if (j > begin && (j - begin >= kMaxBatch || body + cost > max_body)) {
       parts.emplace_back(begin, j);
       begin = j;
-      body = 4;
+      body = 4 + trailer;
     }
     body += cost;
   }
@@ -721,17 +723,18 @@ void NodeClient::batch_exists(const std::vector<std::string>& keys, int32_t* res
   if (c) release(std::move(c));
 }
 
-int32_t NodeClient::prefetch(const std::vector<std::string>& keys) {
+int32_t NodeClient::prefetch(const std::vector<std::string>& keys, uint32_t step) {
   Fail why = Fail::kNone;
   std::unique_ptr<Conn> c = acquire(&why);
   if (!c) return 0;
   std::vector<int32_t> codes(keys.size());
   check_keys(keys, keys.size(), codes.data(), &c->idx);
   int32_t queued = 0;
-  run_in_parts(c->idx, frame_parts(keys, c->idx, kPrefetch, 4), [&](std::vector<uint32_t>& part) {
+  run_in_parts(c->idx, frame_parts(keys, c->idx, kPrefetch, 4, step ? 4 : 0), [&](std::vector<uint32_t>& part) {
     if (part.empty()) return true;
     c->begin(kPrefetch);
     encode_keys(c->w, keys, part);
+    if (step) c->w.u32(step);  // optional trailing field: absent means the node's default step
     Reader r;
     int e = roundtrip(*c, &r);
     int32_t q = e == 0 ? r.i32() : 0;

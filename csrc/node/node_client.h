@@ -86,9 +86,11 @@ class NodeClient {
   // results[i]: bytes copied into buffers[i] (spread over its segments in order), or a negative
   // Status: NOT_FOUND, BUFFER_TOO_SMALL (the value is larger than the segments), ...
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
-  // results[i]: 1 present, 0 absent (or node unavailable), negative Status for a bad key.
+  // results[i]: the node's answer: 1 in DRAM, 2 on NVMe only, 0 absent (or node unavailable),
+  // negative Status for a bad key.
   void batch_exists(const std::vector<std::string>& keys, int32_t* results);
-  int32_t prefetch(const std::vector<std::string>& keys);  // keys queued for promotion
+  // Keys queued for promotion; step: pages per promotion step (0: the node's default).
+  int32_t prefetch(const std::vector<std::string>& keys, uint32_t step = 0);
   int32_t remove(const std::string& key);
   int32_t remove_all();
   // Keys removed (every key that starts with prefix, on every tier of the node), or a Status.

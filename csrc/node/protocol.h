@@ -223,8 +223,9 @@ struct PinResult {
 };
 constexpr size_t kPinResultWire = 25;
 
-// EXISTS reply: u32 n, n x i32 (1 present, 0 absent, < 0 bad key).
-// PREFETCH reply: i32 keys queued for promotion.
+// EXISTS reply: u32 n, n x i32 (where each key is: 1 DRAM, 2 NVMe only, 0 absent, < 0 bad key).
+// PREFETCH request: the key list, then optionally u32 step (pages promoted per step; absent or 0:
+//   the node's default). Reply: i32 keys queued for promotion.
 // REMOVE reply: u32 n, n x i32 (0 or NOT_FOUND). REMOVE_ALL request: empty; reply: i32.
 // REMOVE_PREFIX request: str prefix (1 to kMaxKeyLen bytes); reply: i64 (keys removed, or a
 //   Status).

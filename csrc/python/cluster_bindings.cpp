@@ -201,7 +201,7 @@ void bind_pool(py::module_& m) {
   binding::def_batch_api<PoolClient, binding::WithDepths>(cls, "all_ptrs", "all_sizes");
   binding::def_take_notes(cls);
   using binding::release_gil;
-  cls.def("prefetch", &PoolClient::prefetch, release_gil())
+  cls.def("prefetch", &PoolClient::prefetch, release_gil(), py::arg("keys"), py::arg("step") = 0)
       .def("remove", &PoolClient::remove, release_gil())
       .def("remove_all", &PoolClient::remove_all, release_gil())
       .def("get_bytes", &binding::get_value_bytes<PoolClient>,

@@ -206,7 +206,7 @@ void bind_node_client(py::module_& m) {
           "fingerprint (Config.node_settings()), refused by a node started with others.");
   def_batch_api<NodeClient, WithDepths>(cls, "all_ptrs", "all_sizes");
   def_take_notes(cls);
-  cls.def("prefetch", &NodeClient::prefetch, release_gil())
+  cls.def("prefetch", &NodeClient::prefetch, release_gil(), py::arg("keys"), py::arg("step") = 0)
       .def("remove", &NodeClient::remove, release_gil())
       .def("remove_all", &NodeClient::remove_all, release_gil())
       .def("remove_prefix", &NodeClient::remove_prefix, release_gil())

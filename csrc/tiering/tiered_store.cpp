@@ -45,12 +45,17 @@ struct TieredStore::Impl {
   // removal_fence.h): a removed page never comes back from a copy that was in flight.
   RemovalFence fence;
 
-  // Background promotion of prefetched keys: one worker, a bounded queue (guarded by pf_mu).
+  // Background promotion of prefetched keys: prefetch_workers threads, a bounded queue of
+  // (keys, step) jobs (guarded by pf_mu).
+  struct PrefetchJob {
+    std::vector<std::string> keys;
+    size_t step;
+  };
   std::mutex pf_mu;
   std::condition_variable pf_cv;
-  std::deque<std::vector<std::string>> pf_queue;
+  std::deque<PrefetchJob> pf_queue;
   bool pf_stop = false;
-  std::thread prefetcher;
+  std::vector<std::thread> prefetchers;
 
   // The background demoter (clean reserve; tiered_store.h). Its wake-ups and demoter_stop are
   // guarded by mu; clean_target is fixed at construction.
@@ -92,7 +97,10 @@ struct TieredStore::Impl {
       throw EngineError(EngineError::kInvalid, std::string("tiers.dram.eviction: ") + e.what());
     }
     if (opt.has_nvme) nvme.reset(new NvmeEngine(opt.nvme));
-    prefetcher = std::thread([this] { prefetch_loop(); });
+    if (opt.prefetch_workers < 1 || opt.prefetch_workers > 64)
+      throw EngineError(EngineError::kInvalid, "prefetch.concurrency must be 1 to 64, not " +
+                                                   std::to_string(opt.prefetch_workers));
+    for (int i = 0; i < opt.prefetch_workers; i++) prefetchers.emplace_back([this] { prefetch_loop(); });
     if (keeps_reserve()) {
       clean_target = static_cast<uint64_t>(opt.clean_reserve * static_cast<double>(dram->arena().size()));
       demoter = std::thread([this] { demote_loop(); });
@@ -127,7 +135,8 @@ struct TieredStore::Impl {
       pf_stop = true;
     }
     pf_cv.notify_all();
-    if (prefetcher.joinable()) prefetcher.join();
+    for (auto& t : prefetchers)
+      if (t.joinable()) t.join();
   }
 
 
@@ -332,17 +341,18 @@ struct TieredStore::Impl {
 
   void prefetch_loop() {
     for (;;) {
-      std::vector<std::string> keys;
+      PrefetchJob job;
       {
         std::unique_lock<std::mutex> lk(pf_mu);
         pf_cv.wait(lk, [&] { return pf_stop || !pf_queue.empty(); });
         if (pf_stop) return;
-        keys = std::move(pf_queue.front());
+        job = std::move(pf_queue.front());
         pf_queue.pop_front();
       }
-      // In prefix order and in small steps, so a get waiting for the first pages of a prefix
-      // does not wait for the whole prefix to land.
-      constexpr size_t kStep = 16;
+      // In the order given (prefix order by default) and in small steps, so a get waiting for
+      // the first pages of a prefix does not wait for the whole prefix to land.
+      const std::vector<std::string>& keys = job.keys;
+      const size_t kStep = job.step;
       for (size_t b = 0; b < keys.size(); b += kStep) {
         std::vector<std::string> step(keys.begin() + b, keys.begin() + std::min(keys.size(), b + kStep));
         std::vector<GetTicket> t;
@@ -823,7 +833,7 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
         continue;
       }
       KeyDigest d = KeyDigest::of(keys[i]);
-      results[i] = (m.dram->find(d) >= 0 || m.demoting.count(d)) ? 1 : 0;
+      results[i] = m.dram->find(d) >= 0 ? 1 : (m.demoting.count(d) ? 2 : 0);
       if (results[i] == 0 && m.nvme) {
         rest.push_back(keys[i]);
         idx.push_back(i);
@@ -833,7 +843,7 @@ void TieredStore::batch_exists(const std::vector<std::string>& keys, int32_t* re
   if (rest.empty()) return;
   std::vector<int32_t> r(rest.size());
   m.nvme->batch_exists(rest, r.data());
-  for (size_t j = 0; j < idx.size(); j++) results[idx[j]] = r[j] == 1 ? 1 : 0;
+  for (size_t j = 0; j < idx.size(); j++) results[idx[j]] = r[j] == 1 ? 2 : 0;
 }
 
 // Direct reads (tiered_store.h): NVMe pages that are read by the caller, not staged in DRAM.
@@ -886,7 +896,7 @@ int64_t TieredStore::value_size(const std::string& key) {
   return m.nvme ? m.nvme->value_size(key) : status_code(Status::kNotFound);
 }
 
-int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
+int32_t TieredStore::prefetch(const std::vector<std::string>& keys, uint32_t step) {
   Impl& m = *impl_;
   if (!m.nvme) return 0;
   std::vector<std::string> todo;
@@ -906,7 +916,7 @@ int32_t TieredStore::prefetch(const std::vector<std::string>& keys) {
   {
     std::lock_guard<std::mutex> lk(m.pf_mu);
     if (m.pf_queue.size() >= 64) return 0;  // saturated: the get will read NVMe itself
-    m.pf_queue.push_back(std::move(q));
+    m.pf_queue.push_back(Impl::PrefetchJob{std::move(q), step ? step : kDefaultPrefetchStep});
   }
   m.pf_cv.notify_one();
   m.ctr.prefetch_queued += n;

@@ -54,6 +54,7 @@ struct TieredOptions {
   bool write_through = false;           // also write every put to NVMe at commit
   double clean_reserve = 0;             // share of the arena the demoter keeps clean (0: off)
   uint64_t demote_batch = 64ull << 20;  // bytes the demoter writes per batch, at most
+  int prefetch_workers = 1;             // background threads promoting prefetched pages (>= 1)
   // NVMe tier (absent when has_nvme is false)
   bool has_nvme = false;
   NvmeOptions nvme;
@@ -110,13 +111,18 @@ class TieredStore {
   void release_locations(const std::vector<uint64_t>& tokens);
   int data_fd() const;  // read-only descriptor of the NVMe data file; -1 without an NVMe tier
 
-  // results[i]: 1 present in some tier, 0 absent, negative Status for a bad key. Touches no data.
-  void batch_exists(const std::vector<std::string>& keys, int32_t* results);
   // The value's length, or a negative Status. Only looks at the indexes: it moves no page
   // (no promotion, no eviction) and counts no hit or miss.
   int64_t value_size(const std::string& key);
-  // Starts copying NVMe-only pages of `keys` into DRAM (in the background); returns how many.
-  int32_t prefetch(const std::vector<std::string>& keys);
+  // results[i]: where the key is: 1 in DRAM, 2 on NVMe only (a get promotes it; pages on their
+  // way to NVMe count as NVMe), 0 absent, negative Status for a bad key. Touches no data.
+  void batch_exists(const std::vector<std::string>& keys, int32_t* results);
+  // Starts copying NVMe-only pages of `keys` into DRAM in the background, in the order given, in
+  // steps of `step` pages (0: kDefaultPrefetchStep); a step's pages land together. Queued lists
+  // start in the order they were queued (prefetch_workers steps run at once). Returns how many
+  // pages were queued.
+  static constexpr uint32_t kDefaultPrefetchStep = 16;
+  int32_t prefetch(const std::vector<std::string>& keys, uint32_t step = 0);
   int32_t remove(const std::string& key);
   // Removes every key that starts with prefix, from every tier, as remove() does; returns how
   // many, or a negative Status (UNSUPPORTED when the DRAM tier keeps no keys: tiers.dram.keep_keys).

@@ -39,6 +39,7 @@ from . import l3_layout
 from .hybrid_pools import HybridPools
 from .options import BackendOptions, parse_extra_config
 from .pool_view import PoolView, is_mha_pool, pool_tensors, subtract, tensor_ranges
+from .prefetch_settings import sglang_prefetch_settings
 from .tensor_calls import TensorCalls
 
 log = logging.getLogger("mooncake_hicache.sglang")
@@ -118,6 +119,8 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
         self.store = self._open_store(self.options)
         self._prefix_lru = self._dram_eviction() == "prefix_lru"
         self._has_prefetch = callable(getattr(self.store, "prefetch", None))
+        self._prefetcher = self.store.prefetcher  # the prefetch policy (store config's prefetch section)
+        self._prefetcher.settings = sglang_prefetch_settings(storage_config)
         self._init_metrics()
         self._log_served_by(selection(mem_pool_host))
         if mem_pool_host is not None and not isinstance(mem_pool_host, Mapping):
@@ -242,20 +245,23 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
             self._warn(f"{op}-codes", "mooncake-hicache: %s: %d of %d objects failed (first: %s)",
                        op, len(bad), len(codes), ErrorCode.describe(bad[0]))
 
-    def _leading_pages(self, view: PoolView, keys: Sequence[str]) -> Tuple[int, List[str]]:
-        """Number of leading pages of ``keys`` whose objects are all stored, and the object keys."""
+    def _leading_pages(self, view: PoolView, keys: Sequence[str],
+                       extra_info: Optional[HiCacheStorageExtraInfo] = None) -> Tuple[int, List[str]]:
+        """Number of leading pages of ``keys`` to report as hits, and the object keys. The prefetch
+        policy decides among the leading stored pages and starts moving them into DRAM."""
         obj_keys = view.object_keys(keys)
-        found = self.store.batch_is_exist(obj_keys)
-        m = view.objects_per_page
-        for page in range(len(keys)):
-            if any(found[page * m + j] != 1 for j in range(m)):
-                return page, obj_keys
-        return len(keys), obj_keys
+        prefix = getattr(extra_info, "prefix_keys", None) if extra_info is not None else None
+        hits = self._prefetcher.leading_pages(
+            obj_keys, view.objects_per_page, offset_pages=len(prefix or ()), page_tokens=view.page_size,
+            prev_key=prefix[-1] if prefix else None, last_key=keys[-1] if keys else None)
+        return hits, obj_keys
 
     def _prefetch(self, obj_keys: Sequence[str]) -> None:
-        if obj_keys and self.options.prefetch_on_exists and self._has_prefetch:
+        """Promote keys of other pools that go with the planned pages (the policy's own plan is
+        carried out in _leading_pages)."""
+        if obj_keys and self._has_prefetch:
             try:
-                self.store.prefetch(list(obj_keys))
+                self._prefetcher.prefetch_unplanned(list(obj_keys))
             except Exception:
                 self._warn("prefetch", "mooncake-hicache: prefetch failed", exc_info=True)
 
@@ -273,7 +279,7 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
             return [False] * n
         obj_keys = view.object_keys(keys)
         found = self.store.batch_is_exist(obj_keys)
-        todo = [o for o in range(n * m) if found[o] != 1]  # pages already present are not written again
+        todo = self._prefetcher.to_write(obj_keys, found)  # present pages are not written again, unless declined
         ok = [True] * (n * m)
         if todo:
             ptrs, sizes = view.scatter_gather(host_indices, n)
@@ -301,6 +307,8 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
         elapsed = time.perf_counter() - start
         self._check_codes(f"get {view.name}", codes)
         ok = [code >= 0 and code == sum(sz) for code, sz in zip(codes, sizes)]
+        if all(ok):  # what the prefetch policy's transfer estimates learn from
+            self._prefetcher.observe_get(obj_keys, sum(codes), elapsed)
         pages = [all(ok[p * m:(p + 1) * m]) for p in range(n)]
         self._record("get", sum(pages), sum(sum(sizes[o]) for o in range(n * m) if ok[o]), elapsed)
         return pages
@@ -314,7 +322,7 @@ class MooncakeHiCacheStorage(TensorCalls, HybridPools, HiCacheStorage):
             view = self._kv_view
             if not keys or view is None or view.anchor_only or not self._usable():
                 return 0
-            hits, obj_keys = self._leading_pages(view, keys)
+            hits, obj_keys = self._leading_pages(view, keys, extra_info)
             self._prefetch(obj_keys[:hits * view.objects_per_page])
             return hits
         except Exception:

@@ -10,8 +10,8 @@ share it:
   computes the depths the ``prefix_lru`` eviction policy needs;
 * keys of this backend: ``config`` (path of a mooncake-hicache YAML file), ``extra_backend_tag``
   (a namespace put in front of every key, to isolate tenants sharing one store) and
-  ``prefetch_on_exists`` (start promoting NVMe pages to DRAM when ``batch_exists`` finds them;
-  default true);
+  ``prefetch_on_exists`` (the old switch of prefetch: ``false`` is read as ``prefetch.policy:
+  none``; choose the policy in the ``prefetch`` section instead, docs/prefetch.md);
 * inline store settings: any top-level section of the store's YAML schema (``mode``, ``tiers``,
   ``node``, ``metrics``, ``logging``), deep-merged over the YAML file's content.
 
@@ -166,8 +166,26 @@ def parse_extra_config(extra_config: Optional[Mapping[str, Any]], ranks: Optiona
     if store_config is not None and ranks:
         store_config = _fill_rank_placeholders(store_config, ranks)
     prefetch = _parse_bool(extra.get("prefetch_on_exists", True), "prefetch_on_exists")
+    if "prefetch_on_exists" in extra:
+        store_config = _map_prefetch_on_exists(prefetch, store_config)
     return BackendOptions(store_config=store_config, key_tag=_key_tag(extra),
                           prefetch_on_exists=prefetch, config_path=config_path)
+
+
+def _map_prefetch_on_exists(prefetch: bool, store_config: Optional[dict]) -> Optional[dict]:
+    """The old boolean, as a prefetch policy: false is ``prefetch.policy: none``, true the default
+    (``prefix_order``). A policy set in the store configuration wins."""
+    section = (store_config or {}).get("prefetch")
+    policy = section.get("policy") if isinstance(section, Mapping) else None
+    if policy is not None:
+        log.warning("mooncake-hicache: extra-config key prefetch_on_exists is ignored: prefetch.policy (%s) "
+                    "decides; remove prefetch_on_exists", policy)
+        return store_config
+    log.info("mooncake-hicache: extra-config key prefetch_on_exists: %s is read as prefetch.policy: %s; "
+             "write that instead", str(prefetch).lower(), "prefix_order" if prefetch else "none")
+    if prefetch:
+        return store_config
+    return deep_merge(store_config or {}, {"prefetch": {"policy": "none"}})
 
 
 def _fill_rank_placeholders(doc: dict, ranks: Mapping[str, int]) -> dict:
