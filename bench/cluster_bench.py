@@ -32,6 +32,11 @@ it. ``--mooncake auto`` (default) uses it when found and says why not otherwise;
 ``require`` fails without it. Its transfer engine is told ``MC_TCP_BIND_ADDRESS=127.0.0.1``;
 master, metadata and metrics listen on 127.0.0.1.
 
+``--transport rdma`` (or ``auto``) runs our pool with that ``cluster.transport``: on a host with an
+RDMA NIC the pages move with one-sided RDMA into the client's registered buffers (tests/hw/ runs it
+there). With ``MOONCAKE_HICACHE_FAKE_VERBS=1`` it runs on the FAKE verbs provider, which proves the
+option works and nothing else (a note says so: those are not RDMA figures).
+
 ``--only limits`` measures the limits alone (no pool; what CI can run without the cluster
 transport). ``--smoke``: 64 KiB pages, one batch, ``--seconds 1``.
 
@@ -280,6 +285,18 @@ def _spread(v: dict) -> str:
     return f"{v['gbps']:.2f} [{v['gbps_min']:.2f}-{v['gbps_max']:.2f}]"
 
 
+def transport_notes(args) -> list:
+    if args.transport == "tcp":
+        return []
+    from mooncake_hicache import _native
+    info = _native.rdma_devices()
+    if info["fake"]:
+        return ["our pool ran on the FAKE verbs provider (MOONCAKE_HICACHE_FAKE_VERBS=1): its bytes move with "
+                "process_vm_readv/writev, so its figures are not RDMA figures"]
+    return [f"transport {args.transport}: see each node's log for the transport it chose (verbs provider "
+            f"{info['provider'] or 'none'})"]
+
+
 def print_report(results: list, exists: Optional[dict], args, mooncake: str) -> list:
     print(f"\ncluster bench: batches of {BATCH} pages, {args.seconds:g} s per point (ABBA pairs), mooncake: {mooncake}")
     bc.print_table(["size", "op", "system", "GB/s [min-max]", "pages/s", "p50 ms", "p99 ms", "client cores/GB/s",
@@ -288,7 +305,7 @@ def print_report(results: list, exists: Optional[dict], args, mooncake: str) -> 
         print()
         bc.print_table(["batch_is_exist(128)", "calls", "p50 us", "p99 us"],
                        [[LABELS[n], v["calls"], v["p50_us"], v["p99_us"]] for n, v in exists.items()])
-    notes = []
+    notes = transport_notes(args)
     for res in results:
         for op, data in res["ops"].items():
             for lim in LIMITS:
@@ -320,7 +337,7 @@ def open_pools(args, workdir: str, iso: cp.Isolation) -> tuple[dict, str]:
     per_node = -(-per_node // SLAB) * SLAB
     if args.only == "limits":
         return pools, "not measured (--only limits)"
-    pools["ours"] = cp.OurPool(workdir, args.nodes, per_node, SLAB, iso)
+    pools["ours"] = cp.OurPool(workdir, args.nodes, per_node, SLAB, iso, args.transport)
     mooncake = "off"
     if args.mooncake != "off":
         python, version, why = mooncake_env.find(args.mooncake_python)
@@ -372,6 +389,8 @@ def parse_args(argv):
     p.add_argument("--mooncake-python", help="a Python that imports mooncake.store (default bench/.mooncake-venv)")
     p.add_argument("--netns", choices=("auto", "on", "off"), default="auto",
                    help="run every process in a fresh network namespace with only loopback (auto: when root)")
+    p.add_argument("--transport", choices=("tcp", "rdma", "auto"), default="tcp",
+                   help="cluster.transport of our pool (default tcp; rdma needs a device: tests/hw/)")
     p.add_argument("--workdir", help="where configs and logs go (default: a temporary directory, removed)")
     args = p.parse_args(argv)
     bc.apply_preset(args, SMOKE if args.smoke else DEFAULTS)
@@ -402,7 +421,7 @@ def main(argv=None) -> int:
         print(f"FAILED: {f}", file=sys.stderr)
     bc.json_line({"bench": "cluster", "ok": not failures and not setup_error, "failures": failures,
                   "setup_error": setup_error, "batch": BATCH, "nodes": args.nodes, "only": args.only,
-                  "seconds_per_point": args.seconds, "mooncake": mooncake, "targets": TARGETS, "notes": notes,
+                  "seconds_per_point": args.seconds, "transport": args.transport, "mooncake": mooncake, "targets": TARGETS, "notes": notes,
                   "results": results, "exists": exists, "seconds": round(time.perf_counter() - t0, 1),
                   "machine": bc.machine_info(workdir)})
     if not args.workdir:

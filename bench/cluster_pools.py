@@ -192,9 +192,10 @@ class OurPool(Pool):
 
     name = "ours"
 
-    def __init__(self, workdir: str, nodes: int, dram_bytes: int, slab_bytes: int, iso: Isolation = HERE_NS):
+    def __init__(self, workdir: str, nodes: int, dram_bytes: int, slab_bytes: int, iso: Isolation = HERE_NS,
+                 transport: str = "tcp"):
         from mooncake_hicache.cluster import Placement
-        self.workdir, self.iso = workdir, iso
+        self.workdir, self.iso, self.transport = workdir, iso, transport
         self.ids = [chr(ord("a") + i) for i in range(nodes)]
         self.placement = Placement([(i, 1.0) for i in self.ids])
         self.sock_dir = tempfile.mkdtemp(prefix="mchb", dir="/tmp")
@@ -220,7 +221,8 @@ class OurPool(Pool):
                "node": {"socket": os.path.join(self.sock_dir, f"{node_id}.sock"), "autostart": False},
                "metrics": {"port": 0}, "logging": {"level": "WARNING"},
                "cluster": {"node_id": node_id, "listen_host": "127.0.0.1", "listen_port": port,
-                           "members": members, "replicas": 1, "secret_file": secret}}
+                           "members": members, "replicas": 1, "secret_file": secret,
+                           "transport": self.transport}}
         path = os.path.join(self.workdir, f"node-{node_id}.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(cfg, f)

@@ -17,6 +17,7 @@ EPILOG = """examples:
   mooncake-hicache check-config configs/single-host.yaml
   mooncake-hicache stats --config configs/single-host.yaml --format prometheus
   mooncake-hicache cluster status --config configs/cluster.yaml
+  mooncake-hicache devices                        # RDMA devices, ports, link layer, GIDs, MTU
 """
 
 
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--format", choices=("table", "json"), default="table")
     st.add_argument("--timeout-ms", type=int, default=2000, help="how long to wait for each member (default 2000)")
 
+    dv = sub.add_parser("devices", help="list this host's RDMA devices (ports, state, link layer, GIDs, MTU)",
+                        description="List the RDMA devices through pyverbs: each port's state, link layer, MTU, LID "
+                                    "and GIDs (for cluster.rdma.devices and cluster.rdma.gid_index). Prints 'no "
+                                    "devices' and the reason on a host without RDMA; exit 0 either way.")
+    dv.add_argument("--format", choices=("table", "json"), default="table")
+
     b = sub.add_parser("bench", help="the main job: start a node on the default config and run a KV-page workload",
                        description="Start a private node (in a temporary directory unless --config is given), "
                                    "write, check and read KV pages through it from this process, and print a "
@@ -81,6 +88,9 @@ def _cmd_check_config(args) -> int:
     from .config import load_config
     config = load_config(args.file)
     print(f"# {args.file}: valid (mode resolves to {config.resolved_mode})")
+    if config.cluster is not None and config.cluster.transport != "tcp":
+        from .cluster.transport import transport_here
+        print(f"# cluster.transport on this host: {transport_here(config.cluster)}")
     print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
     return 0
 
@@ -157,6 +167,13 @@ def _cmd_cluster(args) -> int:
     return 0
 
 
+def _cmd_devices(args) -> int:
+    from .cluster.devices import devices_table, list_devices
+    report = list_devices()
+    print(json.dumps(report) if args.format == "json" else devices_table(report))
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench_command import run_bench
     return run_bench(args)
@@ -165,7 +182,7 @@ def _cmd_bench(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"node": _cmd_node, "check-config": _cmd_check_config, "stats": _cmd_stats, "bench": _cmd_bench,
-                "cluster": _cmd_cluster}
+                "cluster": _cmd_cluster, "devices": _cmd_devices}
     try:
         return handlers[args.command](args)
     except ConfigError as e:

@@ -443,8 +443,8 @@ class LoggingConfig:
 # The cluster section (pooled DRAM across hosts; docs/cluster.md)
 # --------------------------------------------------------------------------------------------
 
-TRANSPORTS = ("tcp",)
-LATER_TRANSPORTS = ("rdma", "auto")  # accepted names that arrive with the RDMA work
+TRANSPORTS = ("tcp", "rdma", "auto")  # auto: RDMA when a device has an active port, else TCP
+MAX_GID_INDEX = 255
 REDACTED = "<redacted>"  # what Config.to_dict() shows in place of an inline secret
 MIN_SECRET_BYTES = 16
 MAX_REPLICAS = 8
@@ -604,9 +604,39 @@ def _parse_transport(value: Any, field: str) -> str:
     word = value.strip().lower() if isinstance(value, str) else value
     if word in TRANSPORTS:
         return word
-    if word in LATER_TRANSPORTS:
-        raise ConfigError(field, f"transport {word!r} is not available yet (it comes with RDMA support); use tcp")
     raise ConfigError(field, f"invalid value {_show(value)}; choose one of: {', '.join(TRANSPORTS)}")
+
+
+def _parse_device_names(value: Any, field: str) -> tuple:
+    items = value.split(",") if isinstance(value, str) else value
+    if items is None:
+        return ()
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(field, f"give a list of RDMA device names such as [mlx5_0, mlx5_1], got {_show(value)}; 'mooncake-hicache devices' lists them")
+    names = []
+    for i, item in enumerate(items):
+        name = item.strip() if isinstance(item, str) else ""
+        if not name or any(c.isspace() or c == "/" for c in name):
+            raise ConfigError(f"{field}[{i}]", f"invalid device name {_show(item)}; give a name such as mlx5_0 ('mooncake-hicache devices' lists them)")
+        if name in names:
+            raise ConfigError(f"{field}[{i}]", f"device {name!r} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class RdmaConfig:
+    """The RDMA data path (``cluster.transport`` rdma or auto): the devices to use (default: every
+    device with an active port) and the GID index (default: the port's first non-zero GID).
+    Whether the devices exist is checked when the node or a rank starts
+    (``cluster/transport.py``), naming the devices there are."""
+
+    devices: tuple = _setting((), _parse_device_names)
+    gid_index: int = _setting(-1, _parse_int)
+
+    def _check(self, where: str) -> None:
+        if not -1 <= self.gid_index <= MAX_GID_INDEX:
+            raise ConfigError(_joiner(where)("gid_index"), f"GID index {self.gid_index} is out of range; choose 0 to {MAX_GID_INDEX}, or -1 for the port's first non-zero GID ('mooncake-hicache devices' shows the GIDs)")
 
 
 def _parse_quorum(value: Any, field: str) -> int:
@@ -674,6 +704,7 @@ class ClusterConfig:
     replicas: int = _setting(1, _parse_int)
     write_quorum: int = _setting(0, _parse_quorum)
     transport: str = _setting("tcp", _parse_transport)
+    rdma: RdmaConfig = _section(RdmaConfig)
     connect_timeout_ms: int = _setting(1000, _parse_int)
     request_timeout_ms: int = _setting(5000, _parse_int)
     grace_window_ms: int = _setting(30000, _parse_int)

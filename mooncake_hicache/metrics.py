@@ -91,17 +91,27 @@ def _family(section: str, key: str, value, kind: str) -> Metric | None:
     return None  # lists (client pids) have no Prometheus form
 
 
-def families(stats: dict) -> Iterator[Metric]:
-    """The metric families of a stats dict, typed by ``metric_kinds()``."""
-    kinds = metric_kinds()
-    for section, values in sorted(stats.items()):
+def _section_families(sections: dict, kinds: dict, outer: tuple) -> Iterator[Metric]:
+    """Families of every section of ``sections``; a nested section (such as ``peer.rdma``, whose
+    declared kind is a dict of kinds) is named ``<section>_<nested>``."""
+    for section, values in sorted(sections.items()):
         if not isinstance(values, dict):
             continue
         declared = kinds.get(section, {})
+        name = "_".join(outer + (section,))
         for key, value in sorted(values.items()):
-            family = _family(section, key, value, declared.get(key) or _guess_kind(value))
+            kind = declared.get(key) or _guess_kind(value)
+            if isinstance(kind, dict):
+                yield from _section_families({key: value}, {key: kind}, (name,))
+                continue
+            family = _family(name, key, value, kind)
             if family is not None:
                 yield family
+
+
+def families(stats: dict) -> Iterator[Metric]:
+    """The metric families of a stats dict, typed by ``metric_kinds()``."""
+    yield from _section_families(stats, metric_kinds(), ())
     rates = GaugeMetricFamily(_name("hit_rate"), "fraction of gets served by each tier", labels=["tier"])
     for tier, rate in sorted(hit_rates(stats).items()):
         rates.add_metric([tier], rate)

@@ -127,12 +127,22 @@ class Store:
         if not ptr or size <= 0:
             raise StoreError(f"register_buffer needs a non-null pointer and a positive size, got 0x{ptr:x}, {size}")
         self._buffers.add(int(ptr), int(size))
+        if hasattr(type(self._backend), "register_buffer"):  # the pool's RDMA registration
+            try:
+                self._backend.register_buffer(int(ptr), int(size))
+            except _native.EngineError as e:
+                self._buffers.remove(int(ptr))
+                raise StoreError(f"register_buffer: {e.args[-1]}") from None
         return 0
 
     def unregister_buffer(self, ptr: int) -> int:
         """Forget a range given to ``register_buffer`` (by its start). Returns 0, or
         INVALID_PARAMS if it was not registered."""
-        return 0 if self._buffers.remove(int(ptr)) else int(ErrorCode.INVALID_PARAMS)
+        if not self._buffers.remove(int(ptr)):
+            return int(ErrorCode.INVALID_PARAMS)
+        if hasattr(type(self._backend), "unregister_buffer"):
+            self._backend.unregister_buffer(int(ptr))
+        return 0
 
     # ---- zero-copy batch API -------------------------------------------------------------
 

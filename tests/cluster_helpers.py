@@ -12,12 +12,15 @@ Every wait is bounded.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Optional
 
@@ -30,6 +33,47 @@ from mooncake_hicache._native import NodeClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = base64.b64encode(b"cluster-test-secret-0123456789ab").decode()
 START_TIMEOUT_S = 30.0
+
+
+class RankProcess:
+    """tests/netns_pool_client.py started with ``popen`` (``subprocess.Popen``, or a network
+    namespace's); ``call(op, ...)`` sends one command and waits for its reply (bounded: a reply
+    that does not come fails the test instead of hanging it)."""
+
+    def __init__(self, popen, config_path: str, start_s: float, call_s: float, size: int):
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.proc = popen([sys.executable, os.path.join(here, "netns_pool_client.py"), config_path],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.call_s, self.size = call_s, size
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self._next(start_s)
+        if not first.get("ready"):
+            raise RuntimeError(f"the client did not start: {first.get('error')}")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def _next(self, timeout: float) -> dict:
+        try:
+            return json.loads(self.lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(f"the client did not answer within {timeout} s") from None
+
+    def call(self, op: str, keys=(), size: Optional[int] = None) -> dict:
+        self.proc.stdin.write(json.dumps({"op": op, "keys": list(keys), "size": size or self.size}) + "\n")
+        self.proc.stdin.flush()
+        return self._next(self.call_s)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
 
 
 def write_secret(path: str, secret: str = SECRET) -> str:
@@ -51,6 +95,7 @@ class ClusterNode:
         self.config_path = os.path.join(self.dir, "node.yaml")
         self.log_path = os.path.join(self.dir, "node.log")
         self.proc: Optional[subprocess.Popen] = None
+        self.env: dict = {}  # extra environment of the node process (e.g. the FAKE verbs provider's)
         tiers = {"dram": {"capacity": dram, "slab_size": "4MiB", "hugepages": False, "write_through": write_through}}
         if nvme:
             tiers["nvme"] = {"path": os.path.join(self.dir, "nvme.data"), "capacity": nvme, "region_size": "8MiB",
@@ -70,7 +115,8 @@ class ClusterNode:
         self._log_from = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mooncake_hicache", "node", "--config", self.config_path],
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                     env=dict(os.environ, **self.env))
         log.close()
         if wait:
             self.wait_ready()

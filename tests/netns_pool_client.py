@@ -5,6 +5,7 @@ object per line on stdin, with one JSON line on stdout::
     {"op": "put", "keys": [...], "size": N}   -> {"codes": [...], "seconds": s}
     {"op": "get", "keys": [...], "size": N}   -> {"codes": [...], "wrong": [keys], "seconds": s}
     {"op": "exists", "keys": [...]}           -> {"codes": [...], "seconds": s}
+    {"op": "stats"}                           -> Store.stats() (with the pool's "rdma" section)
     {"op": "quit"}                            -> {} and exit 0
 
 Values are ``pattern(key, size)`` (tests/conftest.py), written from and read into one registered
@@ -85,6 +86,8 @@ def main(config: str) -> int:
             break
         if op == "exists":
             reply(rank.exists(cmd["keys"]))
+        elif op == "stats":
+            reply(rank.store.stats())
         else:
             reply(getattr(rank, op)(cmd["keys"], cmd["size"]))
     rank.store.close()

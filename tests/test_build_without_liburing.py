@@ -1,8 +1,9 @@
-"""The extension compiles without liburing and then runs on its pread/pwrite thread pool.
+"""The extension compiles without liburing and then runs on its pread/pwrite thread pool; and
+without libibverbs, where cluster.transport rdma is a clear error naming libibverbs-dev.
 
-This builds csrc/ a second time with -DMCH_DISABLE_URING=ON (what a machine without
-liburing-dev gets) into a temporary directory, and runs a round trip with that build in a child
-process. It takes about a minute on two cores.
+This builds csrc/ a second time with -DMCH_DISABLE_URING=ON -DMCH_DISABLE_RDMA=ON (what a machine
+without liburing-dev and libibverbs-dev gets) into a temporary directory, and runs a round trip
+with that build in a child process. It takes about a minute on two cores.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def test_build_without_liburing_falls_back_to_the_thread_pool(tmp_path):
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
     build = tmp_path / "build"
     subprocess.run([cmake, "-S", ROOT, "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DMCH_DISABLE_URING=ON", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                    "-DMCH_DISABLE_URING=ON", "-DMCH_DISABLE_RDMA=ON", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
                     f"-DPython_EXECUTABLE={sys.executable}"], check=True, env=env, capture_output=True)
     subprocess.run([cmake, "--build", str(build)], check=True, env=env, capture_output=True)
     pkg = tmp_path / "pkg"
@@ -51,6 +52,21 @@ def test_build_without_liburing_falls_back_to_the_thread_pool(tmp_path):
             assert s.put("k", b"v" * 10000) == 0
             assert s.get("k") == b"v" * 10000
             print(s.stats()["nvme"]["io_backend"])
+        assert _native.RDMA_COMPILED_IN is False
+        from mooncake_hicache.config import load_config
+        from mooncake_hicache.cluster.transport import choose_transport
+        from mooncake_hicache.errors import ConfigError
+        cluster = load_config({{"tiers": {{"dram": {{"capacity": "64MiB"}}}}, "cluster": {{"node_id": "a",
+            "listen_port": 7700, "members": [{{"id": "a", "host": "127.0.0.1", "port": 7700}}],
+            "secret": "0123456789abcdef0123", "transport": "rdma"}}}}).cluster
+        try:
+            choose_transport(cluster)
+        except ConfigError as e:
+            assert "libibverbs-dev" in str(e) and "cluster.transport" in str(e), str(e)
+        else:
+            raise AssertionError("transport rdma was accepted by a build without libibverbs")
+        import dataclasses
+        assert not choose_transport(dataclasses.replace(cluster, transport="auto")).rdma
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

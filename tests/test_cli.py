@@ -18,7 +18,7 @@ from mooncake_hicache.bench_command import node_pids_for, stop_node, stop_privat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [os.path.join(ROOT, "configs", name) for name in ("single-host.yaml", "dram-only.yaml")]
-SUBCOMMANDS = ["node", "check-config", "stats", "bench"]
+SUBCOMMANDS = ["node", "check-config", "stats", "bench", "devices"]
 
 needs_node = pytest.mark.skipif(not hasattr(_native, "NodeClient"),
                                 reason="this build has no node transport (_native.NodeClient)")

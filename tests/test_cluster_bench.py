@@ -28,9 +28,9 @@ needs_pool = pytest.mark.skipif(not hasattr(_native, "PoolClient"),
                                 reason="cluster transport not built (mooncake_hicache._native has no PoolClient)")
 
 
-def run_bench(*args: str, timeout: float = 240) -> dict:
+def run_bench(*args: str, timeout: float = 240, env: dict = None) -> dict:
     r = subprocess.run([sys.executable, os.path.join(BENCH, "cluster_bench.py"), "--smoke", *args],
-                       capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=dict(os.environ, **(env or {})))
     lines = [l for l in r.stdout.splitlines() if l.startswith('{"bench": "cluster"')]
     assert r.returncode == 0 and lines, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return json.loads(lines[-1])
@@ -69,6 +69,17 @@ def test_smoke_measures_our_pool_against_the_limits():
         ratios = result["results"][0]["ops"][op]["ratios"]
         assert ratios["vs_tcp4"]["ratio"] > 0 and result["results"][0]["ops"][op]["pairs"] % 2 == 0
     assert result["exists"]["ours"]["calls"] == 20 and result["exists"]["ours"]["p50_us"] > 0
+
+
+@needs_pool
+def test_smoke_runs_our_pool_over_rdma_on_the_fake_verbs_provider():
+    # No RDMA NIC here: the FAKE verbs provider proves the option and the path, not the figures
+    # (tests/hw/ runs it on a device).
+    result = run_bench("--mooncake", "off", "--transport", "rdma", env={"MOONCAKE_HICACHE_FAKE_VERBS": "1"})
+    assert result["ok"], result["failures"]
+    assert result["transport"] == "rdma" and any("FAKE verbs provider" in n for n in result["notes"])
+    for op in ("get", "put"):
+        check_clean(systems(result, op)["ours"])
 
 
 MOONCAKE_PYTHON, MOONCAKE_VERSION, MOONCAKE_MISSING = mooncake_env.find()

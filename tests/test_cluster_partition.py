@@ -19,15 +19,12 @@ client (``_native.PoolClient``, from the cluster transport work).
 from __future__ import annotations
 
 import base64
-import json
 import os
-import queue
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -36,6 +33,7 @@ import yaml
 from mooncake_hicache import _native
 from mooncake_hicache.cluster import Placement
 from mooncake_hicache.errors import ErrorCode
+from cluster_helpers import RankProcess
 from netns import network  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(not hasattr(_native, "PoolClient"),
@@ -90,45 +88,6 @@ class NodeProcess:
             c.close()
 
 
-class RankProcess:
-    """tests/netns_pool_client.py in a host; ``call(op, ...)`` sends one command and waits for
-    its reply (bounded: a reply that does not come fails the test instead of hanging it)."""
-
-    def __init__(self, host, config_path: str):
-        self.proc = host.popen([sys.executable, os.path.join(HERE, "netns_pool_client.py"), config_path],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=ROOT)
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        first = self._next(START_S)
-        if not first.get("ready"):
-            raise RuntimeError(f"the client did not start: {first.get('error')}")
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def _next(self, timeout: float) -> dict:
-        try:
-            return json.loads(self.lines.get(timeout=timeout))
-        except queue.Empty:
-            raise AssertionError(f"the client did not answer within {timeout} s") from None
-
-    def call(self, op: str, keys, size: int = PAGE) -> dict:
-        self.proc.stdin.write(json.dumps({"op": op, "keys": list(keys), "size": size}) + "\n")
-        self.proc.stdin.flush()
-        return self._next(TIMEOUT_MS / 1000 * 4 + 30)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write('{"op": "quit"}\n')
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-
-
 class NetnsPool:
     """Nodes a, b, c on hosts h0, h1, h2 of ``net``; :meth:`rank` starts a client in a host."""
 
@@ -159,7 +118,7 @@ class NetnsPool:
 
     def rank(self, node_id: str = "a") -> RankProcess:
         node = self.nodes[node_id]
-        r = RankProcess(node.host, node.config_path)
+        r = RankProcess(node.host.popen, node.config_path, START_S, TIMEOUT_MS / 1000 * 4 + 30, PAGE)
         self.ranks.append(r)
         return r
 

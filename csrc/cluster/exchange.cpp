@@ -23,6 +23,10 @@ constexpr size_t kDiscard = 64 * 1024;
 void Exchange::begin_frame(uint16_t op, uint64_t table_hint) {
   op_ = op;
   table_hint_ = table_hint;
+  lane_.reset();
+  inline_build_ = nullptr;
+  lane_down_ = false;
+  rdma_out_ = 0;
   payload_.clear();
   payload_out_ = payload_in_ = 0;
   w_.begin(op, 0, 0, kVersion);  // request id and version are set when the link is known
@@ -56,6 +60,45 @@ void Exchange::build_get(const std::vector<std::string>& keys, const std::vector
   caps_.clear();
   for (uint32_t i : idx) caps_.push_back(caps[i]);
   dest_ = std::move(dest);
+  w_.finish();
+}
+
+void Exchange::build_put_rdma(const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                              const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths,
+                              const RdmaDescs& d, std::shared_ptr<ClientLane> lane,
+                              std::function<void(Exchange&)> inline_build) {
+  n_ = static_cast<uint32_t>(idx.size());
+  begin_frame(kPeerPut, put_reply_table(n_));
+  encode_rdma_put_table(w_, keys, idx, sizes, depths, d);
+  w_.finish();
+  for (uint32_t i : idx) rdma_out_ += sizes[i];
+  lane_ = std::move(lane);
+  inline_build_ = std::move(inline_build);
+}
+
+void Exchange::build_get_rdma(const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                              const RdmaDescs& d, std::shared_ptr<ClientLane> lane,
+                              std::function<void(Exchange&)> inline_build) {
+  n_ = static_cast<uint32_t>(idx.size());
+  begin_frame(kPeerGet, get_reply_table(n_));
+  encode_rdma_get_table(w_, keys, idx, d);
+  caps_.clear();
+  for (uint32_t k = 0; k < n_; k++) caps_.push_back(d.bytes(k));
+  dest_ = nullptr;
+  w_.finish();
+  lane_ = std::move(lane);
+  inline_build_ = std::move(inline_build);
+}
+
+void Exchange::downgrade() {
+  std::function<void(Exchange&)> f = std::move(inline_build_);
+  if (f) f(*this);  // begin_frame drops the lane
+}
+
+void Exchange::build_rdma_connect(const RdmaConnect& c) {
+  n_ = 0;
+  begin_frame(kRdmaConnect, 8 + 28 + 4 + kMaxIdLen);
+  encode_rdma_connect(w_, c);
   w_.finish();
 }
 
@@ -149,6 +192,7 @@ void Exchange::progress() {
         if (send_some(out_)) {
           phase_ = Phase::kHead;
           for (const Segment& seg : payload_) payload_out_ += seg.len;
+          payload_out_ += rdma_out_;  // read by the node over RDMA
         }
         break;
       case Phase::kHead:
@@ -286,6 +330,7 @@ bool Exchange::reply_table_bytes(const Header& h, uint64_t* table) {
     return h.body_len >= *table && h.body_len - *table <= kPeerMaxPayload;
   }
   *table = h.body_len;
+  if (op_ == kRdmaConnect) return h.body_len <= table_hint_;
   return h.body_len <= (op_ == kPeerPut ? put_reply_table(n_) : kMaxBody);
 }
 
@@ -316,6 +361,7 @@ bool Exchange::recv_head() {
 void Exchange::on_table() {
   if (head_.op == kError) return on_error_frame(EACCES);
   if (op_ == kPeerPut || op_ == kPeerGet) {
+    lane_down_ = lane_ && (head_.flags & kFlagLaneDown);
     Reader r = reply();
     epoch_ = r.u64();
     if (r.u32() != n_) return fail(EPROTO, "the node answered for another number of keys");
@@ -339,6 +385,10 @@ void Exchange::plan_values(const Header& h, uint64_t table) {
     int64_t st = r.i64();
     status_[k] = st;
     if (st < 0 || static_cast<uint64_t>(st) > caps_[k]) continue;
+    if (lane_) {  // RDMA: the node wrote the value into the buffers already
+      payload_in_ += static_cast<uint64_t>(st);
+      continue;
+    }
     uint64_t len = static_cast<uint64_t>(st), left = len;
     expected += len;
     const SgList* d = len ? dest_(k, len) : nullptr;

@@ -9,9 +9,12 @@
 // link's buffer (exactly, so no value byte is read into it), then a PEER_GET's values straight
 // into the destinations dest() names (readv). A link that ends healthy is kept for reuse.
 //
-// DataMover seam: inline value bytes are the only data path today; a request's table says so
-// (proto::kInline), and the RDMA issue replaces the payload and value ranges with one-sided
-// reads and writes described in the same table.
+// Data paths: a request's table says how its value bytes travel. kInline: in the stream, as
+// above. kRdma (build_put_rdma / build_get_rdma): the table carries descriptors of the caller's
+// registered buffers and the node moves the bytes with one-sided RDMA over a lane (an RC queue
+// pair set up by an RDMA_CONNECT exchange); only the frames cross the socket. Such an exchange
+// keeps its lane (lane()) so the pool client can put it in error when the request does not end
+// well, and can be rebuilt inline (downgrade()) when the node refuses the lane.
 //
 // An Exchange and its PeerLink are used by one thread at a time (the calling thread of a batch).
 #pragma once
@@ -21,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/rdma_client.h"
 #include "common/sg_list.h"
 #include "node/peer_protocol.h"
 #include "transport/auth.h"
@@ -54,6 +58,18 @@ class Exchange {
   // PEER_GET with capacities caps[idx[k]]; dest(k, len) places each value.
   void build_get(const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
                  const std::vector<uint64_t>& caps, Dest dest);
+  // The same over RDMA: d holds key k's descriptors (d.first by position in idx). inline_build
+  // rebuilds the request inline (downgrade()).
+  void build_put_rdma(const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                      const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths,
+                      const proto::RdmaDescs& d, std::shared_ptr<ClientLane> lane,
+                      std::function<void(Exchange&)> inline_build);
+  void build_get_rdma(const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                      const proto::RdmaDescs& d, std::shared_ptr<ClientLane> lane,
+                      std::function<void(Exchange&)> inline_build);
+  // Drops the lane and rebuilds the request inline (the node refused the lane).
+  void downgrade();
+  void build_rdma_connect(const proto::RdmaConnect& c);
   // EXISTS, PREFETCH, REMOVE (the local protocol's key-list bodies; step: PREFETCH's pages a step).
   void build_keys(uint16_t op, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
                   uint32_t step = 0);
@@ -93,6 +109,8 @@ class Exchange {
   proto::Reader reply() const;                       // the reply body (table only for PEER_GET)
   const std::vector<int64_t>& get_status() const { return status_; }
   uint64_t payload_sent() const { return payload_out_; }
+  const std::shared_ptr<ClientLane>& lane() const { return lane_; }
+  bool lane_down() const { return lane_down_; }  // the reply said the lane broke
   uint64_t payload_received() const { return payload_in_; }
   // Takes the link back (for the peer's pool) once the exchange is done.
   std::unique_ptr<PeerLink> take_link();
@@ -121,6 +139,10 @@ class Exchange {
   std::vector<uint64_t> caps_;
   Dest dest_;
   uint64_t table_hint_ = 0;  // expected reply table bytes (0: unknown)
+  std::shared_ptr<ClientLane> lane_;  // kRdma: the lane the node moves the bytes over
+  std::function<void(Exchange&)> inline_build_;
+  bool lane_down_ = false;
+  uint64_t rdma_out_ = 0;  // value bytes of an RDMA put (read by the node)
   // state
   Phase phase_ = Phase::kIdle;
   std::unique_ptr<PeerLink> link_;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "common/error.h"
 #include "common/keys.h"
 #include "common/status.h"
 
@@ -20,7 +21,17 @@ using namespace proto;
 PoolClient::PoolClient(std::shared_ptr<NodeClient> local, PoolOptions opt) : opt_(std::move(opt)), local_(std::move(local)) {
   if (!opt_.secret.empty()) secret_ = std::make_unique<Secret>(opt_.secret);
   view_ = std::make_shared<const ClusterView>(ViewInfo{}, Clock::now());
+  if (!opt_.rdma) return;
+  const rdma::VerbsApi* api = rdma::verbs_provider();
+  if (!api) throw EngineError(EngineError::kInvalid, rdma::verbs_unavailable_reason());
+  rdma_ = std::make_unique<RdmaClient>(*api, opt_.rdma_options);
 }
+
+int PoolClient::register_buffer(void* p, uint64_t n, std::string* err) {
+  return rdma_ ? rdma_->register_buffer(p, n, err) : 0;
+}
+
+bool PoolClient::unregister_buffer(void* p) { return rdma_ ? rdma_->unregister_buffer(p) : true; }
 
 PoolClient::~PoolClient() { close(); }
 
@@ -151,8 +162,9 @@ void PoolClient::start_remote(Call& c, Round& r) {
 }
 
 // Waits for the round's remote exchanges and books their outcome. A request that failed on a
-// pooled link the member had closed while idle is sent once more on a fresh connection; any
-// other failure marks the member down for the cool-down.
+// pooled link the member had closed while idle is sent once more on a fresh connection, and so
+// is (inline) one whose RDMA lane the member refused; any other failure marks the member down
+// for the cool-down. RDMA lanes of requests that did not end well are put in error first.
 void PoolClient::finish_remote(Call& c, Round& r) {
   std::vector<Exchange*> live;
   for (auto& e : r.ex)
@@ -161,11 +173,14 @@ void PoolClient::finish_remote(Call& c, Round& r) {
   live.clear();
   for (size_t t = 0; t < r.ex.size(); t++) {
     Exchange* e = r.ex[t].get();
-    if (!e || !e->stale_link_failure() || c.stale_retried[t]) continue;
+    if (!e) continue;
+    bool refused_lane = settle_lane(*e);
+    if (!(refused_lane || e->stale_link_failure()) || c.stale_retried[t]) continue;
     c.stale_retried[t] = 1;
     std::shared_ptr<Peer> p = peer_of(c, static_cast<uint16_t>(t));
     p->in_flight--;
-    p->drop_idle();
+    if (!refused_lane) p->drop_idle();
+    if (e->lane()) e->downgrade();
     if (start_on(*p, *e)) live.push_back(e);
   }
   if (!live.empty()) run_exchanges(live, c.deadline);
@@ -264,10 +279,18 @@ PoolStats PoolClient::stats() const {
   s.in_grace = v->in_grace(now);
   s.replicas = opt_.replicas, s.write_quorum = opt_.write_quorum, s.spill_depth = opt_.spill_depth;
   for (const auto& p : peers_.all()) s.peers.push_back(p->report(now));
+  if (rdma_) s.rdma = rdma_->stats();
   std::sort(s.peers.begin(), s.peers.end(), [](const PeerReport& a, const PeerReport& b) { return a.id < b.id; });
   return s;
 }
 
-std::vector<Note> PoolClient::take_notes() { return notes_.take(); }
+std::vector<Note> PoolClient::take_notes() {
+  std::vector<Note> out = notes_.take();
+  if (rdma_) {
+    std::vector<Note> more = rdma_->take_notes();
+    out.insert(out.end(), more.begin(), more.end());
+  }
+  return out;
+}
 
 }  // namespace mch::cluster

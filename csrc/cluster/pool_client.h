@@ -21,6 +21,12 @@
 //      succeeds when write_quorum holders acknowledged (0: all R it was sent to). Exists: one
 //      round to every available candidate of each key.
 //   4. A member that fails is down for cooldown_ms (peer_table.h): later calls skip it.
+// With RDMA (PoolOptions::rdma, rdma_client.h) a put or get request to a member carries
+// descriptors of the caller's registered buffers instead of the value bytes, over a lane of that
+// member (connected on first use by an RDMA_CONNECT exchange in the same call); buffers that are
+// not registered, and members or lanes that cannot do RDMA right now, go over TCP as above. A
+// request over a lane that does not end with its reply puts the lane in error before the call
+// returns; a request the node refuses for its lane is sent again inline in the same call.
 // The GIL is released by the bindings for the whole call; nothing here touches Python except
 // get_value's alloc callback.
 //
@@ -41,6 +47,7 @@
 #include "cluster/exchange.h"
 #include "cluster/peer_table.h"
 #include "cluster/pool_stats.h"
+#include "cluster/rdma_client.h"
 #include "common/note_log.h"
 #include "common/put_waves.h"
 #include "common/sg_list.h"
@@ -59,6 +66,8 @@ struct PoolOptions {
   int cooldown_ms = 0;            // how long a failed member is skipped; 0: request_timeout_ms
   int view_refresh_ms = 500;      // how often the view is asked of the local node
   std::string secret;             // the cluster's shared secret ("" : no remote member can be reached)
+  bool rdma = false;              // move value bytes with RDMA where possible (rdma_client.h)
+  RdmaClientOptions rdma_options;
 };
 
 // What probe() learned about one member.
@@ -73,6 +82,7 @@ struct MemberProbe {
 class PoolClient {
  public:
   // local: the host's node (nullptr: no local node, e.g. the node process's own prober).
+  // Throws EngineError when opt.rdma is set and RDMA cannot be used (no provider, no device).
   PoolClient(std::shared_ptr<NodeClient> local, PoolOptions opt);
   ~PoolClient();
   PoolClient(const PoolClient&) = delete;
@@ -99,6 +109,11 @@ class PoolClient {
   int32_t remove_all();
   int64_t get_value(const std::string& key, const std::function<uint8_t*(size_t)>& alloc);
   int64_t value_size(const std::string& key);
+
+  // ---- memory the nodes may read and write over RDMA (no-ops without RDMA) ----
+  int register_buffer(void* p, uint64_t n, std::string* err);
+  bool unregister_buffer(void* p);
+  bool rdma() const { return rdma_ != nullptr; }
 
   // ---- the view and the members ----
   // Replaces the view (the node process feeds its own; ranks learn it from the node).
@@ -131,6 +146,20 @@ class PoolClient {
   void book(Call& c, Round& r, uint16_t t);
   void give_back_links(Call& c, Round& r);
   void note_epoch(const Call& c, uint64_t epoch);
+  // RDMA (pool_rdma.cpp): per target of the round, a lane to send its request over (nullptr:
+  // TCP), after connecting the lanes that need it; the lane of a finished exchange put in error
+  // when its request did not end well (true: the node refused the lane: resend inline).
+  std::vector<std::shared_ptr<ClientLane>> rdma_lanes(Call& c, const Round& r);
+  void connect_lanes(Call& c, Round& cr, const std::vector<std::shared_ptr<ClientLane>>& pending,
+                     std::vector<std::shared_ptr<ClientLane>>* out);
+  using InlineBuild = std::function<void(Exchange&, const std::vector<uint32_t>&)>;
+  using RdmaBuild = std::function<void(Exchange&, const std::vector<uint32_t>&, const proto::RdmaDescs&,
+                                       std::shared_ptr<ClientLane>, std::function<void(Exchange&)>)>;
+  void build_remote(Call& c, Round& r, const std::vector<SgList>& bufs, const std::vector<uint64_t>& lens,
+                    const InlineBuild& inline_build, const RdmaBuild& rdma_build);
+  bool settle_lane(Exchange& e);
+  bool describe_group(const ClientLane& l, const std::vector<uint32_t>& g, const std::vector<SgList>& bufs,
+                      const std::vector<uint64_t>& lens, proto::RdmaDescs* d);
 
   // reads (pool_reads.cpp)
   bool assign_reads(Call& c, Plan& p, Round& r);
@@ -169,6 +198,7 @@ class PoolClient {
   bool stale_ = true;
   std::mutex refresh_mu_;  // one refresh at a time (others use the current view)
   PeerTable peers_;
+  std::unique_ptr<RdmaClient> rdma_;
   PoolCounters ctr_;
   NoteLog notes_{64};
   std::atomic<bool> closed_{false};

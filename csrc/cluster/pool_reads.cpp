@@ -93,12 +93,13 @@ void PoolClient::get_round(Call& c, Round& r, const std::vector<std::string>& ke
     ctr_.replica_reads += p.pos[i] > 0;
     ctr_.grace_hits += p.pos[i] >= p.current[i];
   };
-  for (size_t t = 0; t < r.groups.size(); t++) {
-    if (r.groups[t].empty() || c.is_local(static_cast<uint16_t>(t))) continue;
-    const std::vector<uint32_t>* g = &r.groups[t];
-    r.ex[t] = std::make_unique<Exchange>();
-    r.ex[t]->build_get(keys, *g, caps, [&buffers, g](uint32_t k, uint64_t) { return &buffers[(*g)[k]]; });
-  }
+  build_remote(
+      c, r, buffers, caps,
+      [&](Exchange& e, const std::vector<uint32_t>& g) {
+        e.build_get(keys, g, caps, [&buffers, &g](uint32_t k, uint64_t) { return &buffers[g[k]]; });
+      },
+      [&](Exchange& e, const std::vector<uint32_t>& g, const RdmaDescs& d, std::shared_ptr<ClientLane> l,
+          std::function<void(Exchange&)> downgrade) { e.build_get_rdma(keys, g, d, std::move(l), std::move(downgrade)); });
   start_remote(c, r);
   for (size_t t = 0; t < r.groups.size(); t++) {
     const std::vector<uint32_t>& g = r.groups[t];

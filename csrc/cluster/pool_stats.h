@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cluster/peer_table.h"
+#include "cluster/rdma_client.h"
 #include "common/counters.h"
 
 namespace mch::cluster {
@@ -55,6 +56,7 @@ struct PoolStats {
   uint64_t spilled_writes = 0, quorum_failures = 0, request_failures = 0, view_refreshes = 0;
   uint64_t bytes_sent = 0, bytes_received = 0;
   std::vector<PeerReport> peers;
+  RdmaClientStats rdma;
 
   void take(const PoolCounters& c) {
     puts = c.puts, gets = c.gets, exists = c.exists, rounds = c.rounds, requests = c.requests;
@@ -84,6 +86,7 @@ struct PoolStats {
                               {"bytes_received", bytes_received}})
       v.counter(k, x);
     v.section("peers", PeersSection{peers});
+    v.section("rdma", rdma);
   }
 };
 

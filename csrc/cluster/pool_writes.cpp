@@ -156,11 +156,13 @@ void PoolClient::put_round(Call& c, Round& r, const std::vector<std::string>& ke
                            const std::vector<uint32_t>& depths, const std::vector<uint64_t>& sizes,
                            std::vector<std::vector<int32_t>>* per_target) {
   per_target->assign(r.groups.size(), {});
-  for (size_t t = 0; t < r.groups.size(); t++) {
-    if (r.groups[t].empty() || c.is_local(static_cast<uint16_t>(t))) continue;
-    r.ex[t] = std::make_unique<Exchange>();
-    r.ex[t]->build_put(keys, r.groups[t], sizes, depths, values);
-  }
+  build_remote(
+      c, r, values, sizes,
+      [&](Exchange& e, const std::vector<uint32_t>& g) { e.build_put(keys, g, sizes, depths, values); },
+      [&](Exchange& e, const std::vector<uint32_t>& g, const RdmaDescs& d, std::shared_ptr<ClientLane> l,
+          std::function<void(Exchange&)> downgrade) {
+        e.build_put_rdma(keys, g, sizes, depths, d, std::move(l), std::move(downgrade));
+      });
   start_remote(c, r);
   for (size_t t = 0; t < r.groups.size(); t++) {
     const std::vector<uint32_t>& g = r.groups[t];

@@ -9,10 +9,6 @@ namespace mch {
 
 using namespace proto;
 
-namespace {
-constexpr size_t kScratch = 64 * 1024;  // landing zone of discarded value bytes
-}  // namespace
-
 bool PeerDispatcher::fail(PeerSession& s, const Header& h, int32_t code, const std::string& message) {
   encode_error(s.w, h.request_id, code, message);
   send_reply(s, Clock::now() + std::chrono::milliseconds(timeout_ms_));
@@ -55,6 +51,7 @@ bool PeerDispatcher::serve(PeerSession& s, const Header& h, int wake_fd) {
   switch (h.op) {
     case kPeerPut: return put(s, h, deadline, wake_fd);
     case kPeerGet: return get(s, h, deadline, wake_fd);
+    case kRdmaConnect: return rdma_connect(s, h, deadline, wake_fd);
     default: return delegate(s, h, deadline, wake_fd);
   }
 }
@@ -76,26 +73,28 @@ bool PeerDispatcher::put(PeerSession& s, const Header& h, Clock::time_point dead
   if (h.body_len < 4) return fail(s, h, kErrBadFrame, "PEER_PUT body too short");
   if (s.rx.read_part(*s.stream, 4, deadline, wake_fd) != 0) return false;
   const uint32_t table_len = s.rx.part(4).u32();
-  if (table_len > kPeerMaxTable || 4ull + table_len > h.body_len) {
+  if (table_len > kRdmaMaxTable || 4ull + table_len > h.body_len) {
     pc_.bad_frames++;
     return fail(s, h, kErrBadFrame, "PEER_PUT table of " + std::to_string(table_len) + " bytes is out of bounds");
   }
   if (s.rx.read_part(*s.stream, 4 + table_len, deadline, wake_fd) != 0) return false;
   Reader r = s.rx.part(4 + table_len);
   r.u32();
-  uint8_t path = 0;
+  const uint8_t path = peek_data_path(r);
   uint64_t payload = 0;
-  int64_t n = decode_put_table(r, &s.keys, &s.sizes, &s.depths, &path, &payload);
+  int64_t n = decode_put(s, r, &payload);
   if (n < 0 || 4ull + table_len + payload != h.body_len) {
     pc_.bad_frames++;
     return fail(s, h, kErrBadFrame, "malformed PEER_PUT table (counts, sizes or lengths out of bounds)");
   }
-  ValueMover* m = mover(s, path);
-  if (!m) return fail(s, h, kErrDataPath, "PEER_PUT data path " + std::to_string(path) + " is not served");
+  int32_t code = 0;
+  std::string why;
+  ValueMover* m = mover(s, path, static_cast<uint32_t>(n), true, &code, &why);
+  if (!m) return fail(s, h, code, "PEER_PUT: " + why);
   s.rx.consume_part(4 + table_len);
   s.res.assign(static_cast<size_t>(n), status_code(Status::kOk));
   if (!put_values(s, *m, deadline, wake_fd)) return false;
-  s.w.begin(kPeerPut, h.request_id, kFlagReply, s.version);
+  s.w.begin(kPeerPut, h.request_id, kFlagReply | m->reply_flags(), s.version);
   s.w.reserve(put_reply_table(static_cast<uint32_t>(n)));
   s.w.u64(views_.epoch());
   s.w.u32(static_cast<uint32_t>(n));
@@ -103,45 +102,40 @@ bool PeerDispatcher::put(PeerSession& s, const Header& h, Clock::time_point dead
   return send_reply(s, deadline);
 }
 
-// Reserves, receives every value (into its slot, or dropped) and commits. false: the stream
+// A PEER_PUT table of either data path; *payload: the value bytes that follow it in the frame.
+int64_t PeerDispatcher::decode_put(PeerSession& s, Reader& r, uint64_t* payload) {
+  uint8_t path = 0;
+  if (peek_data_path(r) != kRdma) return decode_put_table(r, &s.keys, &s.sizes, &s.depths, &path, payload);
+  *payload = 0;  // the node reads the values from the peer's memory
+  return decode_rdma_put_table(r, &s.keys, &s.sizes, &s.depths, &s.descs);
+}
+
+// Reserves, moves every value (into its slot, or dropped) and commits. false: the stream
 // failed (the session's token table still holds what was reserved; the server aborts it).
 bool PeerDispatcher::put_values(PeerSession& s, ValueMover& m, Clock::time_point deadline, int wake_fd) {
   const size_t n = s.keys.vec().size();
   store_.put_reserve(s.keys.vec(), s.sizes, s.depths, &s.put_t);
   hold_reservations(s, 0);
-  s.iov.clear();
   s.pending.clear();
   uint8_t* base = store_.arena_base();
   for (size_t i = 0; i < n; i++) {
     if (s.put_t[i].status == status_code(Status::kNoSpace) && !s.pending.empty()) {
-      if (m.receive(s.iov, deadline, wake_fd) != 0) return false;
-      commit(s);
+      if (m.move(deadline, wake_fd) != 0) return false;
+      commit(s, m);
       reserve_again(s, i);  // the slots just committed can now be evicted
     }
     const PutTicket& t = s.put_t[i];
     if (t.status == status_code(Status::kOk)) {
-      s.iov.add(base + t.offset, s.sizes[i]);
+      m.put_value(static_cast<uint32_t>(i), base + t.offset, s.sizes[i]);
       s.pending.push_back(static_cast<uint32_t>(i));
-      pc_.bytes_received += s.sizes[i];
-      pc_.keys_put++;
     } else {
-      discard(s, s.sizes[i]);
+      m.put_value(static_cast<uint32_t>(i), nullptr, s.sizes[i]);
       s.res[i] = t.status == kAlreadyStored ? status_code(Status::kOk) : t.status;
     }
   }
-  if (m.receive(s.iov, deadline, wake_fd) != 0) return false;
-  commit(s);
+  if (m.move(deadline, wake_fd) != 0) return false;
+  commit(s, m);
   return true;
-}
-
-void PeerDispatcher::discard(PeerSession& s, uint64_t n) {
-  if (n && s.scratch.empty()) s.scratch.resize(kScratch);
-  pc_.bytes_discarded += n;
-  while (n > 0) {
-    size_t k = static_cast<size_t>(std::min<uint64_t>(n, s.scratch.size()));
-    s.iov.add(s.scratch.data(), k);
-    n -= k;
-  }
 }
 
 // The session keeps the reservation of every ticket from `from` on that got a slot.
@@ -155,21 +149,28 @@ void PeerDispatcher::hold_reservations(PeerSession& s, size_t from) {
   nc_.reservations_held += k;
 }
 
-// Publishes the slots of s.pending (their bytes have arrived).
-void PeerDispatcher::commit(PeerSession& s) {
+// Publishes the slots of s.pending whose bytes have all arrived; gives back the others (their
+// keys get the mover's failure).
+void PeerDispatcher::commit(PeerSession& s, const ValueMover& m) {
   if (s.pending.empty()) return;
   s.held.clear();
+  s.oks.clear();
   for (uint32_t i : s.pending) {
     s.held.push_back(s.put_t[i].token);
     s.reservations.take(s.put_t[i].token);
+    s.oks.push_back(m.failure(i) == 0);
   }
   nc_.reservations_held -= s.held.size();
-  s.oks.assign(s.held.size(), 1);
   std::vector<int32_t> out(s.held.size(), status_code(Status::kInvalidParams));
   store_.put_commit(s.held, s.oks, out.data());
-  for (size_t k = 0; k < s.pending.size(); k++) s.res[s.pending[k]] = out[k];
+  for (size_t k = 0; k < s.pending.size(); k++) {
+    uint32_t i = s.pending[k];
+    s.res[i] = s.oks[k] ? out[k] : m.failure(i);
+    if (!s.oks[k]) continue;
+    pc_.bytes_received += s.sizes[i];
+    pc_.keys_put++;
+  }
   s.pending.clear();
-  s.iov.clear();
 }
 
 // Reserves again the keys from `from` on that got NO_SPACE.
@@ -197,8 +198,19 @@ void PeerDispatcher::reserve_again(PeerSession& s, size_t from) {
   nc_.reservations_held += held;
 }
 
-ValueMover* PeerDispatcher::mover(PeerSession& s, uint8_t data_path) {
-  return data_path == kInline ? &s.inline_mover : nullptr;
+ValueMover* PeerDispatcher::mover(PeerSession& s, uint8_t data_path, uint32_t n, bool put, int32_t* code,
+                                  std::string* msg) {
+  if (data_path == kInline) return &s.inline_mover;
+  if (data_path != kRdma || !rdma_) {
+    *code = kErrDataPath;
+    *msg = "data path " + std::to_string(data_path) + " is not served by this node" +
+           (data_path == kRdma ? " (it serves TCP only)" : "");
+    return nullptr;
+  }
+  if (!s.rdma_mover) s.rdma_mover = std::make_unique<RdmaMover>(s, *rdma_);
+  if (s.rdma_mover->bind(s.descs, n, put, msg)) return s.rdma_mover.get();
+  *code = kErrRdmaLane;
+  return nullptr;
 }
 
 // ---- PEER_GET -------------------------------------------------------------------------------
@@ -207,40 +219,56 @@ bool PeerDispatcher::get(PeerSession& s, const Header& h, Clock::time_point dead
   pc_.peer_gets++;
   if (s.rx.read_body(*s.stream, h, deadline, wake_fd) != 0) return false;
   Reader r = s.rx.body(h);
-  uint8_t path = 0;
-  int64_t n = decode_get_table(r, &s.keys, &s.sizes, &path);  // sizes: the capacities asked for
+  uint8_t path = peek_data_path(r);
+  int64_t n = path == kRdma ? decode_rdma_get_table(r, &s.keys, &s.sizes, &s.descs)
+                            : decode_get_table(r, &s.keys, &s.sizes, &path);  // sizes: the capacities
   s.rx.consume(h);
   if (n < 0) {
     pc_.bad_frames++;
     return fail(s, h, kErrBadFrame, "malformed PEER_GET table (counts or lengths out of bounds)");
   }
-  ValueMover* m = mover(s, path);
-  if (!m) return fail(s, h, kErrDataPath, "PEER_GET data path " + std::to_string(path) + " is not served");
+  int32_t code = 0;
+  std::string why;
+  ValueMover* m = mover(s, path, static_cast<uint32_t>(n), false, &code, &why);
+  if (!m) return fail(s, h, code, "PEER_GET: " + why);
   store_.get_pin(s.keys.vec(), &s.get_t);
   s.held.clear();
   for (const GetTicket& t : s.get_t)
     if (t.status >= 0) s.pins.add(t.token), s.held.push_back(t.token);
   nc_.pins_held += s.held.size();
-  s.w.begin(kPeerGet, h.request_id, kFlagReply, s.version);
-  s.w.reserve(get_reply_table(static_cast<uint32_t>(n)));
-  s.w.u64(views_.epoch());
-  s.w.u32(static_cast<uint32_t>(n));
-  for (const GetTicket& t : s.get_t) s.w.i64(t.status);
-  uint8_t* frame = const_cast<uint8_t*>(s.w.finish());
-  s.iov.clear();
-  uint64_t payload = 0;
   for (size_t i = 0; i < s.get_t.size(); i++) {
     const GetTicket& t = s.get_t[i];
     if (t.status < 0 || static_cast<uint64_t>(t.status) > s.sizes[i]) continue;
-    s.iov.add(store_.arena_base() + t.offset, static_cast<size_t>(t.status));
-    payload += static_cast<uint64_t>(t.status);
-    pc_.keys_got++;
+    m->get_value(static_cast<uint32_t>(i), store_.arena_base() + t.offset, static_cast<uint64_t>(t.status));
   }
-  set_body_len(frame, get_reply_table(static_cast<uint32_t>(n)) + payload);
-  int e = m->send(frame, s.w.size(), s.iov, deadline);
-  if (e == 0) pc_.bytes_sent += payload;
+  int e = m->move(deadline, wake_fd);  // RDMA: the values are in the peer's buffers after it
+  if (e == 0) {
+    reply_get(s, h, *m, static_cast<uint32_t>(n));
+    e = m->send_reply(s.w.data(), s.w.size(), deadline);
+  }
   unpin(s);
   return e == 0;
+}
+
+// The reply frame in s.w: the status of each key (a value that failed to move is the mover's
+// failure: a miss) and the body length the mover sends.
+void PeerDispatcher::reply_get(PeerSession& s, const Header& h, ValueMover& m, uint32_t n) {
+  s.w.begin(kPeerGet, h.request_id, kFlagReply | m.reply_flags(), s.version);
+  s.w.reserve(get_reply_table(n));
+  s.w.u64(views_.epoch());
+  s.w.u32(n);
+  uint64_t sent = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    int64_t st = s.get_t[i].status;
+    if (st >= 0 && m.failure(i)) st = m.failure(i);
+    s.w.i64(st);
+    if (st < 0 || static_cast<uint64_t>(st) > s.sizes[i]) continue;
+    sent += static_cast<uint64_t>(st);
+    pc_.keys_got++;
+  }
+  uint8_t* frame = const_cast<uint8_t*>(s.w.finish());
+  set_body_len(frame, m.reply_body(get_reply_table(n)));
+  pc_.bytes_sent += sent;
 }
 
 void PeerDispatcher::unpin(PeerSession& s) {
@@ -248,6 +276,31 @@ void PeerDispatcher::unpin(PeerSession& s) {
   nc_.pins_held -= s.held.size();
   if (!s.held.empty()) store_.get_unpin(s.held);
   s.held.clear();
+}
+
+// ---- RDMA_CONNECT -------------------------------------------------------------------------------
+
+bool PeerDispatcher::rdma_connect(PeerSession& s, const Header& h, Clock::time_point deadline, int wake_fd) {
+  pc_.rdma_connects++;
+  if (s.rx.read_body(*s.stream, h, deadline, wake_fd) != 0) return false;
+  Reader r = s.rx.body(h);
+  RdmaConnect c;
+  bool ok = decode_rdma_connect(r, &c);
+  s.rx.consume(h);
+  if (!ok) {
+    pc_.bad_frames++;
+    return fail(s, h, kErrBadFrame, "malformed RDMA_CONNECT");
+  }
+  if (!rdma_)
+    return fail(s, h, kErrRdmaLane, "this node does not serve RDMA (its cluster.transport is tcp, or auto found no "
+                                    "usable device): use TCP");
+  RdmaConnectReply rep;
+  std::string why;
+  int32_t code = rdma_->connect(c, &rep, &why);
+  if (code) return fail(s, h, code, "RDMA_CONNECT: " + why);
+  s.w.begin(kRdmaConnect, h.request_id, kFlagReply, s.version);
+  encode_rdma_connect_reply(s.w, rep);
+  return send_reply(s, deadline);
 }
 
 }  // namespace mch

@@ -4,8 +4,10 @@
 //
 // Over TCP no arena is shared, so value bytes travel inline in the frames: PEER_PUT carries a
 // key table and then the values back to back; the PEER_GET reply carries a status table and
-// then the values. Every request table starts with a data-path byte (kInline today), so the RDMA
-// issue can send remote memory descriptors instead of inline bytes in the same framing.
+// then the values. Every request table starts with a data-path byte: kInline, or kRdma, where the
+// table carries per key descriptors of the client's registered memory ({addr, len, rkey} per
+// segment) and the node moves the bytes with one-sided RDMA READ / WRITE over a lane (an RC queue
+// pair) set up with RDMA_CONNECT on the same authenticated connection.
 // Ops that do not touch the arena (EXISTS, PREFETCH, REMOVE, REMOVE_ALL, STATS, PING) are the
 // local protocol's, with the same bodies. HELLO, PUT_RESERVE, PUT_COMMIT, GET_PIN and GET_UNPIN
 // hand out arena offsets and are refused over TCP. VIEW is served on both sides.
@@ -23,6 +25,7 @@
 #include "node/protocol.h"
 #include "transport/auth.h"
 #include "transport/frame.h"
+#include "transport/rdma/transfer.h"
 
 namespace mch {
 namespace proto {
@@ -34,15 +37,21 @@ enum PeerOp : uint16_t {
   kPeerPut = 66,        // key table + value bytes; reply: results
   kPeerGet = 67,        // key table; reply: status table + value bytes
   kView = 68,           // the membership view the node serves (local socket and TCP)
+  kRdmaConnect = 69,    // sets up (or updates) an RDMA lane: queue pair endpoints, client memory
 };
 
 // ERROR codes of the TCP side (the local ones are in protocol.h).
 constexpr int32_t kErrAuthFailed = 32;  // the handshake failed: wrong MAC or malformed (closed)
 constexpr int32_t kErrLocalOnly = 33;   // an arena op over TCP (connection kept)
 constexpr int32_t kErrDataPath = 34;    // a data path this node does not serve (closed)
+constexpr int32_t kErrRdmaLane = 35;    // no RDMA here, or the lane named is unknown, stale or broken (closed)
+
+// Reply flag of PEER_PUT / PEER_GET over RDMA: the lane broke during this request (its queue
+// pair is in error); set it up again before using it.
+constexpr uint32_t kFlagLaneDown = 2;
 
 // How value bytes travel (the first byte of every PEER_PUT / PEER_GET table).
-enum DataPath : uint8_t { kInline = 0 };
+enum DataPath : uint8_t { kInline = 0, kRdma = 1 };
 
 // Bounds, checked before anything is allocated.
 constexpr uint32_t kPeerMaxKeys = 4096;          // keys per request
@@ -54,6 +63,15 @@ constexpr size_t kMaxInfoLen = 256;
 constexpr uint32_t kMaxMembers = 4096;
 // The largest key table: data-path head + count + kPeerMaxKeys x {key, u64, u32}.
 constexpr uint64_t kPeerMaxTable = 8 + uint64_t(kPeerMaxKeys) * (4 + kMaxKeyLen + 12);
+// RDMA descriptors: per value, per request, and the regions a client announces per lane.
+constexpr uint32_t kRdmaMaxSegs = 4096;
+constexpr uint32_t kRdmaMaxDescs = 65536;
+constexpr uint32_t kRdmaMaxRegions = 4096;
+constexpr uint64_t kRdmaDescBytes = 20;  // u64 addr, u64 len, u32 rkey
+// The largest table of a data-path kRdma request: the key table, the lane head, a segment count
+// per key and the descriptors.
+constexpr uint64_t kRdmaMaxTable = kPeerMaxTable + 16 + 4ull * kPeerMaxKeys + kRdmaDescBytes * kRdmaMaxDescs;
+constexpr uint64_t kRdmaConnectMaxBody = 64 + 4 + kRdmaDescBytes * kRdmaMaxRegions;
 constexpr uint64_t kAuthMaxBody = 4 + 2 * kNonceLen + 4 + kMaxInfoLen;
 constexpr uint64_t kChallengeMaxBody = 4 + kNonceLen + 4 + kMaxIdLen;
 
@@ -64,6 +82,7 @@ inline const char* peer_op_name(uint16_t op) {
     case kPeerPut: return "peer_put";
     case kPeerGet: return "peer_get";
     case kView: return "view";
+    case kRdmaConnect: return "rdma_connect";
     default: return op_name(op);
   }
 }
@@ -72,7 +91,7 @@ inline const char* peer_op_name(uint16_t op) {
 inline bool allowed_over_tcp(uint16_t op) {
   switch (op) {
     case kExists: case kPrefetch: case kRemove: case kRemoveAll: case kStats: case kPing:
-    case kPeerPut: case kPeerGet: case kView:
+    case kPeerPut: case kPeerGet: case kView: case kRdmaConnect:
       return true;
     default:
       return false;
@@ -84,9 +103,10 @@ inline bool allowed_over_tcp(uint16_t op) {
 // shared with the Unix socket have its bounds (node/limits.h).
 inline uint64_t peer_body_limit(uint16_t op) {
   switch (op) {
-    case kPeerPut: return 4 + kPeerMaxTable + kPeerMaxPayload;
-    case kPeerGet: return kPeerMaxTable;
+    case kPeerPut: return 4 + kRdmaMaxTable + kPeerMaxPayload;
+    case kPeerGet: return kRdmaMaxTable;
     case kView: return 0;
+    case kRdmaConnect: return kRdmaConnectMaxBody;
     default: return allowed_over_tcp(op) ? limits::max_request_body(op) : limits::kMaxProbeBody;
   }
 }
@@ -173,18 +193,22 @@ inline bool decode_auth_reply(Reader& r, AuthReply* a) {
 //   payload (inline): the n values back to back; body_len = 4 + table_len + sum(size).
 // Reply: u64 epoch, u32 n, n x i32 (0 or a negative Status; NO_SPACE: no slot could be freed).
 
-// The first bytes of every PEER_PUT / PEER_GET table: how the value bytes travel.
-inline void encode_table_head(Writer& w) {
-  w.u8(kInline);
+// The first bytes of every PEER_PUT / PEER_GET table: how the value bytes travel (and, for
+// kRdma, the client's lane number).
+inline void encode_table_head(Writer& w, uint8_t path = kInline, uint16_t lane = 0) {
+  w.u8(path);
   w.u8(0);
-  w.u16(0);
+  w.u16(lane);
 }
-inline uint8_t decode_table_head(Reader& r) {
+inline uint8_t decode_table_head(Reader& r, uint16_t* lane = nullptr) {
   uint8_t path = r.u8();
   r.u8();
-  r.u16();
+  uint16_t l = r.u16();
+  if (lane) *lane = l;
   return path;
 }
+// The data path of a table without consuming it (the first byte).
+inline uint8_t peek_data_path(const Reader& r) { return r.remaining() ? *r.pos() : 0xff; }
 
 inline void encode_put_table(Writer& w, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
                              const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths) {
@@ -319,6 +343,234 @@ inline bool decode_view(Reader& r, ViewInfo* v) {
   if (!decode_members(r, &v->members)) return false;
   v->prev_epoch = r.u64();
   return decode_members(r, &v->prev_members) && r.done();
+}
+
+// ---- RDMA (data path kRdma) -----------------------------------------------------------------
+// PEER_GET table: u8 kRdma, u8 0, u16 lane, u64 client, u64 node_instance, u32 n,
+//   n x {key, u32 nseg, nseg x {u64 addr, u64 len, u32 rkey}}; the capacity of a key is the sum
+//   of its segments' lengths. Reply: as inline, but no value bytes follow (body_len = 12 + 8n):
+//   a status >= 0 means the value has been written into the segments, in order.
+// PEER_PUT: u32 table_len, table: u8 kRdma, u8 0, u16 lane, u64 client, u64 node_instance, u32 n,
+//   n x {key, u64 size, u32 depth, u32 nseg, nseg x {u64 addr, u64 len, u32 rkey}} (the segments
+//   add up to size); nothing follows the table (body_len = 4 + table_len). Reply: as inline.
+// client: the pool client's instance (random per client); node_instance: the node instance the
+// lane was connected to (a node that restarted refuses it: ERROR kErrRdmaLane).
+// RDMA_CONNECT request: u64 client, u16 lane, u16 0, u64 node_instance (expected; 0 = any),
+//   endpoint, u32 n, n x region {u64 addr, u64 len, u32 rkey} (the client's registered memory on
+//   the lane's device: descriptors must lie inside one of them). Reply: u64 node_instance,
+//   endpoint, str device. endpoint: u32 qpn, u32 psn, u8[16] gid, u16 lid, u8 mtu, u8 link_layer.
+//   The same lane connected again with the same endpoint only replaces its regions.
+using RemoteSeg = rdma::RemoteRange;  // one descriptor: {addr, len, rkey}
+
+// The descriptors of one kRdma request, in request order: key k's segments are
+// segs[first[k] .. first[k+1]).
+struct RdmaDescs {
+  uint16_t lane = 0;
+  uint64_t client = 0;
+  uint64_t node_instance = 0;
+  std::vector<RemoteSeg> segs;
+  std::vector<uint32_t> first = {0};
+  void clear() {
+    segs.clear();
+    first.assign(1, 0);
+  }
+  void end_key() { first.push_back(static_cast<uint32_t>(segs.size())); }
+  uint64_t bytes(uint32_t k) const {
+    uint64_t n = 0;
+    for (uint32_t j = first[k]; j < first[k + 1]; j++) n += segs[j].len;
+    return n;
+  }
+};
+
+// One descriptor {u64 addr, u64 len, u32 rkey}.
+inline void encode_seg(Writer& w, const RemoteSeg& s) {
+  w.u64(s.addr);
+  w.u64(s.len);
+  w.u32(s.rkey);
+}
+inline RemoteSeg decode_seg(Reader& r) {
+  RemoteSeg s;
+  s.addr = r.u64();
+  s.len = r.u64();
+  s.rkey = r.u32();
+  return s;
+}
+
+inline void encode_segs(Writer& w, const RdmaDescs& d, uint32_t k) {
+  w.u32(d.first[k + 1] - d.first[k]);
+  for (uint32_t j = d.first[k]; j < d.first[k + 1]; j++) encode_seg(w, d.segs[j]);
+}
+// One key's segments; false when out of bounds (a count over kRdmaMaxSegs, the request's total
+// over kRdmaMaxDescs, an empty or oversized segment, a sum over kPeerMaxValue).
+inline bool decode_segs(Reader& r, RdmaDescs* d) {
+  uint32_t n = r.u32();
+  if (!r.ok() || n > kRdmaMaxSegs || d->segs.size() + n > kRdmaMaxDescs || uint64_t(n) * kRdmaDescBytes > r.remaining())
+    return false;
+  uint64_t sum = 0;
+  for (uint32_t j = 0; j < n; j++) {
+    RemoteSeg s = decode_seg(r);
+    sum += s.len;
+    if (s.len == 0 || s.len > kPeerMaxValue || sum > kPeerMaxValue || s.addr + s.len < s.addr) return false;
+    d->segs.push_back(s);
+  }
+  d->end_key();
+  return r.ok();
+}
+
+inline void encode_rdma_head(Writer& w, const RdmaDescs& d) {
+  encode_table_head(w, kRdma, d.lane);
+  w.u64(d.client);
+  w.u64(d.node_instance);
+}
+inline uint8_t decode_rdma_head(Reader& r, RdmaDescs* d) {
+  uint8_t path = decode_table_head(r, &d->lane);
+  d->client = r.u64();
+  d->node_instance = r.u64();
+  d->clear();
+  return path;
+}
+
+// d.first is indexed by position in idx.
+inline void encode_rdma_get_table(Writer& w, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                                  const RdmaDescs& d) {
+  w.reserve(24 + idx.size() * 8 + d.segs.size() * kRdmaDescBytes);
+  encode_rdma_head(w, d);
+  w.u32(static_cast<uint32_t>(idx.size()));
+  for (uint32_t k = 0; k < idx.size(); k++) {
+    w.str(keys[idx[k]]);
+    encode_segs(w, d, k);
+  }
+}
+// caps get each key's capacity (the sum of its segments). n, or -1 when malformed.
+inline int64_t decode_rdma_get_table(Reader& r, KeyList* keys, std::vector<uint64_t>* caps, RdmaDescs* d) {
+  if (decode_rdma_head(r, d) != kRdma) return -1;
+  uint32_t n = r.count(kGetItemMin);
+  if (!r.ok() || n > kPeerMaxKeys) return -1;
+  std::vector<std::string>& k = keys->resize(n);
+  caps->resize(n);
+  for (uint32_t i = 0; i < n; i++) {
+    std::string_view s = r.str(kMaxKeyLen);
+    if (!r.ok() || !decode_segs(r, d)) return -1;
+    k[i].assign(s.data(), s.size());
+    (*caps)[i] = d->bytes(i);
+  }
+  return r.done() ? n : -1;
+}
+
+inline void encode_rdma_put_table(Writer& w, const std::vector<std::string>& keys, const std::vector<uint32_t>& idx,
+                                  const std::vector<uint64_t>& sizes, const std::vector<uint32_t>& depths,
+                                  const RdmaDescs& d) {
+  size_t len = 24;
+  for (uint32_t k = 0; k < idx.size(); k++)
+    len += 20 + keys[idx[k]].size() + (d.first[k + 1] - d.first[k]) * kRdmaDescBytes;
+  w.reserve(4 + len);
+  w.u32(static_cast<uint32_t>(len));
+  encode_rdma_head(w, d);
+  w.u32(static_cast<uint32_t>(idx.size()));
+  for (uint32_t k = 0; k < idx.size(); k++) {
+    uint32_t i = idx[k];
+    w.str(keys[i]);
+    w.u64(sizes[i]);
+    w.u32(i < depths.size() ? depths[i] : 0);
+    encode_segs(w, d, k);
+  }
+}
+// n, or -1 when malformed (segments that do not add up to the size, bounds as above, values
+// over kPeerMaxPayload in all).
+inline int64_t decode_rdma_put_table(Reader& r, KeyList* keys, std::vector<uint64_t>* sizes,
+                                     std::vector<uint32_t>* depths, RdmaDescs* d) {
+  if (decode_rdma_head(r, d) != kRdma) return -1;
+  uint32_t n = r.count(4 + 1 + 16);
+  if (!r.ok() || n > kPeerMaxKeys) return -1;
+  std::vector<std::string>& k = keys->resize(n);
+  sizes->resize(n);
+  depths->resize(n);
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    std::string_view s = r.str(kMaxKeyLen);
+    (*sizes)[i] = r.u64();
+    (*depths)[i] = r.u32();
+    if (!r.ok() || !decode_segs(r, d) || d->bytes(i) != (*sizes)[i]) return -1;
+    total += (*sizes)[i];
+    k[i].assign(s.data(), s.size());
+  }
+  return r.done() && total <= kPeerMaxPayload ? n : -1;
+}
+
+// RDMA_CONNECT.
+struct RdmaEndpoint {
+  uint32_t qpn = 0, psn = 0;
+  uint8_t gid[16] = {};
+  uint16_t lid = 0;
+  uint8_t mtu = 0, link_layer = 0;
+};
+inline void encode_endpoint(Writer& w, const RdmaEndpoint& e) {
+  w.u32(e.qpn);
+  w.u32(e.psn);
+  w.bytes(e.gid, 16);
+  w.u16(e.lid);
+  w.u8(e.mtu);
+  w.u8(e.link_layer);
+}
+inline bool decode_endpoint(Reader& r, RdmaEndpoint* e) {
+  e->qpn = r.u32();
+  e->psn = r.u32();
+  const uint8_t* g = r.raw(16);
+  if (g) memcpy(e->gid, g, 16);
+  e->lid = r.u16();
+  e->mtu = r.u8();
+  e->link_layer = r.u8();
+  return r.ok();
+}
+
+struct RdmaConnect {
+  uint64_t client = 0;
+  uint16_t lane = 0;
+  uint64_t node_instance = 0;  // the node instance the client expects (0: any)
+  RdmaEndpoint ep;
+  std::vector<RemoteSeg> regions;
+};
+inline void encode_rdma_connect(Writer& w, const RdmaConnect& c) {
+  w.reserve(64 + c.regions.size() * kRdmaDescBytes);
+  w.u64(c.client);
+  w.u16(c.lane);
+  w.u16(0);
+  w.u64(c.node_instance);
+  encode_endpoint(w, c.ep);
+  w.u32(static_cast<uint32_t>(c.regions.size()));
+  for (const RemoteSeg& s : c.regions) encode_seg(w, s);
+}
+inline bool decode_rdma_connect(Reader& r, RdmaConnect* c) {
+  c->client = r.u64();
+  c->lane = r.u16();
+  r.u16();
+  c->node_instance = r.u64();
+  if (!decode_endpoint(r, &c->ep)) return false;
+  uint32_t n = r.u32();
+  if (!r.ok() || n > kRdmaMaxRegions || uint64_t(n) * kRdmaDescBytes != r.remaining()) return false;
+  c->regions.resize(n);
+  for (RemoteSeg& s : c->regions) {
+    s = decode_seg(r);
+    if (s.addr + s.len < s.addr) return false;
+  }
+  return r.done();
+}
+
+struct RdmaConnectReply {
+  uint64_t node_instance = 0;
+  RdmaEndpoint ep;
+  std::string device;
+};
+inline void encode_rdma_connect_reply(Writer& w, const RdmaConnectReply& a) {
+  w.u64(a.node_instance);
+  encode_endpoint(w, a.ep);
+  w.str(a.device);
+}
+inline bool decode_rdma_connect_reply(Reader& r, RdmaConnectReply* a) {
+  a->node_instance = r.u64();
+  if (!decode_endpoint(r, &a->ep)) return false;
+  a->device = std::string(r.str(kMaxIdLen));
+  return r.done();
 }
 
 }  // namespace proto

@@ -90,6 +90,12 @@ void PeerServer::start() {
     throw EngineError(EngineError::kIo, std::string("epoll/eventfd: ") + strerror(e));
   }
   instance_ = random_instance();
+  try {
+    if (opt_.rdma) start_rdma();
+  } catch (...) {
+    stop_descriptors();
+    throw;
+  }
   handshake_ = std::make_unique<PeerHandshake>(secret_, opt_.node_id, instance_);
   slots_.assign(std::max(1u, opt_.max_handshakes), HandshakeSlot{});
   std::string info = "mooncake-hicache node " + opt_.node_id + " pid " + std::to_string(getpid()) + " on " +
@@ -98,7 +104,7 @@ void PeerServer::start() {
   local_ = std::make_unique<Dispatcher>(node_.store(), nc_, instance_, info, "",
                                         [this] { return node_.full_stats_json(); }, &node_.views());
   dispatcher_ = std::make_unique<PeerDispatcher>(node_.store(), node_.views(), nc_, pc_, *local_,
-                                                 opt_.request_timeout_ms);
+                                                 opt_.request_timeout_ms, rdma_.get());
   epoll_set(epfd_, EPOLL_CTL_ADD, listener_->fd(), EPOLLIN, Tag::make(Tag::kListener, 0));
   epoll_set(epfd_, EPOLL_CTL_ADD, wake_fd_, EPOLLIN, Tag::make(Tag::kWake, 0));
   stopping_.store(false);
@@ -135,8 +141,28 @@ void PeerServer::stop() {
   for (auto& [id, s] : all) release(*s);
   for (HandshakeSlot& hs : slots_)
     if (hs.fd >= 0) close_slot(hs);
+  all.clear();  // the sessions hold lanes of rdma_
+  dispatcher_.reset();
+  rdma_.reset();
   stop_descriptors();
   running_.store(false);
+}
+
+// Opens the RDMA devices and registers the arena on them (throws EngineError).
+void PeerServer::start_rdma() {
+  const rdma::VerbsApi* api = rdma::verbs_provider();
+  if (!api) throw EngineError(EngineError::kInvalid, rdma::verbs_unavailable_reason());
+  TieredStore& store = node_.store();
+  rdma_ = std::make_unique<PeerRdma>(*api, opt_.rdma_options, store.arena_base(), store.arena_size(), instance_);
+}
+
+std::vector<Note> PeerServer::take_notes() {
+  std::vector<Note> out = notes_.take();
+  if (rdma_) {
+    std::vector<Note> more = rdma_->take_notes();
+    out.insert(out.end(), more.begin(), more.end());
+  }
+  return out;
 }
 
 void PeerServer::stop_descriptors() {
@@ -264,7 +290,7 @@ void PeerServer::promote(HandshakeSlot& hs, uint16_t version, std::string peer) 
   auto stream = std::make_unique<SocketStream>(fd, false);
   std::lock_guard<std::mutex> lk(mu_);
   uint64_t id = next_session_++;
-  auto s = std::make_unique<PeerSession>(std::move(stream), id, pc_.bytes_staged);
+  auto s = std::make_unique<PeerSession>(std::move(stream), id, pc_.bytes_staged, pc_.bytes_discarded);
   s->hello = true;
   s->version = version;
   s->peer = peer + " at " + where;
@@ -316,6 +342,8 @@ void PeerServer::sweep() {
   }
   pc_.idle_timeouts += idle.size();
   for (auto& s : idle) release(*s);
+  idle.clear();
+  if (rdma_) rdma_->sweep();
 }
 
 // ---- the workers ---------------------------------------------------------------------------
@@ -386,12 +414,13 @@ PeerStats PeerServer::stats() const {
   s.node_id = opt_.node_id;
   s.port = port_;
   s.workers = std::max(1u, opt_.workers);
+  if (rdma_) s.rdma = rdma_->stats();
   for (uint16_t op : {kExists, kPrefetch, kRemove, kRemoveAll, kStats, kPing}) {
     s.requests_by_op.emplace_back(op_name(op), nc_.by_op[op].load());
     s.requests += nc_.by_op[op].load();
   }
   for (auto [op, n] : {std::pair<uint16_t, uint64_t>{kPeerPut, pc_.peer_puts.load()},
-                       {kPeerGet, pc_.peer_gets.load()}, {kView, pc_.views.load()}}) {
+                       {kPeerGet, pc_.peer_gets.load()}, {kView, pc_.views.load()}, {kRdmaConnect, pc_.rdma_connects.load()}}) {
     s.requests_by_op.emplace_back(peer_op_name(op), n);
     s.requests += n;
   }

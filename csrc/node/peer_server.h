@@ -10,6 +10,8 @@
 //                      their deadlines
 //   worker threads     serve a readable session's frames (node/peer_dispatcher.h), then give it
 //                      back to the poller (EPOLLONESHOT re-armed)
+//   PeerRdma           with opt.rdma: the devices, the registered arena and the RDMA lanes of the
+//                      data path kRdma (node/peer_rdma.h); its completion threads
 // So a thousand idle or silent connections cost descriptors and slots, not threads, and never
 // delay the sessions that send requests. Limits: max_handshakes slots (when all are taken the
 // oldest handshake is dropped: a flood of silent connections cannot lock peers out), and
@@ -35,6 +37,7 @@
 #include "node/node_server.h"
 #include "node/peer_dispatcher.h"
 #include "node/peer_handshake.h"
+#include "node/peer_rdma.h"
 #include "node/peer_stats.h"
 #include "transport/auth.h"
 #include "transport/tcp.h"
@@ -52,6 +55,8 @@ struct PeerServerOptions {
   unsigned workers = 8;
   unsigned max_connections = 4096;
   unsigned max_handshakes = 256;
+  bool rdma = false;               // also serve the RDMA data path (node/peer_rdma.h)
+  PeerRdmaOptions rdma_options;
 };
 
 class PeerServer {
@@ -61,14 +66,15 @@ class PeerServer {
   PeerServer(const PeerServer&) = delete;
   PeerServer& operator=(const PeerServer&) = delete;
 
-  // Binds and listens; starts the threads. Throws EngineError (tcp.h: kInvalid, kInUse, kIo).
+  // Binds and listens; starts the threads. Throws EngineError (tcp.h: kInvalid, kInUse, kIo;
+  // with rdma: kInvalid when there is no verbs provider or a device cannot be used).
   void start();
   // Closes the listener and every connection (releasing what they held) and joins the threads.
   void stop();
   bool running() const { return running_.load(); }
   uint16_t port() const { return port_; }
   PeerStats stats() const;
-  std::vector<Note> take_notes() { return notes_.take(); }
+  std::vector<Note> take_notes();
 
  private:
   struct Tag;
@@ -86,6 +92,7 @@ class PeerServer {
   bool serve_ready(PeerSession& s);
   void release(PeerSession& s);
   void stop_descriptors();
+  void start_rdma();
 
   NodeServer& node_;
   const PeerServerOptions opt_;
@@ -115,6 +122,7 @@ class PeerServer {
   NodeCounters nc_;  // the local-protocol ops served over TCP (EXISTS, STATS, ...) and tokens
   PeerCounters pc_;
   std::unique_ptr<Dispatcher> local_;
+  std::unique_ptr<PeerRdma> rdma_;  // with opt_.rdma; outlives the sessions that hold its lanes
   std::unique_ptr<PeerDispatcher> dispatcher_;
   NoteLog notes_{64};
   std::atomic<uint64_t> rejections_logged_{0};

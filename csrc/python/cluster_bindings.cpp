@@ -153,7 +153,8 @@ namespace binding = mch::binding;
 
 std::unique_ptr<PoolClient> make_pool(std::shared_ptr<NodeClient> local, uint32_t replicas, uint32_t write_quorum,
                                       uint32_t spill_depth, int connect_timeout_ms, int request_timeout_ms,
-                                      int cooldown_ms, int view_refresh_ms, const py::bytes& secret) {
+                                      int cooldown_ms, int view_refresh_ms, const py::bytes& secret, bool rdma,
+                                      const std::vector<std::string>& rdma_devices, int gid_index) {
   if (replicas < 1 || replicas > 64) throw py::value_error("replicas must be 1 to 64");
   if (spill_depth > 16) throw py::value_error("spill_depth must be 0 to 16");
   PoolOptions o;
@@ -165,6 +166,9 @@ std::unique_ptr<PoolClient> make_pool(std::shared_ptr<NodeClient> local, uint32_
   o.cooldown_ms = cooldown_ms;
   o.view_refresh_ms = view_refresh_ms;
   o.secret = secret;
+  o.rdma = rdma;
+  o.rdma_options.devices = rdma_devices;
+  o.rdma_options.gid_index = gid_index;
   py::gil_scoped_release nogil;
   return std::make_unique<PoolClient>(std::move(local), std::move(o));
 }
@@ -197,7 +201,10 @@ void bind_pool(py::module_& m) {
                              "miss, writes return NODE_UNAVAILABLE or NO_SPACE when the quorum is not met.");
   cls.def(py::init(&make_pool), py::arg("local"), py::arg("replicas") = 1, py::arg("write_quorum") = 0,
           py::arg("spill_depth") = 1, py::arg("connect_timeout_ms") = 1000, py::arg("request_timeout_ms") = 5000,
-          py::arg("cooldown_ms") = 0, py::arg("view_refresh_ms") = 500, py::arg("secret") = py::bytes(""));
+          py::arg("cooldown_ms") = 0, py::arg("view_refresh_ms") = 500, py::arg("secret") = py::bytes(""),
+          py::arg("rdma") = false, py::arg("rdma_devices") = std::vector<std::string>{}, py::arg("gid_index") = -1,
+          "rdma: move value bytes with one-sided RDMA where the buffers are registered (register_buffer) and the "
+          "member serves RDMA, TCP otherwise; raises EngineError 'invalid' when RDMA cannot be used here.");
   binding::def_batch_api<PoolClient, binding::WithDepths>(cls, "all_ptrs", "all_sizes");
   binding::def_take_notes(cls);
   using binding::release_gil;
@@ -223,6 +230,23 @@ void bind_pool(py::module_& m) {
            "STATS of every member of the view at once: [{id, address, local, ok, error, stats, rtt_ms}].")
       .def("pool_stats_json", [](const PoolClient& p) { return mch::to_json(p.stats()); },
            "The pool client's figures (the 'pool' section of Store.stats()) as a JSON string.")
+      .def("register_buffer",
+           [](PoolClient& p, uintptr_t ptr, uint64_t size) {
+             std::string err;
+             int rc;
+             {
+               py::gil_scoped_release nogil;
+               rc = p.register_buffer(reinterpret_cast<void*>(ptr), size, &err);
+             }
+             if (rc) throw mch::EngineError(mch::EngineError::kIo, err);
+           },
+           py::arg("ptr"), py::arg("size"),
+           "With RDMA: registers [ptr, ptr+size) on every device so the members read and write it directly "
+           "(split at max_mr_size). A no-op without RDMA. Raises EngineError when the NIC refuses it.")
+      .def(
+          "unregister_buffer", [](PoolClient& p, uintptr_t ptr) { return p.unregister_buffer(reinterpret_cast<void*>(ptr)); },
+          py::arg("ptr"), release_gil())
+      .def_property_readonly("rdma", &PoolClient::rdma, "Whether this client moves value bytes with RDMA.")
       .def("close", &PoolClient::close, release_gil());
 }
 

@@ -22,6 +22,7 @@ void bind_node_server(py::module_& m);  // python/node_bindings.cpp
 void bind_node_client(py::module_& m);  // python/node_bindings.cpp
 void bind_peer_server(py::module_& m);  // python/node_bindings.cpp
 void bind_cluster(py::module_& m);      // python/cluster_bindings.cpp
+void bind_rdma(py::module_& m);         // python/rdma_bindings.cpp
 
 namespace {
 
@@ -86,4 +87,5 @@ PYBIND11_MODULE(_native, m) {
   bind_node_client(m);
   bind_peer_server(m);
   bind_cluster(m);
+  bind_rdma(m);
 }

@@ -120,8 +120,12 @@ std::unique_ptr<NodeServer> make_server(TieredStore& store, const std::string& s
 std::unique_ptr<PeerServer> make_peer_server(NodeServer& node, const std::string& node_id, const py::bytes& secret,
                                              const std::string& host, uint16_t port, int handshake_timeout_ms,
                                              int request_timeout_ms, int idle_timeout_ms, unsigned workers,
-                                             unsigned max_connections, unsigned max_handshakes) {
+                                             unsigned max_connections, unsigned max_handshakes, bool rdma,
+                                             const std::vector<std::string>& rdma_devices, int gid_index) {
   PeerServerOptions o;
+  o.rdma = rdma;
+  o.rdma_options.devices = rdma_devices;
+  o.rdma_options.gid_index = gid_index;
   o.node_id = node_id;
   o.secret = secret;
   o.host = host;
@@ -181,8 +185,12 @@ void bind_peer_server(py::module_& m) {
   cls.def(py::init(&make_peer_server), py::arg("node"), py::arg("node_id"), py::arg("secret"),
            py::arg("host") = "127.0.0.1", py::arg("port") = 0, py::arg("handshake_timeout_ms") = 1000,
            py::arg("request_timeout_ms") = 5000, py::arg("idle_timeout_ms") = 600000, py::arg("workers") = 8,
-           py::arg("max_connections") = 4096, py::arg("max_handshakes") = 256,
-           py::keep_alive<1, 2>())  // the node server lives at least as long as the peer server
+           py::arg("max_connections") = 4096, py::arg("max_handshakes") = 256, py::arg("rdma") = false,
+           py::arg("rdma_devices") = std::vector<std::string>{}, py::arg("gid_index") = -1,
+           py::keep_alive<1, 2>(),  // the node server lives at least as long as the peer server
+           "rdma: also serve the RDMA data path (cluster.transport rdma; start() registers the arena on "
+           "rdma_devices, default every device with an active port, and raises EngineError 'invalid' naming "
+           "the devices there are when one cannot be used).")
       .def("start", &PeerServer::start, release_gil(),
            "Bind host:port and serve. Raises EngineError ('in_use' for a taken port, 'invalid' for an address that "
            "is not this machine's).")

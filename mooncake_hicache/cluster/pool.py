@@ -16,8 +16,9 @@ import json
 
 from .. import _native
 from ..config import Config
-from ..errors import ErrorCode
+from ..errors import ConfigError, ErrorCode
 from ..node import NodeConnection
+from .transport import choose_transport
 
 # Calls that go to the pool; anything else (healthy, last_error, node_info, ping) is the local
 # node client's.
@@ -29,9 +30,15 @@ class PoolConnection(NodeConnection):
     def __init__(self, config: Config):
         super().__init__(config)
         c = config.cluster
-        self._pool = _native.PoolClient(self._client, replicas=c.replicas, write_quorum=c.write_quorum,
-                                        spill_depth=c.spill_depth, connect_timeout_ms=c.connect_timeout_ms,
-                                        request_timeout_ms=c.request_timeout_ms, secret=c.read_secret())
+        transport = choose_transport(c, who="this rank")
+        try:
+            self._pool = _native.PoolClient(self._client, replicas=c.replicas, write_quorum=c.write_quorum,
+                                            spill_depth=c.spill_depth, connect_timeout_ms=c.connect_timeout_ms,
+                                            request_timeout_ms=c.request_timeout_ms, secret=c.read_secret(),
+                                            **transport.native_kwargs(c.rdma.gid_index))
+        except _native.EngineError as e:
+            super().close()
+            raise ConfigError("cluster.transport", e.args[-1]) from None
         self._pool.refresh_view()
 
     def __getattr__(self, name):
@@ -44,6 +51,14 @@ class PoolConnection(NodeConnection):
     def pool(self):
         """The ``_native.PoolClient`` (its ``view``, ``probe()``, ``pool_stats_json()``)."""
         return self._pool
+
+    def register_buffer(self, ptr: int, size: int) -> None:
+        """With RDMA: registers the range with the NICs so the members read and write it
+        directly (one-sided); nothing without RDMA."""
+        self._pool.register_buffer(ptr, size)
+
+    def unregister_buffer(self, ptr: int) -> None:
+        self._pool.unregister_buffer(ptr)
 
     def stats_json(self) -> str:
         """The local node's figures plus ``pool`` (this client's view of the cluster)."""

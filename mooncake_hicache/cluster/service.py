@@ -31,6 +31,7 @@ from .. import _native
 from ..config import Config
 from ..errors import ConfigError, StoreError
 from .membership import Membership, open_membership
+from .transport import choose_transport
 from .view import View
 
 log = logging.getLogger("mooncake_hicache.cluster")
@@ -55,6 +56,8 @@ def view_dict(view: View, self_id: str, grace_s: float, now: Optional[float] = N
 
 def _native_error(e: Exception, cluster) -> Exception:
     kind, message = e.args if len(e.args) == 2 else ("io", str(e))
+    if kind == "invalid" and cluster.transport != "tcp" and "RDMA" in message.upper():
+        return ConfigError("cluster.transport", message)
     if kind == "invalid":
         return ConfigError("cluster.listen_host", message)
     if kind == "in_use":
@@ -74,9 +77,11 @@ class ClusterService:
         secret = cluster.read_secret()
         self.peer_server = None
         if cluster.listen_port:
+            transport = choose_transport(cluster, who=f"node {cluster.self_id}")
             self.peer_server = _native.PeerServer(
                 node_server, cluster.self_id, secret, cluster.listen_host, cluster.listen_port,
-                handshake_timeout_ms=cluster.connect_timeout_ms, request_timeout_ms=cluster.request_timeout_ms)
+                handshake_timeout_ms=cluster.connect_timeout_ms, request_timeout_ms=cluster.request_timeout_ms,
+                **transport.native_kwargs(cluster.rdma.gid_index))
             try:
                 self.peer_server.start()
             except _native.EngineError as e:
