@@ -176,17 +176,19 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims, bool clean
   return id;
 }
 
-// A clean, ready, unpinned slot among the kCleanScan coldest of class c, or -1: a clean page
-// further toward the hot end is not taken (it would evict a page that is still hot, and the
-// walk would grow with the tier); the demoter cleans the cold end instead.
+// A clean, ready, unpinned slot among the coldest quarter of class c (at least 8, at most
+// kCleanScan slots), or -1: a clean page further toward the hot end, such as one just promoted,
+// is not taken (it is still hot, and the walk would grow with the tier); the demoter cleans the
+// cold end instead.
 int64_t DramTier::coldest_clean(const SizeClass& c) const {
   if (c.clean == 0) return -1;
+  const uint64_t limit = std::min<uint64_t>(kCleanScan, std::max<uint64_t>(8, c.policy->size() / 4));
   int64_t found = -1;
-  uint32_t seen = 0;
+  uint64_t seen = 0;
   c.policy->walk_coldest([&](uint32_t id) {
     const Slot& s = slots_at(id);
     if (s.state == kReady && s.pins == 0 && (s.flags & kCleanFlag)) found = id;
-    return found < 0 && ++seen < kCleanScan;
+    return found < 0 && ++seen < limit;
   });
   return found;
 }

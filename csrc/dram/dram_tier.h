@@ -83,8 +83,9 @@ class DramTier final : public SlotTable {
   // A kWriting slot for `len` bytes, or a negative Status. Entries evicted to make room are
   // appended to *victims: one of the same size class (bytes still in the returned slot), or those
   // of a slab page moved from another class (bytes copied out).
-  // clean_only: take a free slot or evict a clean one among the kCleanScan coldest only (no
-  // victim that still needs a write; no slab page is moved): kNoSpace when there is none.
+  // clean_only: take a free slot or evict a clean one among the coldest quarter of the class
+  // (at most kCleanScan slots; no victim that still needs a write; no slab page is moved):
+  // kNoSpace when there is none.
   int64_t reserve(uint64_t len, std::vector<Victim>* victims, bool clean_only = false);
   // Records what a kWriting slot will hold (the key only where keys are kept).
   void prepare(uint32_t slot, std::string_view key, const KeyDigest& d, uint64_t len, uint32_t depth);

@@ -225,9 +225,9 @@ struct TieredStore::Impl {
     return dram->find(d) >= 0 || demoting.count(d) || (nvme && nvme->value_size(key) >= 0);
   }
 
-  // A slot for `len` bytes (caller holds mu). With a clean reserve, readers take only clean
-  // slots (kNoSpace when none: they read NVMe directly); a put falls back to a dirty victim,
-  // whose write it then waits for, rather than fail.
+  // A slot for `len` bytes (caller holds mu). With a clean reserve, gets (for_read) take only
+  // clean slots (kNoSpace when none: they read NVMe directly); puts and prefetches fall back to
+  // a dirty victim, whose write they then wait for, rather than fail.
   int64_t reserve_slot(uint64_t len, Demotion* pending, bool for_read) {
     const bool clean_only = keeps_reserve();
     int64_t s = reserve_locked(len, pending, clean_only);
@@ -291,7 +291,9 @@ struct TieredStore::Impl {
           (*out)[i].status = status_code(Status::kNoSpace);  // landed meanwhile (or landing): the caller looks again
           continue;
         }
-        int64_t s = reserve_slot(static_cast<uint64_t>(sizes[i]), &pending, true);
+        // A get (pin) takes only a clean slot and otherwise reads the page directly; a prefetch
+        // (a worker of its own, no caller waiting) may displace a dirty page and write it.
+        int64_t s = reserve_slot(static_cast<uint64_t>(sizes[i]), &pending, pin);
         if (s < 0) {  // no room in DRAM right now
           (*out)[i].status = status_code(Status::kNoSpace);
           continue;
@@ -302,7 +304,7 @@ struct TieredStore::Impl {
       }
       if (!idx.empty()) ticket = fence.begin_transfer();
     }
-    if (pending.ticket) ctr.reads_waited_for_write += idx.size();  // their victims are written first
+    if (pending.ticket && pin) ctr.reads_waited_for_write += idx.size();  // their victims are written first
     demote(pending);
     std::vector<std::string> k;
     std::vector<SgList> sg;

@@ -15,10 +15,11 @@
 // Clean reserve (issue 15, docs/architecture.md "Reads never wait for writes"): with
 // clean_reserve > 0 a background demoter thread keeps that share of the arena clean (free, or
 // holding pages already on NVMe) by writing the coldest dirty pages to NVMe in batches of up to
-// demote_batch bytes, as background writes that yield to reads. Gets and prefetches then promote
-// only into clean slots: when there is none, a get reads the page straight into the caller's
-// buffer (in-process) or answers kNoSpace so the node client reads it itself (GET_LOCATE). A
-// read never waits for a write; tiering.reads_waited_for_write counts the ones that did.
+// demote_batch bytes, as background writes that yield to reads. Gets then promote only into
+// clean slots: when there is none, a get reads the page straight into the caller's buffer
+// (in-process) or answers kNoSpace so the node client reads it itself (GET_LOCATE). A get never
+// waits for a write; tiering.reads_waited_for_write counts the ones that did. Prefetches (on
+// their own workers, no caller waiting) prefer clean slots and may displace a dirty page.
 //
 // Threading: every method may be called from any thread. DRAM state is guarded by one mutex,
 // held for bookkeeping and for one copy: when a slab page moves to another size class its
