@@ -265,6 +265,11 @@ struct TieredStore::Impl {
     if (it != m.end() && --it->second == 0) m.erase(it);
   }
 
+  // Gets (pin) whose promotions first write the pages they displace: 0 while a clean reserve holds.
+  void count_waits(const Demotion& d, bool pin, size_t n) {
+    if (d.ticket && pin) ctr.reads_waited_for_write += n;
+  }
+
   // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
   // ticket for keys[i] (status_code(Status::kNotFound) if it is not on NVMe or could not be promoted).
   void promote(const std::vector<std::string>& keys, bool pin, std::vector<GetTicket>* out) {
@@ -304,7 +309,7 @@ struct TieredStore::Impl {
       }
       if (!idx.empty()) ticket = fence.begin_transfer();
     }
-    if (pending.ticket && pin) ctr.reads_waited_for_write += idx.size();  // their victims are written first
+    count_waits(pending, pin, idx.size());
     demote(pending);
     std::vector<std::string> k;
     std::vector<SgList> sg;
