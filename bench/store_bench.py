@@ -17,14 +17,20 @@ NVMe to hold two and a half) and measures, from this process, every call timed o
 * **get dram**  vs **memcpy out**: ``batch_get_into`` of A (DRAM hits), every page verified; the
   limit copies the same bytes out of the arena-kind memory into the client's get buffer;
 * **put+demote**  vs **fio write**: ``batch_put_from`` of a fresh set into a full DRAM, so every
-  put demotes a page to NVMe inside the call (steady state: the NVMe tier is full too and reclaims
+  put displaces a page that goes to NVMe (steady state: the NVMe tier is full too and reclaims
   its oldest region as it goes); the limit is fio writing the same bytes at the same block size and
-  the store's queue depth;
-* **get nvme**  vs **fio read**: per sample, a fresh set X is put and pushed to NVMe by a second
-  set Y; the first half of X is read while DRAM is full (**get nvme, dram full**, a figure: each
-  promotion evicts and demotes a page of Y); Y is removed, which frees DRAM; the page cache is
-  dropped; the second half of X is read, each page promoted into a free slot: the NVMe read path
-  alone, paired with fio reading the same bytes; X is removed;
+  the store's queue depth. Without a clean reserve each put writes its victim inside the call;
+  with one, most of those writes happen in the background demoter (``put_demote_counters``:
+  ``demoted`` inside puts, ``demoter_pages`` in the background), so the row can exceed fio write;
+* **get nvme, dram full**  vs **fio read**: per sample, a fresh set X is put and pushed to NVMe
+  by a second set Y, so DRAM is full of pages of Y that were never demoted (write-through off);
+  the page cache is dropped and the first half of X is read: each NVMe hit either takes a clean
+  slot (the clean reserve: ``tiers.dram.clean_reserve``, ``--clean-reserve``) or is read straight
+  into the caller's buffer; without a reserve each promotion first writes a page of Y (issue 15).
+  Paired with fio reading the same bytes; X and Y are removed;
+* **get nvme**  vs **fio read**: per sample, X pushed to NVMe by Y as above; Y is removed, which
+  frees DRAM; the page cache is dropped; the second half of X is read, each page promoted into a
+  free slot: the NVMe read path alone, paired with fio reading the same bytes; X is removed;
 * **get nvme after restart**  (a figure) the node is restarted (SIGTERM seals NVMe; DRAM comes
   back empty) and a set that was pushed to NVMe is read back.
 
@@ -35,7 +41,12 @@ min-max. A figure without a limit repeats ours alone for the same budget (median
 The page cache is dropped before every read phase (ours and fio's; needs root, else a note).
 
 Targets (reported, not asserted): put dram and get dram >= 70% of memcpy; exists of 128 keys
-< 100 us median; get nvme >= 85% of fio read. Every page read is compared byte for byte with what
+< 100 us median; get nvme (with DRAM free, and with DRAM full) >= 85% of fio read.
+
+**Mixed load** (``--mixed``, bench/store_mixed.py): one thread puts fresh pages at full speed
+while this one reads NVMe hits; read GB/s and batch p99 with the putter running, paired (ABBA)
+with the same reads without it, once with the clean reserve and once without (``clean_reserve:
+0``). Target: reads with the putter within 20% of reads alone. Every page read is compared byte for byte with what
 was written; the exit status is 1 if any page came back wrong or any call failed, 2 for a setup
 problem, 0 otherwise (whether or not targets are met).
 
@@ -48,6 +59,8 @@ Examples::
     .venv/bin/python bench/store_bench.py                 # default: 256K, 1M, 4M pages, 1 GiB sets, >= 10 s per point
     .venv/bin/python bench/store_bench.py --quick         # smoke test: 1M pages, 128 MiB sets, --seconds 1
     .venv/bin/python bench/store_bench.py --sizes 1M --set-mib 4096 --dir /mnt/nvme
+    .venv/bin/python bench/store_bench.py --sizes 1M,4M --clean-reserve 0     # no clean reserve
+    .venv/bin/python bench/store_bench.py --mixed --sizes 1M,4M               # put storm + NVMe reads
 """
 
 from __future__ import annotations
@@ -76,7 +89,7 @@ BATCH = 128  # keys per call, SGLang's STORAGE_BATCH_SIZE
 NVME_SETS = 2.5  # the NVMe tier holds this many sets (so a set pushed there survives a sample)
 
 TARGETS = {"put_dram_vs_memcpy": 0.70, "get_dram_vs_memcpy": 0.70, "exists_us_p50": 100.0,
-           "get_nvme_vs_fio": 0.85}
+           "get_nvme_vs_fio": 0.85, "get_nvme_dram_full_vs_fio": 0.85}
 QUICK = {"sizes": "1M", "set_mib": 128, "exists_calls": 200, "seconds": 1.0}
 DEFAULTS = {"sizes": "256K,1M,4M", "set_mib": 1024, "exists_calls": 1000, "seconds": 10.0}
 
@@ -85,7 +98,7 @@ POINTS = [("put_dram_cold", "put dram, cold arena", None, None),
           ("put_dram", "put dram", "memcpy in", "put_dram_vs_memcpy"),
           ("get_dram", "get dram", "memcpy out", "get_dram_vs_memcpy"),
           ("put_demote", "put+demote to nvme", "fio write", None),
-          ("get_nvme_dram_full", "get nvme, dram full", None, None),
+          ("get_nvme_dram_full", "get nvme, dram full", "fio read", "get_nvme_dram_full_vs_fio"),
           ("get_nvme", "get nvme", "fio read", "get_nvme_vs_fio"),
           ("get_nvme_restart", "get nvme after restart", None, None)]
 
@@ -107,6 +120,9 @@ class RawExists:
 class SizeBench:
     """Every measurement for one page size, against one private node (see the module docstring)."""
 
+    nvme_sets = NVME_SETS  # the NVMe tier holds this many sets
+    points = POINTS
+
     def __init__(self, args, size: int, set_pages: int, failures: list[str]):
         self.args, self.size, self.set_pages, self.failures = args, size, set_pages, failures
         self.label = bc.fmt_size(size)
@@ -121,18 +137,19 @@ class SizeBench:
         self.out: dict[str, Any] = {"page_size": size, "set_pages": set_pages, "set_bytes": self.set_bytes,
                                     "points": {}, "notes": []}
         self.phase: dict[str, PhaseResult] = {}
-        self.dram_full_samples: list[dict] = []
 
     # ---- lifetime ----
 
     def start(self) -> None:
-        raw = private_config(self.size, int(NVME_SETS * self.set_pages), self.set_pages, self.sock_dir,
-                             self.data_dir, mode=self.args.mode)
+        dram = {} if self.args.clean_reserve is None else {"clean_reserve": self.args.clean_reserve}
+        raw = private_config(self.size, int(self.nvme_sets * self.set_pages), self.set_pages, self.sock_dir,
+                             self.data_dir, mode=self.args.mode, **dram)
         self.config = config = load_config(raw)
         self.fio_qd = self.args.fio_qd or config.tiers.nvme.queue_depth
         self.out["config"] = {"dram_capacity": config.tiers.dram.capacity, "slab_size": config.tiers.dram.slab_size,
                               "nvme_capacity": config.tiers.nvme.capacity, "region_size": config.tiers.nvme.region_size,
-                              "nvme_queue_depth": config.tiers.nvme.queue_depth, "hugepages": config.tiers.dram.hugepages}
+                              "nvme_queue_depth": config.tiers.nvme.queue_depth, "hugepages": config.tiers.dram.hugepages,
+                              "clean_reserve": config.tiers.dram.clean_reserve}
         bc.progress(f"{self.label}: starting a {config.resolved_mode} store (dram {bc.fmt_size(config.tiers.dram.capacity)}, "
                     f"nvme {bc.fmt_size(config.tiers.nvme.capacity)} in {self.data_dir})")
         try:
@@ -244,8 +261,8 @@ class SizeBench:
         return {"gbps": r["bw_bytes"] / 1e9, "seconds": r["seconds"]}
 
     def point(self, key: str, ours, limit=None) -> None:
-        """Run point ``key``: ours against its limit in ABBA pairs, or ours alone."""
-        _, name, lim, _ = next(p for p in POINTS if p[0] == key)
+        """Run point ``key`` (of self.points): ours against its limit in ABBA pairs, or ours alone."""
+        _, name, lim, _ = next(p for p in self.points if p[0] == key)
         if limit is not None and self.args.skip_fio and lim.startswith("fio"):
             limit = None
         desc = f"{self.label} {name}" + (f" vs {lim}" if limit else "")
@@ -279,23 +296,36 @@ class SizeBench:
         self.out["put_demote_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
         self.remove_all()
         c0 = tier_counters(self.bench.stats())
+        self.point("get_nvme_dram_full", self.dram_full_sample, lambda: self.fio("read", self.half * self.size))
+        self.out["get_nvme_dram_full_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
+        c0 = tier_counters(self.bench.stats())
         second = len(range(self.half, self.set_pages))
         self.point("get_nvme", self.get_nvme_sample, lambda: self.fio("read", second * self.size))
         self.out["get_nvme_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
-        self.single("get_nvme_dram_full", *self.dram_full_samples)
         self.after_restart()
         self.finish()
         return self.out
 
-    def get_nvme_sample(self) -> dict:
-        """Set X on NVMe only; its first half read with DRAM full (a figure, kept aside), its
-        second half read after freeing DRAM (the sample); then X is removed."""
+    def nvme_resident_set(self) -> tuple[list[str], list[str]]:
+        """A fresh set X pushed to NVMe by a second set Y (DRAM full of Y, never demoted):
+        returns (X's keys, Y's keys)."""
         x, xd = self.fresh_set()
         y, yd = self.fresh_set()
         self.put_untimed(x, xd)
-        self.put_untimed(y, yd)  # pushes X to NVMe
+        self.put_untimed(y, yd)
+        return x, y
+
+    def dram_full_sample(self) -> dict:
+        """The first half of X read with DRAM full of Y (the sample); then X and Y are removed."""
+        x, y = self.nvme_resident_set()
         bc.drop_caches()
-        self.dram_full_samples.append(self.timed_get("get_nvme_dram_full", x, range(self.half)))
+        sample = self.timed_get("get_nvme_dram_full", x, range(self.half))
+        self.remove_all()
+        return sample
+
+    def get_nvme_sample(self) -> dict:
+        """The second half of X read after Y is removed (DRAM free: the sample); then X is removed."""
+        x, y = self.nvme_resident_set()
         self.remove_keys(y)
         bc.drop_caches()
         sample = self.timed_get("get_nvme", x, range(self.half, self.set_pages))
@@ -346,7 +376,7 @@ def ratios(r: dict) -> dict:
     pts = r.get("points", {})
     out = {k: (pts.get(p) or {}).get("ratio") for k, p in
            (("put_dram_vs_memcpy", "put_dram"), ("get_dram_vs_memcpy", "get_dram"), ("get_nvme_vs_fio", "get_nvme"),
-            ("put_demote_vs_fio_write", "put_demote"))}
+            ("get_nvme_dram_full_vs_fio", "get_nvme_dram_full"), ("put_demote_vs_fio_write", "put_demote"))}
     out["exists_us_p50"] = (r.get("exists") or {}).get("us_p50")
     out["met"] = {k: (None if out.get(k) is None else
                       (out[k] < t if k == "exists_us_p50" else out[k] >= t)) for k, t in TARGETS.items()}
@@ -364,7 +394,7 @@ def _mark(met: Optional[bool]) -> str:
 
 
 TARGET_TEXT = {"put_dram_vs_memcpy": ">= 70% memcpy", "get_dram_vs_memcpy": ">= 70% memcpy",
-               "get_nvme_vs_fio": ">= 85% fio read"}
+               "get_nvme_vs_fio": ">= 85% fio read", "get_nvme_dram_full_vs_fio": ">= 85% fio read"}
 
 
 def report_rows(r: dict) -> list:
@@ -408,7 +438,7 @@ def print_report(results: list[dict], seconds: float, mode: str) -> None:
         print("  note: page cache not dropped (not root): fio's and the node's reads may come from cache")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="See the module docstring for what is measured.")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
@@ -421,10 +451,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dir", default="/var/tmp", help="where the NVMe data file and the fio file go (default /var/tmp)")
     p.add_argument("--sock-dir", default="/tmp", help="where the node's socket directory goes (default /tmp)")
     p.add_argument("--skip-fio", action="store_true", help="no fio limit (the NVMe rows get no ratio)")
+    p.add_argument("--clean-reserve", type=float, default=None,
+                   help="tiers.dram.clean_reserve of the store (default: the config default; 0 turns it off)")
+    p.add_argument("--mixed", action="store_true",
+                   help="the mixed-load benchmark instead (bench/store_mixed.py): a putter at full speed and an "
+                        "NVMe-hit reader, with and without the clean reserve")
     p.add_argument("--mode", choices=("node", "in_process"), default="node",
                    help="node (default: a client process through the node) or in_process (tiers in this process)")
     args = p.parse_args(argv)
     bc.apply_preset(args, QUICK if args.quick else DEFAULTS)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> Optional[list[int]]:
+    """The page sizes to run, or None (reported) when the arguments are unusable."""
     try:
         sizes = bc.parse_size_list(args.sizes)
         if not sizes or args.set_mib <= 0 or args.seconds < 0 or (args.fio_qd is not None and args.fio_qd <= 0):
@@ -432,43 +472,61 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.makedirs(args.dir, exist_ok=True)
     except (ValueError, OSError) as e:
         print(f"store_bench: {e}", file=sys.stderr)
-        return 2
+        return None
     if not args.skip_fio and bc.fio_path() is None:
         bc.progress("note: fio is not installed (apt-get install fio); the NVMe rows get no ratio")
         args.skip_fio = True
+    return sizes
 
-    failures: list[str] = []
+
+def run_benches(benches, failures: list[str]) -> tuple[list[dict], Optional[str]]:
+    """Start, run and close each bench (a SizeBench) in turn; stops at the first setup error."""
     results = []
-    t0 = time.perf_counter()
-    setup_error = None
-    for size in sizes:
-        sb = SizeBench(args, size, max(2, args.set_mib * MiB // size), failures)
+    for b in benches:
         try:
-            sb.start()
-            results.append(sb.run())
+            b.start()
+            results.append(b.run())
         except MooncakeHiCacheError as e:
-            setup_error = f"{bc.fmt_size(size)}: {type(e).__name__}: {e}"
+            setup_error = f"{b.label}: {type(e).__name__}: {e}"
             print(f"store_bench: {setup_error}", file=sys.stderr)
-            break
+            return results, setup_error
         except Exception as e:  # noqa: BLE001 - report and exit non-zero
             traceback.print_exc()
-            setup_error = f"{bc.fmt_size(size)}: {type(e).__name__}: {e}"
-            break
+            return results, f"{b.label}: {type(e).__name__}: {e}"
         finally:
-            sb.close()
+            b.close()
+    return results, None
 
-    print_report(results, args.seconds, args.mode)
+
+def finish_run(bench: str, args, results, failures, setup_error, t0: float, **extra) -> int:
+    """The failures on stderr, the JSON line, and the exit status."""
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
-    bc.json_line({"bench": "store_node", "mode": args.mode, "ok": not failures and not setup_error,
-                  "failures": failures, "setup_error": setup_error, "targets": TARGETS, "batch": BATCH,
+    bc.json_line({"bench": bench, "mode": args.mode, "ok": not failures and not setup_error,
+                  "failures": failures, "setup_error": setup_error, "batch": BATCH,
                   "seconds_per_point": args.seconds, "cache_dropped": bc.can_drop_caches(),
-                  "fio_extra": list(bc.FIO_URING_EXTRA) if bc._fio_extra_ok else [],
+                  "fio_extra": list(bc.FIO_URING_EXTRA) if bc._fio_extra_ok else [], **extra,
                   "results": results, "seconds": round(time.perf_counter() - t0, 1),
                   "machine": bc.machine_info(args.dir)})
     if setup_error:
         return 2
     return 1 if failures else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    sizes = check_args(args)
+    if sizes is None:
+        return 2
+    if args.mixed:
+        from store_mixed import run_mixed
+        return run_mixed(args, sizes)
+    failures: list[str] = []
+    t0 = time.perf_counter()
+    benches = (SizeBench(args, size, max(2, args.set_mib * MiB // size), failures) for size in sizes)
+    results, setup_error = run_benches(benches, failures)
+    print_report(results, args.seconds, args.mode)
+    return finish_run("store_node", args, results, failures, setup_error, t0, targets=TARGETS)
 
 
 if __name__ == "__main__":

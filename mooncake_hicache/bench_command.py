@@ -257,7 +257,8 @@ def _round(x: Optional[float], digits: int) -> Optional[float]:
 def tier_counters(stats: dict) -> dict:
     t = stats.get("tiering") or {}
     if t:
-        return {k: int(t.get(k, 0)) for k in ("dram_hits", "nvme_hits", "misses", "demoted", "promoted")}
+        return {k: int(t.get(k, 0)) for k in ("dram_hits", "nvme_hits", "misses", "demoted", "promoted",
+                                              "direct_reads", "reads_waited_for_write", "demoter_pages")}
     n = stats.get("nvme") or {}  # NVMe-only in-process store
     return {"dram_hits": 0, "nvme_hits": int(n.get("hits", 0)), "misses": int(n.get("misses", 0)),
             "demoted": 0, "promoted": 0}

@@ -105,6 +105,10 @@ REGION_ALIGNMENT = 4096
 MIN_REGION_SIZE = 1 * MiB
 MAX_REGION_SIZE = _native.MAX_REGION_SIZE  # lengths and block offsets are 32-bit on disk
 MAX_SLAB_SIZE = _native.MAX_SLAB_SIZE      # DRAM slot lengths are 32-bit
+DEFAULT_CLEAN_RESERVE = 0.1  # share of the DRAM arena kept clean (free or on NVMe)
+MAX_CLEAN_RESERVE = 0.9      # clean pages still serve hits; above this the demoter writes nearly every put
+MIN_DEMOTE_BATCH = 1 * MiB
+MAX_DEMOTE_BATCH = 1 * GiB
 NVME_REGION_OVERHEAD = _native.NVME_REGION_OVERHEAD  # a region's record header, summary and trailer
 MIN_QUEUE_DEPTH = 1
 MAX_QUEUE_DEPTH = 1024
@@ -182,6 +186,20 @@ def _parse_int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(field, f"expected an integer, got {_show(value)}; write a whole number such as 64")
     return value
+
+
+def _parse_share(value: Any, field: str) -> float:
+    """A share of a whole: 0.1 or '10%'."""
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number:
+        raise ConfigError(field, f"expected a share such as 0.1 or '10%', got {_show(value)}")
+    return float(number)
 
 
 def _parse_bool(value: Any, field: str) -> bool:
@@ -301,9 +319,19 @@ class DramConfig:
     # page is written under its key). remove_prefix (SGLang's clear()) needs them; they cost about
     # the key's length + 10 bytes of node memory per page.
     keep_keys: bool = _setting(False, _parse_bool)
+    # The clean reserve (docs/architecture.md, "Reads never wait for writes"): the share of the
+    # arena a background demoter keeps free or already on NVMe, writing the coldest pages there
+    # in batches of up to demote_batch bytes, so gets and puts take slots without waiting for an
+    # NVMe write. 0 turns it off. Ignored without an NVMe tier or with admission 'never'.
+    clean_reserve: float = _setting(DEFAULT_CLEAN_RESERVE, _parse_share)
+    demote_batch: int = _setting(64 * MiB, parse_size)
 
     def _check(self, where: str) -> None:
         at = _joiner(where)
+        if not 0 <= self.clean_reserve <= MAX_CLEAN_RESERVE:
+            raise ConfigError(at("clean_reserve"), f"clean reserve {self.clean_reserve:g} is out of range; choose a share from 0 (off) to {MAX_CLEAN_RESERVE:g} of the arena, such as 0.1")
+        if not MIN_DEMOTE_BATCH <= self.demote_batch <= MAX_DEMOTE_BATCH:
+            raise ConfigError(at("demote_batch"), f"demote batch {format_size(self.demote_batch)} is out of range; choose a size from {format_size(MIN_DEMOTE_BATCH)} to {format_size(MAX_DEMOTE_BATCH)}, such as 64MiB")
         if self.slab_size % REGION_ALIGNMENT or self.slab_size == 0:
             raise ConfigError(at("slab_size"), f"slab size {self.slab_size} bytes is not a positive multiple of {REGION_ALIGNMENT}; use e.g. 32MiB (it must hold your largest page)")
         if self.slab_size > MAX_SLAB_SIZE:

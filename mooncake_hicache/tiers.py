@@ -49,7 +49,8 @@ def open_tiers(config: Config):
                 sync_on_seal=nv.sync_on_seal, reinsertion=nv.reinsertion)
         kwargs = dict(dram_capacity=dr.capacity, slab_size=dr.slab_size, eviction=dr.eviction,
                       hugepages=dr.hugepages, admission=dr.admission, write_through=dr.write_through,
-                      keep_keys=dr.keep_keys, prefetch_workers=config.prefetch.concurrency)
+                      keep_keys=dr.keep_keys, clean_reserve=dr.clean_reserve, demote_batch=dr.demote_batch,
+                      prefetch_workers=config.prefetch.concurrency)
         if nv is not None:
             kwargs.update(nvme_path=nv.path, nvme_capacity=nv.capacity, nvme_region_size=nv.region_size,
                           nvme_queue_depth=nv.queue_depth, nvme_direct_io=nv.direct_io,

@@ -97,9 +97,26 @@ def test_store_bench_smoke_pairs_every_ratio_and_verifies_every_page(tmp_path):
         assert pts[key]["limit"] == limit and pts[key]["pairs"] == 2 and len(pts[key]["ratios"]) == 2
     if not doc["fio_extra"] and not r.get("fio_commands"):
         pytest.skip("fio is not installed: no limit to pair with")
-    for key, limit in (("put_demote", "fio write"), ("get_nvme", "fio read")):
+    for key, limit in (("put_demote", "fio write"), ("get_nvme", "fio read"), ("get_nvme_dram_full", "fio read")):
         assert pts[key]["limit"] == limit and pts[key]["pairs"] == 2
     assert r["limit_page_kind"] == r["dram_page_kind"]
     ph = r["phases"]
     assert ph["get_nvme"]["nvme_hits"] == ph["get_nvme"]["pages"] and ph["get_dram"]["dram_hits"] == ph["get_dram"]["pages"]
     assert sum(p["verified_pages"] for p in ph.values()) > 0 and all(p["mismatches"] == 0 for p in ph.values())
+
+
+def test_store_bench_mixed_pairs_reads_under_a_putter_with_reads_alone(tmp_path):
+    """--mixed: per setting of the clean reserve (the default, then off), NVMe-hit reads with a
+    putter running, paired ABBA with the same reads alone; with the reserve no read waits for a
+    write; every page verified."""
+    doc = run_bench("store_bench.py", "--mixed", "--sizes", "256K", "--set-mib", "8", "--seconds", "0",
+                    "--dir", str(tmp_path))
+    assert doc["bench"] == "store_mixed"
+    with_reserve, without = doc["results"]
+    assert with_reserve["clean_reserve"] > 0 and without["clean_reserve"] == 0
+    for r in doc["results"]:
+        p = r["points"]["read_with_putter"]
+        assert p["limit"] == "get nvme alone" and p["pairs"] == 2 and len(p["ratios"]) == 2
+        assert all(ph["mismatches"] == 0 and ph["verified_pages"] > 0 for ph in r["phases"].values())
+    assert with_reserve["counters"]["reads_waited_for_write"] == 0
+    assert without["counters"]["reads_waited_for_write"] > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from mooncake_hicache import ErrorCode
-from conftest import pattern
+from conftest import pattern, wait_demoter_idle
 from store_modes import KINDS
 
 PAGE = 256 * 1024
@@ -19,6 +19,7 @@ def fill(store, scratch):
     for i in range(N):
         buf.write(0, pattern(f"p{i}", PAGE))
         assert store.batch_put_from([f"p{i}"], [buf.addr], [PAGE]) == [0]
+    wait_demoter_idle(store)  # its writes would move the figures
 
 
 def figures(store) -> dict:

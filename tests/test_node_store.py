@@ -128,6 +128,7 @@ def test_ranks_starting_together_start_exactly_one_node(cfg):
 
 
 def test_dram_overflow_demotes_to_nvme_and_reads_promote_back(cfg):
+    cfg["tiers"]["dram"]["clean_reserve"] = 0  # promotion over dirty victims (test_clean_reserve.py: with one)
     with Store.from_config(cfg) as store:
         keys = [f"p{i}" for i in range(64)]  # 16 MiB of pages into 8 MiB of DRAM
         put_pages(store, keys)

@@ -271,12 +271,13 @@ PAGE = 256 * 1024
 @pytest.fixture
 def tiered_store(tmp_path, store_from_config, buffers):
     """An in-process DRAM (8 MiB: 32 pages) + NVMe store holding pages p0..p39: p0..p7 pushed to
-    NVMe, p8..p39 in DRAM."""
+    NVMe, p8..p39 in DRAM. Exactly those: no clean reserve (its puts take a clean victim, which
+    may be one just behind the coldest page while the demoter catches up)."""
 
     def _open(**prefetch):
         store = store_from_config({
             "mode": "in_process", "prefetch": prefetch,
-            "tiers": {"dram": {"capacity": "8MiB", "slab_size": "1MiB", "hugepages": False},
+            "tiers": {"dram": {"capacity": "8MiB", "slab_size": "1MiB", "hugepages": False, "clean_reserve": 0},
                       "nvme": {"path": str(tmp_path / "nvme.data"), "capacity": "64MiB", "region_size": "4MiB"}}})
         buf = buffers(PAGE)
         store.register_buffer(buf.addr, buf.size)

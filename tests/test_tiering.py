@@ -4,7 +4,9 @@ concurrent workload.
 
 Every store here is an in-process ``TieredStore`` (``mode: in_process``) with an 8 MiB DRAM arena
 of 1 MiB slabs (32 pages of 256 KiB) in front of a 64 MiB NVMe data file in 4 MiB regions under
-pytest's tmp_path.
+pytest's tmp_path. They check the synchronous paths (a victim demoted inside the call that
+displaces it, an NVMe hit promoted over a dirty victim), so the clean reserve is off here
+(``clean_reserve: 0``); tests/test_clean_reserve.py covers it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def tiered(tmp_path, store_from_config):
 
     def _open(nvme_path=None, **overrides):
         dram = {"capacity": CAPACITY, "slab_size": SLAB, "eviction": "lru", "hugepages": False,
-                "admission": "always", "write_through": False}
+                "admission": "always", "write_through": False, "clean_reserve": 0}
         dram.update(overrides)
         nvme = {"path": str(nvme_path or tmp_path / "nvme.data"), "capacity": "64MiB", "region_size": "4MiB",
                 "queue_depth": 8, "direct_io": True, "io_backend": "auto"}

@@ -103,10 +103,12 @@ DramTier::Victim DramTier::evict(uint32_t id, bool copy_bytes) {
   v.digest = s.digest;
   v.len = s.len;
   v.hits = s.flags & 1;
+  v.clean = s.flags & kCleanFlag;
   if (copy_bytes) {
     v.copy = AlignedBuffer(align_up(std::max<uint64_t>(s.len, 1)));
     memcpy(v.copy.data(), data(id), s.len);
   }
+  forget_clean(id);
   classes_[pages_[id / per_page_max_].cls].policy->remove(id, true);
   index_.erase(s.digest);
   value_bytes_ -= s.len;
@@ -148,16 +150,16 @@ bool DramTier::steal_page(int cls, std::vector<Victim>* victims) {
   return false;
 }
 
-int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
+int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims, bool clean_only) {
   if (len > opt_.slab_size) return status_code(Status::kValueTooLarge);
   int cls = class_for(len);
   SizeClass& c = classes_[cls];
   if (c.free.empty() && !assign_free_page(cls)) {
-    int64_t v = c.policy->victim([&](uint32_t id) {
+    int64_t v = clean_only ? coldest_clean(c) : c.policy->victim([&](uint32_t id) {
       const Slot& s = slots_at(id);
       return s.state == kReady && s.pins == 0;
     });
-    if (v < 0 && !steal_page(cls, victims)) return status_code(Status::kNoSpace);
+    if (v < 0 && (clean_only || !steal_page(cls, victims))) return status_code(Status::kNoSpace);
     if (v >= 0) {
       victims->push_back(evict(static_cast<uint32_t>(v), false));
       evictions_++;
@@ -172,6 +174,55 @@ int64_t DramTier::reserve(uint64_t len, std::vector<Victim>* victims) {
   s.pins = 0;
   s.flags = 0;
   return id;
+}
+
+// A clean, ready, unpinned slot among the coldest quarter of class c (at least 8, at most
+// kCleanScan slots), or -1: a clean page further toward the hot end, such as one just promoted,
+// is not taken (it is still hot, and the walk would grow with the tier); the demoter cleans the
+// cold end instead.
+int64_t DramTier::coldest_clean(const SizeClass& c) const {
+  if (c.clean == 0) return -1;
+  const uint64_t limit = std::min<uint64_t>(kCleanScan, std::max<uint64_t>(8, c.policy->size() / 4));
+  int64_t found = -1;
+  uint64_t seen = 0;
+  c.policy->walk_coldest([&](uint32_t id) {
+    const Slot& s = slots_at(id);
+    if (s.state == kReady && s.pins == 0 && (s.flags & kCleanFlag)) found = id;
+    return found < 0 && ++seen < limit;
+  });
+  return found;
+}
+
+void DramTier::mark_clean(uint32_t id) {
+  Slot& s = slots_at(id);
+  if (s.state != kReady || (s.flags & kCleanFlag)) return;
+  s.flags |= kCleanFlag;
+  classes_[pages_[id / per_page_max_].cls].clean++;
+}
+
+void DramTier::forget_clean(uint32_t id) {
+  Slot& s = slots_at(id);
+  if (!(s.flags & kCleanFlag)) return;
+  s.flags &= static_cast<uint8_t>(~kCleanFlag);
+  classes_[pages_[id / per_page_max_].cls].clean--;
+}
+
+uint64_t DramTier::clean_bytes() const {
+  uint64_t b = free_pages_.size() * opt_.slab_size;
+  for (const SizeClass& c : classes_) b += (c.free.size() + c.clean) * c.slot_size;
+  return b;
+}
+
+void DramTier::for_each_cold_dirty(const std::function<bool(uint32_t)>& visit) const {
+  for (const SizeClass& c : classes_) {
+    bool more = true;
+    c.policy->walk_coldest([&](uint32_t id) {
+      const Slot& s = slots_at(id);
+      if (s.state == kReady && s.pins == 0 && !(s.flags & kCleanFlag)) more = visit(id);
+      return more;
+    });
+    if (!more) return;
+  }
 }
 
 void DramTier::prepare(uint32_t id, std::string_view key, const KeyDigest& d, uint64_t len, uint32_t depth) {
@@ -237,6 +288,7 @@ bool DramTier::erase(const KeyDigest& d) {
   uint32_t id = static_cast<uint32_t>(found);
   index_.erase(d);
   Slot& s = slots_at(id);
+  forget_clean(id);
   classes_[pages_[id / per_page_max_].cls].policy->remove(id, false);
   value_bytes_ -= s.len;
   if (s.pins > 0)

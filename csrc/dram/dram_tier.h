@@ -15,10 +15,16 @@
 // erased) -> kFree. A pinned slot (pins > 0) is never evicted or reused; erasing a pinned slot
 // makes it an orphan that is freed by its last unpin.
 //
+// Clean pages (issue 15): a ready slot whose value is on NVMe already (written there, or
+// promoted from there) is marked clean; evicting it needs no write. reserve(..., clean_only)
+// takes only free or clean slots, so a reader never waits for a write; clean_bytes() (free room
+// included) is the level TieredStore's demoter keeps above its target.
+//
 // Not thread-safe: TieredStore holds its mutex around every call. Bytes in the arena are
 // written and read by callers outside that mutex, protected by the slot states above.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -54,7 +60,7 @@ class DramTier final : public SlotTable {
     ListLinks links;     // the eviction policy's list
     uint16_t depth = 0;  // position in its prefix chain, saturating (0 unknown)
     State state = kFree;
-    uint8_t flags = 0;   // bit 0: read since stored; bits 4-7: the eviction policy's
+    uint8_t flags = 0;   // bit 0: read since stored; bit 1: clean (on NVMe); bits 4-7: the eviction policy's
   };
   // An entry evicted by reserve(). Its bytes are either still in the slot reserve() returned
   // (same size class: nobody else writes there until the caller does) or, for entries dropped
@@ -64,6 +70,7 @@ class DramTier final : public SlotTable {
     KeyDigest digest;
     uint32_t len = 0;
     uint32_t hits = 0;  // 1 if it was read since stored
+    bool clean = false;  // its value is on NVMe already: leaving DRAM needs no write
     AlignedBuffer copy;  // empty when the bytes are in the reserved slot
   };
 
@@ -76,7 +83,10 @@ class DramTier final : public SlotTable {
   // A kWriting slot for `len` bytes, or a negative Status. Entries evicted to make room are
   // appended to *victims: one of the same size class (bytes still in the returned slot), or those
   // of a slab page moved from another class (bytes copied out).
-  int64_t reserve(uint64_t len, std::vector<Victim>* victims);
+  // clean_only: take a free slot or evict a clean one among the coldest quarter of the class
+  // (at most kCleanScan slots; no victim that still needs a write; no slab page is moved):
+  // kNoSpace when there is none.
+  int64_t reserve(uint64_t len, std::vector<Victim>* victims, bool clean_only = false);
   // Records what a kWriting slot will hold (the key only where keys are kept).
   void prepare(uint32_t slot, std::string_view key, const KeyDigest& d, uint64_t len, uint32_t depth);
   // kWriting -> kReady and indexed; an older entry of the same key is replaced.
@@ -91,6 +101,17 @@ class DramTier final : public SlotTable {
   // False (nothing erased) when the tier keeps no keys: it cannot tell which entries match.
   bool erase_prefix(std::string_view prefix, std::vector<KeyDigest>* erased);
   bool keeps_keys() const { return opt_.keep_keys; }
+
+  // ---- clean pages ----
+  static constexpr uint8_t kCleanFlag = 2;
+  static constexpr uint32_t kCleanScan = 256;  // how far from the cold end a clean victim is looked for
+  bool is_clean(uint32_t id) const { return slots_at(id).flags & kCleanFlag; }
+  void mark_clean(uint32_t id);  // a ready slot whose value is on NVMe now
+  // Bytes that can be taken without a write: free slab pages, free slots, clean ready slots.
+  uint64_t clean_bytes() const;
+  // Visits ready, unpinned, dirty slots from the coldest (eviction order, class by class) until
+  // visit returns false.
+  void for_each_cold_dirty(const std::function<bool(uint32_t)>& visit) const;
 
   Slot& slot(uint32_t id) { return slots_at(id); }
   const Slot& slot(uint32_t id) const { return slots_at(id); }
@@ -125,6 +146,7 @@ class DramTier final : public SlotTable {
     std::vector<uint32_t> pages;
     std::vector<uint32_t> free;  // free slot ids
     std::unique_ptr<EvictionPolicy> policy;
+    uint64_t clean = 0;  // clean ready slots
   };
   struct Page {
     int cls = -1;
@@ -145,6 +167,8 @@ class DramTier final : public SlotTable {
   Victim evict(uint32_t id, bool copy_bytes);  // a ready slot out of the index and its policy
   void release(uint32_t id);  // -> kFree, back on its class's free list
   void drop_key(uint32_t id);
+  void forget_clean(uint32_t id);  // the slot's value leaves: it no longer counts as clean
+  int64_t coldest_clean(const SizeClass& c) const;
 
   Options opt_;
   DramArena arena_;

@@ -55,6 +55,12 @@ class SlotList {
   uint32_t front() const { return head_; }
   uint32_t prev(uint32_t s) const { return t_.links(s).prev; }  // toward the front
   bool empty() const { return size_ == 0; }
+  // Visits from the back (oldest) toward the front until visit returns false; false if it did.
+  bool walk_back(const std::function<bool(uint32_t)>& visit) const {
+    for (uint32_t s = tail_; s != kNoSlot; s = prev(s))
+      if (!visit(s)) return false;
+    return true;
+  }
   size_t size() const { return size_; }
 
  private:
@@ -72,6 +78,9 @@ class EvictionPolicy {
   virtual void remove(uint32_t slot, bool evicted) = 0;
   // A slot for which can_evict(slot) holds, or -1. Does not remove it.
   virtual int64_t victim(const std::function<bool(uint32_t)>& can_evict) = 0;
+  // Visits slots from the one to go first toward the newest (an estimate where the policy
+  // reorders while choosing) until visit returns false. Changes nothing.
+  virtual void walk_coldest(const std::function<bool(uint32_t)>& visit) const = 0;
   virtual size_t size() const = 0;
 
   // Names: "lru", "s3fifo", "prefix_lru". Throws std::invalid_argument for another name.

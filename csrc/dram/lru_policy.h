@@ -14,6 +14,7 @@ class LruPolicy : public EvictionPolicy {
   void remove(uint32_t slot, bool) override { order_.remove(slot); }
   int64_t victim(const std::function<bool(uint32_t)>& can_evict) override;
   size_t size() const override { return order_.size(); }
+  void walk_coldest(const std::function<bool(uint32_t)>& visit) const override { order_.walk_back(visit); }
 
  protected:
   SlotTable& table_;

@@ -19,6 +19,10 @@ class S3FifoPolicy : public EvictionPolicy {
   void remove(uint32_t slot, bool evicted) override;
   int64_t victim(const std::function<bool(uint32_t)>& can_evict) override;
   size_t size() const override { return small_.size() + main_.size(); }
+  // The small FIFO first (new pages leave first unless hit again), then the main FIFO.
+  void walk_coldest(const std::function<bool(uint32_t)>& visit) const override {
+    if (small_.walk_back(visit)) main_.walk_back(visit);
+  }
 
  private:
   static constexpr uint8_t kFreqMask = 3, kInMain = 4;

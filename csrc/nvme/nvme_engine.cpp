@@ -251,6 +251,10 @@ void NvmeEngine::put_records(IoContext& ctx, std::vector<PutItem>& items) {
       }
     }
     while (ctx.free_slots.empty()) ctx.reap(1, done);
+    if (yield_to_reads_ && reads_active() > 0 && ctx.q->inflight() > 0) {
+      ctr_.writes_yielded++;  // reads first: one background write in the queue at most
+      while (reads_active() > 0 && ctx.q->inflight() > 0) ctx.reap(1, done);
+    }
     submit_put(ctx, it, i, items);
   }
   drain();
@@ -433,7 +437,7 @@ void NvmeEngine::drop_existing(std::vector<PutItem>* items) {
 }
 
 void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values,
-                           int32_t* results, PutMode mode) {
+                           int32_t* results, PutMode mode, WritePriority prio) {
   std::shared_lock<std::shared_mutex> life(life_mu_);
   if (closed_) return std::fill(results, results + keys.size(), status_code(Status::kClosed));
   std::vector<PutItem> items = put_items(keys, values, results);
@@ -445,7 +449,9 @@ void NvmeEngine::batch_put(const std::vector<std::string>& keys, const std::vect
     for (auto& it : items) *it.result = status_code(Status::kIoError);
     return;
   }
+  yield_to_reads_ = prio == WritePriority::kBackground;
   put_records(*ctx, items);
+  yield_to_reads_ = false;
 }
 
 void NvmeEngine::unpin(uint32_t region) {
@@ -525,10 +531,12 @@ void NvmeEngine::batch_get(const std::vector<std::string>& keys, const std::vect
     pinned.push_back({d, loc});
     which.push_back(i);
   }
+  reads_active_++;
   read_values(*lease, reads, [&](size_t j, int64_t r) {
     results[which[j]] = r;
     read_done(pinned[j].first, pinned[j].second, r);
   });
+  reads_active_--;
   ctr_.gets += keys.size();
 }
 
@@ -548,6 +556,7 @@ int64_t NvmeEngine::pin_location(const std::string& key, ValueLocation* out) {
   }
   p->flags |= PageIndex::kHit;
   readers_[p->region]++;
+  reads_active_++;  // until unpin_location: the reader's I/O is in flight meanwhile
   *out = ValueLocation{value_offset(*p), p->value_len, p->value_checksum, p->region};
   ctr_.hits++;
   ctr_.get_bytes += p->value_len;
@@ -555,7 +564,9 @@ int64_t NvmeEngine::pin_location(const std::string& key, ValueLocation* out) {
 }
 
 void NvmeEngine::unpin_location(uint32_t region) {
-  if (region < readers_.size()) unpin(region);
+  if (region >= readers_.size()) return;
+  reads_active_--;
+  unpin(region);
 }
 
 void NvmeEngine::batch_exists(const std::vector<std::string>& keys, int32_t* results) {
@@ -746,7 +757,8 @@ NvmeStats NvmeEngine::stats() {
   s.puts = c.puts, s.put_bytes = c.put_bytes, s.put_errors = c.put_errors, s.gets = c.gets, s.hits = c.hits;
   s.misses = c.misses, s.get_bytes = c.get_bytes, s.checksum_failures = c.checksum_failures;
   s.io_errors = c.io_errors, s.evicted_regions = c.evicted_regions, s.evicted_pages = c.evicted_pages;
-  s.reinserted_pages = c.reinserted_pages, s.removes = c.removes;
+  s.reinserted_pages = c.reinserted_pages, s.removes = c.removes, s.writes_yielded = c.writes_yielded;
+  s.reads_active = static_cast<uint64_t>(std::max(0, reads_active()));
   s.recovery_seconds = recovery_seconds_;
   s.recovered_entries = recovered_entries_;
   s.recovered_regions_scanned = recovered_scanned_;

@@ -59,6 +59,7 @@ struct NvmeStats {
   uint64_t checksum_failures = 0, io_errors = 0;
   uint64_t evicted_regions = 0, evicted_pages = 0, reinserted_pages = 0;
   uint64_t removes = 0;
+  uint64_t reads_active = 0, writes_yielded = 0;  // reads before writes (issue 15)
   double recovery_seconds = 0;
   uint64_t recovered_entries = 0, recovered_regions_scanned = 0;
 
@@ -78,13 +79,20 @@ struct NvmeStats {
                         {"hits", hits}, {"misses", misses}, {"get_bytes", get_bytes},
                         {"checksum_failures", checksum_failures}, {"io_errors", io_errors},
                         {"evicted_regions", evicted_regions}, {"evicted_pages", evicted_pages},
-                        {"reinserted_pages", reinserted_pages}, {"removes", removes}})
+                        {"reinserted_pages", reinserted_pages}, {"removes", removes},
+                        {"writes_yielded", writes_yielded}})
       v.counter(k, x);
+    v.gauge("reads_active", reads_active);
     v.gauge("recovery_seconds", recovery_seconds);
     v.gauge("recovered_entries", recovered_entries);
     v.gauge("recovered_regions_scanned", recovered_regions_scanned);
   }
 };
+
+// Background writes (a demoter's) yield to reads: while any read is in flight (a batch_get, or
+// a location pinned for a reader of its own) they keep at most one write in the device queue, so
+// a read queues behind one write at most. Foreground writes (a put waiting on them) do not yield.
+enum class WritePriority { kForeground, kBackground };
 
 class NvmeEngine {
  public:
@@ -98,7 +106,9 @@ class NvmeEngine {
   // results[i] = 0 or a negative Status. kKeepExisting: a key already indexed is left as it is
   // (result 0, nothing written).
   void batch_put(const std::vector<std::string>& keys, const std::vector<SgList>& values, int32_t* results,
-                 PutMode mode = PutMode::kReplace);
+                 PutMode mode = PutMode::kReplace, WritePriority prio = WritePriority::kForeground);
+  // Reads in flight now (batch_get calls reading, locations pinned for readers).
+  int reads_active() const { return reads_active_.load(std::memory_order_relaxed); }
   // results[i] = bytes read or a negative Status (kNotFound for a miss or a corrupt record).
   void batch_get(const std::vector<std::string>& keys, const std::vector<SgList>& buffers, int64_t* results);
   // results[i] = 1 present, 0 absent, negative Status on error.
@@ -197,6 +207,9 @@ class NvmeEngine {
   // Writer state, guarded by write_mu_: the region table (placement, sealing, sequences).
   std::mutex write_mu_;
   std::unique_ptr<RegionManager> regions_;
+  bool yield_to_reads_ = false;  // the put in progress is a background one
+
+  std::atomic<int> reads_active_{0};  // see reads_active()
 
   // Index state, guarded by index_mu_: the page index and per-region reader pins.
   std::mutex index_mu_;
@@ -207,7 +220,8 @@ class NvmeEngine {
 
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, put_errors{0}, gets{0}, hits{0}, misses{0}, get_bytes{0},
-        checksum_failures{0}, io_errors{0}, evicted_regions{0}, evicted_pages{0}, reinserted_pages{0}, removes{0};
+        checksum_failures{0}, io_errors{0}, evicted_regions{0}, evicted_pages{0}, reinserted_pages{0}, removes{0},
+        writes_yielded{0};
   } ctr_;
   double recovery_seconds_ = 0;
   uint64_t recovered_entries_ = 0, recovered_scanned_ = 0;

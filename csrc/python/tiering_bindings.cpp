@@ -18,8 +18,11 @@ std::unique_ptr<TieredStore> make_store(uint64_t dram_capacity, uint64_t slab_si
                                         const std::string& nvme_path, uint64_t nvme_capacity,
                                         uint64_t nvme_region_size, int nvme_queue_depth, bool nvme_direct_io,
                                         const std::string& nvme_io_backend, bool nvme_sync_on_seal,
-                                        bool nvme_reinsertion, bool keep_keys, int prefetch_workers) {
+                                        bool nvme_reinsertion, bool keep_keys, double clean_reserve,
+                                        uint64_t demote_batch, int prefetch_workers) {
   TieredOptions o;
+  o.clean_reserve = clean_reserve;
+  o.demote_batch = demote_batch;
   o.keep_keys = keep_keys;
   o.prefetch_workers = prefetch_workers;
   o.dram_capacity = dram_capacity;
@@ -58,7 +61,8 @@ void bind_tiering(py::module_& m) {
           py::arg("write_through") = false, py::arg("nvme_path") = "", py::arg("nvme_capacity") = 4ull << 30,
           py::arg("nvme_region_size") = 64ull << 20, py::arg("nvme_queue_depth") = 64,
           py::arg("nvme_direct_io") = true, py::arg("nvme_io_backend") = "auto", py::arg("nvme_sync_on_seal") = true,
-          py::arg("nvme_reinsertion") = true, py::arg("keep_keys") = false, py::arg("prefetch_workers") = 1);
+          py::arg("nvme_reinsertion") = true, py::arg("keep_keys") = false, py::arg("clean_reserve") = 0.0,
+          py::arg("demote_batch") = 64ull << 20, py::arg("prefetch_workers") = 1);
   def_batch_api<TieredStore, WithDepths>(cls, "ptrs", "sizes");
   def_take_notes(cls);
   cls.def("prefetch", &TieredStore::prefetch, release_gil(), py::arg("keys"), py::arg("step") = 0)

@@ -38,6 +38,10 @@ struct TieringSection {
   uint64_t puts = 0, put_bytes = 0, skipped_existing = 0, gets = 0, dram_hits = 0, nvme_hits = 0, misses = 0,
            get_bytes = 0, demoted = 0, demote_failures = 0, not_admitted = 0, promoted = 0, written_through = 0,
            prefetch_queued = 0, prefetch_done = 0, direct_reads = 0;
+  // Clean reserve (tiered_store.h): the level and target in bytes, reads that waited for an
+  // NVMe write (0 while the reserve holds), the demoter's batches, pages and back-offs.
+  uint64_t clean_bytes = 0, clean_target_bytes = 0, reads_waited_for_write = 0, demoter_batches = 0,
+           demoter_pages = 0, demoter_backoffs = 0, demoter_writing = 0;
 
   template <class V>
   void visit(V& v) const {
@@ -48,8 +52,13 @@ struct TieringSection {
                               {"get_bytes", get_bytes}, {"demoted", demoted}, {"demote_failures", demote_failures},
                               {"not_admitted", not_admitted}, {"promoted", promoted},
                               {"written_through", written_through}, {"prefetch_queued", prefetch_queued},
-                              {"prefetch_done", prefetch_done}, {"direct_reads", direct_reads}})
+                              {"prefetch_done", prefetch_done}, {"direct_reads", direct_reads},
+                              {"reads_waited_for_write", reads_waited_for_write}, {"demoter_batches", demoter_batches},
+                              {"demoter_pages", demoter_pages}, {"demoter_backoffs", demoter_backoffs}})
       v.counter(k, x);
+    v.gauge("clean_bytes", clean_bytes);
+    v.gauge("clean_target_bytes", clean_target_bytes);
+    v.gauge("demoter_writing", demoter_writing);
   }
 };
 

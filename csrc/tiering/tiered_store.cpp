@@ -57,11 +57,20 @@ struct TieredStore::Impl {
   bool pf_stop = false;
   std::vector<std::thread> prefetchers;
 
+  // The background demoter (clean reserve; tiered_store.h). Its wake-ups and demoter_stop are
+  // guarded by mu; clean_target is fixed at construction.
+  std::condition_variable demote_cv;
+  bool demoter_stop = false;
+  bool clean_wanted = false;  // a clean-only reservation found no clean page at the cold end
+  uint64_t clean_target = 0;  // bytes
+  std::thread demoter;
 
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
         misses{0}, get_bytes{0}, demoted{0}, demote_failures{0}, not_admitted{0}, promoted{0},
-        written_through{0}, prefetch_queued{0}, prefetch_done{0}, direct_reads{0};
+        written_through{0}, prefetch_queued{0}, prefetch_done{0}, direct_reads{0},
+        reads_waited_for_write{0}, demoter_batches{0}, demoter_pages{0}, demoter_backoffs{0},
+        demoter_writing{0};  // a gauge: pages of the batch the demoter is writing now
   } ctr;
 
   explicit Impl(const TieredOptions& o) : opt(o) {
@@ -92,9 +101,33 @@ struct TieredStore::Impl {
       throw EngineError(EngineError::kInvalid, "prefetch.concurrency must be 1 to 64, not " +
                                                    std::to_string(opt.prefetch_workers));
     for (int i = 0; i < opt.prefetch_workers; i++) prefetchers.emplace_back([this] { prefetch_loop(); });
+    if (keeps_reserve()) {
+      clean_target = static_cast<uint64_t>(opt.clean_reserve * static_cast<double>(dram->arena().size()));
+      demoter = std::thread([this] { demote_loop(); });
+    }
   }
 
-  ~Impl() { stop_prefetcher(); }
+  ~Impl() {
+    stop_prefetcher();
+    stop_demoter();
+  }
+
+  // Whether a clean reserve is kept: an NVMe tier to write to, a share, and victims that would
+  // be written (with admission "never" no victim costs a write anyway).
+  bool keeps_reserve() const { return nvme && opt.clean_reserve > 0 && opt.admission != "never"; }
+
+  void stop_demoter() {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      demoter_stop = true;
+    }
+    demote_cv.notify_all();
+    if (demoter.joinable()) demoter.join();
+  }
+  void demote_loop();
+  struct CleanBatch;
+  bool pick_cold_dirty(CleanBatch* b);
+  void write_clean(CleanBatch& b);
 
   void stop_prefetcher() {
     {
@@ -127,11 +160,12 @@ struct TieredStore::Impl {
   };
 
   // Calls dram->reserve and records its victims as pending demotion. Caller holds mu.
-  int64_t reserve_locked(uint64_t len, Demotion* pending) {
+  int64_t reserve_locked(uint64_t len, Demotion* pending, bool clean_only) {
     std::vector<DramTier::Victim> victims;
-    int64_t s = dram->reserve(len, &victims);
+    int64_t s = dram->reserve(len, &victims, clean_only);
+    if (keeps_reserve() && dram->clean_bytes() < clean_target) demote_cv.notify_one();
     for (auto& v : victims) {
-      if (nvme && admit(v)) {
+      if (nvme && !v.clean && admit(v)) {
         demoting[v.digest]++;
         if (!pending->ticket) pending->ticket = fence.begin_transfer();
       }
@@ -149,6 +183,7 @@ struct TieredStore::Impl {
     std::vector<SgList> sg;
     std::vector<KeyDigest> settled;
     for (auto& p : pending) {
+      if (p.v.clean) continue;  // on NVMe already
       if (!nvme || !admit(p.v)) {
         ctr.not_admitted++;
         continue;
@@ -190,6 +225,20 @@ struct TieredStore::Impl {
     return dram->find(d) >= 0 || demoting.count(d) || (nvme && nvme->value_size(key) >= 0);
   }
 
+  // A slot for `len` bytes (caller holds mu). With a clean reserve, gets (for_read) take only
+  // clean slots (kNoSpace when none: they read NVMe directly); puts and prefetches fall back to
+  // a dirty victim, whose write they then wait for, rather than fail.
+  int64_t reserve_slot(uint64_t len, Demotion* pending, bool for_read) {
+    const bool clean_only = keeps_reserve();
+    int64_t s = reserve_locked(len, pending, clean_only);
+    if (s == status_code(Status::kNoSpace) && clean_only) {
+      clean_wanted = true;  // the demoter cleans the cold end now, whatever the level says
+      demote_cv.notify_one();
+      if (!for_read) s = reserve_locked(len, pending, false);
+    }
+    return s;
+  }
+
   struct WriteThrough;
   void publish_committed(uint32_t s, WriteThrough* wt);
   void write_through(WriteThrough& wt);
@@ -214,6 +263,11 @@ struct TieredStore::Impl {
   static void settle(std::unordered_map<KeyDigest, int, DigestHash>& m, const KeyDigest& d) {
     auto it = m.find(d);
     if (it != m.end() && --it->second == 0) m.erase(it);
+  }
+
+  // Gets (pin) whose promotions first write the pages they displace: 0 while a clean reserve holds.
+  void count_waits(const Demotion& d, bool pin, size_t n) {
+    if (d.ticket && pin) ctr.reads_waited_for_write += n;
   }
 
   // Copies NVMe-only keys into DRAM slots and publishes them; pinned if `pin`. out[i] gets the
@@ -242,7 +296,9 @@ struct TieredStore::Impl {
           (*out)[i].status = status_code(Status::kNoSpace);  // landed meanwhile (or landing): the caller looks again
           continue;
         }
-        int64_t s = reserve_locked(static_cast<uint64_t>(sizes[i]), &pending);
+        // A get (pin) takes only a clean slot and otherwise reads the page directly; a prefetch
+        // (a worker of its own, no caller waiting) may displace a dirty page and write it.
+        int64_t s = reserve_slot(static_cast<uint64_t>(sizes[i]), &pending, pin);
         if (s < 0) {  // no room in DRAM right now
           (*out)[i].status = status_code(Status::kNoSpace);
           continue;
@@ -253,6 +309,7 @@ struct TieredStore::Impl {
       }
       if (!idx.empty()) ticket = fence.begin_transfer();
     }
+    count_waits(pending, pin, idx.size());
     demote(pending);
     std::vector<std::string> k;
     std::vector<SgList> sg;
@@ -274,6 +331,7 @@ struct TieredStore::Impl {
       }
       dram->prepare(s, keys[idx[j]], d, static_cast<uint64_t>(res[j]), 0);
       dram->publish(s);
+      dram->mark_clean(s);  // it came from NVMe
       ctr.promoted++;
       if (pin) {
         dram->pin(s);
@@ -313,6 +371,104 @@ struct TieredStore::Impl {
   }
 };
 
+// ---- the background demoter (clean reserve) ----
+
+// Cold dirty pages the demoter writes in one batch: pinned (never evicted or reused meanwhile)
+// under one fence ticket (a removal or overwrite waits for the write, then removes its copy).
+struct TieredStore::Impl::CleanBatch {
+  std::vector<uint32_t> slots, gens;
+  std::vector<std::string> keys;
+  std::vector<SgList> values;
+  uint64_t ticket = 0;
+};
+
+// Picks up to demote_batch bytes (and at most a quarter of the arena: the batch stays pinned
+// while it is written, and puts need unpinned victims) of the coldest dirty pages that admission
+// lets onto NVMe. Caller holds mu. False when there is none.
+bool TieredStore::Impl::pick_cold_dirty(CleanBatch* b) {
+  const uint64_t most = std::max<uint64_t>(1, std::min<uint64_t>(opt.demote_batch, dram->arena().size() / 4));
+  uint64_t bytes = 0;
+  dram->for_each_cold_dirty([&](uint32_t s) {
+    const DramTier::Slot& sl = dram->slot(s);
+    DramTier::Victim probe;
+    probe.hits = sl.flags & 1;
+    if (!admit(probe)) return true;
+    b->slots.push_back(s);
+    bytes += sl.len;
+    return bytes < most;
+  });
+  if (b->slots.empty()) return false;
+  for (uint32_t s : b->slots) {
+    dram->pin(s);
+    b->gens.push_back(dram->slot(s).gen);
+    b->keys.push_back(dram->key_of(s));
+    b->values.push_back({Segment{dram->data(s), dram->slot(s).len}});
+  }
+  b->ticket = fence.begin_transfer();
+  return true;
+}
+
+// Writes a picked batch (mu not held) as background writes, then marks the pages that are
+// still the same values clean and gives them back.
+void TieredStore::Impl::write_clean(CleanBatch& b) {
+  std::vector<int32_t> have(b.keys.size()), res(b.keys.size(), status_code(Status::kOk));
+  nvme->batch_exists(b.keys, have.data());  // already there (an earlier copy of the same value)
+  std::vector<std::string> k;
+  std::vector<SgList> v;
+  std::vector<size_t> at;
+  for (size_t i = 0; i < b.keys.size(); i++)
+    if (have[i] != 1) k.push_back(b.keys[i]), v.push_back(b.values[i]), at.push_back(i);
+  std::vector<int32_t> wrote(k.size());
+  ctr.demoter_writing = k.size();
+  if (!k.empty()) nvme->batch_put(k, v, wrote.data(), PutMode::kReplace, WritePriority::kBackground);
+  ctr.demoter_writing = 0;
+  for (size_t j = 0; j < at.size(); j++) res[at[j]] = wrote[j];
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    for (size_t i = 0; i < b.slots.size(); i++) {
+      uint32_t s = b.slots[i];
+      const DramTier::Slot& sl = dram->slot(s);
+      if (res[i] == status_code(Status::kOk) && sl.state == DramTier::kReady && sl.gen == b.gens[i])
+        dram->mark_clean(s);
+      (res[i] == status_code(Status::kOk) ? ctr.demoter_pages : ctr.demote_failures)++;
+      dram->unpin(s);
+    }
+    fence.end_transfer(b.ticket);
+  }
+  ctr.demoter_batches++;
+  settled_cv.notify_all();
+}
+
+// Keeps dram->clean_bytes() at clean_target: woken by reserve_locked when the level drops below
+// it (so its pace follows the rate at which puts and promotions take slots), when a clean-only
+// reservation found no clean page at the cold end (clean_wanted: clean pages that are all hot
+// count in the level but are not taken), and every 50 ms. While reads are in flight and the
+// level is above half the target it backs off (2 ms at a time; not when asked by a reader): the
+// disk serves the reads first.
+void TieredStore::Impl::demote_loop() {
+  std::unique_lock<std::mutex> lk(mu);
+  auto wanted = [&] { return clean_wanted || dram->clean_bytes() < clean_target; };
+  while (!demoter_stop) {
+    demote_cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return demoter_stop || wanted(); });
+    if (demoter_stop || !wanted()) continue;
+    const bool asked = clean_wanted;  // readers are waiting for clean slots: no back-off
+    clean_wanted = false;
+    if (!asked && nvme->reads_active() > 0 && dram->clean_bytes() >= clean_target / 2) {
+      ctr.demoter_backoffs++;
+      demote_cv.wait_for(lk, std::chrono::milliseconds(2), [&] { return demoter_stop; });
+      continue;
+    }
+    CleanBatch b;
+    if (!pick_cold_dirty(&b)) {  // every dirty page is pinned or not admitted: look again later
+      demote_cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return demoter_stop; });
+      continue;
+    }
+    lk.unlock();
+    write_clean(b);
+    lk.lock();
+  }
+}
+
 TieredStore::TieredStore(const TieredOptions& opt) : impl_(new Impl(opt)) {}
 TieredStore::~TieredStore() {
   try {
@@ -343,7 +499,7 @@ void TieredStore::put_reserve(const std::vector<std::string>& keys, const std::v
         m.ctr.skipped_existing++;
         continue;
       }
-      int64_t s = m.reserve_locked(sizes[i], &pending);
+      int64_t s = m.reserve_slot(sizes[i], &pending, false);
       if (s < 0) {
         t.status = static_cast<int32_t>(s);
         continue;
@@ -387,7 +543,10 @@ void TieredStore::Impl::write_through(WriteThrough& wt) {
   {
     std::lock_guard<std::mutex> lk(mu);
     for (size_t i = 0; i < wt.slots.size(); i++) {
-      if (res[i] == status_code(Status::kOk)) ctr.written_through++;
+      if (res[i] == status_code(Status::kOk)) {
+        ctr.written_through++;
+        dram->mark_clean(wt.slots[i]);  // still this value: it stayed pinned
+      }
       dram->unpin(wt.slots[i]);
     }
     for (uint64_t t : wt.tickets) fence.end_transfer(t);
@@ -509,6 +668,8 @@ static void pin_promoted(TieredStore::Impl& m, const std::vector<std::string>& k
     std::vector<KeyDigest> ds;
     for (size_t i : missing_in) ds.push_back(KeyDigest::of(keys[i]));
     std::unique_lock<std::mutex> lk(m.mu);
+    for (const auto& d : ds)
+      if (m.demoting.count(d)) m.ctr.reads_waited_for_write++;  // its bytes are on their way to NVMe
     m.wait_settled(lk, ds);
     for (size_t j = 0; j < missing_in.size(); j++) {
       int64_t s = m.dram->find(ds[j]);
@@ -846,6 +1007,7 @@ void TieredStore::close() {
     m.closed = true;
   }
   m.stop_prefetcher();
+  m.stop_demoter();
   if (m.nvme) m.nvme->close();
 }
 
@@ -871,6 +1033,7 @@ TieredStats TieredStore::stats() {
   {
     std::lock_guard<std::mutex> lk(m.mu);
     d = m.dram->stats();
+    st.tiering.clean_bytes = m.dram->clean_bytes();
   }
   DramSection& ds = st.dram;
   ds.capacity = m.dram->arena().size(), ds.page_kind = m.dram->arena().page_kind(), ds.slab_size = m.opt.slab_size;
@@ -887,6 +1050,9 @@ TieredStats TieredStore::stats() {
   t.promoted = c.promoted, t.written_through = c.written_through, t.prefetch_queued = c.prefetch_queued;
   t.prefetch_done = c.prefetch_done;
   t.direct_reads = c.direct_reads;
+  t.reads_waited_for_write = c.reads_waited_for_write, t.demoter_batches = c.demoter_batches;
+  t.demoter_pages = c.demoter_pages, t.demoter_backoffs = c.demoter_backoffs, t.demoter_writing = c.demoter_writing;
+  t.clean_target_bytes = m.clean_target;
   st.has_nvme = m.nvme != nullptr;
   if (m.nvme) st.nvme = m.nvme->stats();
   return st;

@@ -12,6 +12,15 @@
 // rewritten until unpinned. Tickets identify reservations and pins; the node releases the
 // tickets of a client that disconnects (abort_puts / get_unpin).
 //
+// Clean reserve (issue 15, docs/architecture.md "Reads never wait for writes"): with
+// clean_reserve > 0 a background demoter thread keeps that share of the arena clean (free, or
+// holding pages already on NVMe) by writing the coldest dirty pages to NVMe in batches of up to
+// demote_batch bytes, as background writes that yield to reads. Gets then promote only into
+// clean slots: when there is none, a get reads the page straight into the caller's buffer
+// (in-process) or answers kNoSpace so the node client reads it itself (GET_LOCATE). A get never
+// waits for a write; tiering.reads_waited_for_write counts the ones that did. Prefetches (on
+// their own workers, no caller waiting) prefer clean slots and may displace a dirty page.
+//
 // Threading: every method may be called from any thread. DRAM state is guarded by one mutex,
 // held for bookkeeping and for one copy: when a slab page moves to another size class its
 // entries are copied out under it (DramTier::steal_page). NVMe I/O and the callers' copies into
@@ -44,6 +53,8 @@ struct TieredOptions {
   // Tiering
   std::string admission = "always";     // which DRAM victims go to NVMe: always | never | second_hit
   bool write_through = false;           // also write every put to NVMe at commit
+  double clean_reserve = 0;             // share of the arena the demoter keeps clean (0: off)
+  uint64_t demote_batch = 64ull << 20;  // bytes the demoter writes per batch, at most
   int prefetch_workers = 1;             // background threads promoting prefetched pages (>= 1)
   // NVMe tier (absent when has_nvme is false)
   bool has_nvme = false;
