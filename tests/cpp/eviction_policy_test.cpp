@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -55,6 +56,7 @@ class Policy {
   void access(uint32_t slot) { p_->access(slot); }
   void remove(uint32_t slot, bool evicted) { p_->remove(slot, evicted); }
   int64_t victim(const std::function<bool(uint32_t)>& can_evict) { return p_->victim(can_evict); }
+  void walk_coldest(const std::function<bool(uint32_t)>& visit) const { p_->walk_coldest(visit); }
   size_t size() const { return p_->size(); }
 
  private:
@@ -136,6 +138,38 @@ TEST_P(EveryPolicy, NeverPicksASlotTheCallerCannotEvict) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, EveryPolicy, ::testing::Values("lru", "s3fifo", "prefix_lru"));
+
+// The clean reserve looks for clean victims with walk_coldest: it must see each page once, stop
+// when told, and leave the policy's choice as it was.
+TEST_P(EveryPolicy, WalkColdestVisitsEachPageOnceStopsWhenToldAndChangesNothing) {
+  auto fill = [](Policy& p) {
+    for (uint32_t s = 0; s < 12; s++) p.insert(s, digest_of(s), s % 3);
+    p.access(4);
+  };
+  auto walked = std::make_unique<Policy>(GetParam()), untouched = std::make_unique<Policy>(GetParam());
+  fill(*walked);
+  fill(*untouched);
+  std::set<uint32_t> seen;
+  walked->walk_coldest([&](uint32_t s) { return seen.insert(s).second; });
+  EXPECT_EQ(seen.size(), 12u);
+  size_t visits = 0;
+  walked->walk_coldest([&](uint32_t) { return ++visits < 3; });
+  EXPECT_EQ(visits, 3u);
+  EXPECT_EQ(walked->size(), untouched->size());
+  EXPECT_EQ(walked->victim(kAny), untouched->victim(kAny));
+}
+
+TEST(LruPolicy, WalkColdestStartsAtTheVictim) {
+  Policy p("lru");
+  for (uint32_t s = 0; s < 6; s++) p.insert(s, digest_of(s), 0);
+  p.access(0);
+  std::vector<uint32_t> order;
+  p.walk_coldest([&](uint32_t s) { order.push_back(s); return true; });
+  ASSERT_EQ(order.size(), 6u);
+  EXPECT_EQ(order.front(), 1u);
+  EXPECT_EQ(order.back(), 0u);
+  EXPECT_EQ(p.victim(kAny), 1);
+}
 
 TEST(LruPolicy, EvictsTheLeastRecentlyUsedPage) {
   Cache c("lru", 4);
