@@ -65,6 +65,15 @@ def key_tag(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
+def timed(out: dict, fn, *args):
+    """Runs fn(*args) as one batch: its wall time goes to out["batches"], its CPU time to out["cpu"]."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    r = fn(*args)
+    out["batches"].append(time.perf_counter() - t0)
+    out["cpu"] += time.process_time() - c0
+    return r
+
+
 class Slots:
     """A put buffer (random bytes; stamp words zero between calls) and a get buffer of ``slots``
     pages of ``size`` bytes each, page-aligned, as a rank's registered host pool."""
@@ -151,7 +160,7 @@ class Client:
             for i, k in zip(idx, ks):
                 sl.stamp(i, i, k)
             ptrs = [sl.addr(sl.put, i) for i in idx]
-            codes = self._timed(out, self.store.batch_put_from, ks, ptrs, [sl.size] * len(ks))
+            codes = timed(out, self.store.batch_put_from, ks, ptrs, [sl.size] * len(ks))
             out["errors"] += sum(1 for c in codes if c != 0)
             for i in idx:
                 sl.unstamp(i)
@@ -161,7 +170,7 @@ class Client:
         sl, out = self.slots, {"batches": [], "errors": 0, "misses": 0, "wrong": 0, "cpu": 0.0}
         for idx, ks in self._batches(keys, first):
             ptrs = [sl.addr(sl.get, i) for i in idx]
-            codes = self._timed(out, self.store.batch_get_into, ks, ptrs, [sl.size] * len(ks))
+            codes = timed(out, self.store.batch_get_into, ks, ptrs, [sl.size] * len(ks))
             for i, k, c in zip(idx, ks, codes):
                 if c == sl.size:
                     out["wrong"] += not sl.verify(i, i, k)
@@ -183,14 +192,6 @@ class Client:
         fn = getattr(self.store, "batch_remove", None)
         codes = fn(keys) if fn else [self.store.remove(k) for k in keys]
         return {"removed": sum(1 for c in codes if c == 0)}
-
-    @staticmethod
-    def _timed(out: dict, fn, *args):
-        c0, t0 = time.process_time(), time.perf_counter()
-        r = fn(*args)
-        out["batches"].append(time.perf_counter() - t0)
-        out["cpu"] += time.process_time() - c0
-        return r
 
     def handle(self, cmd: dict) -> dict:
         op = cmd["op"]
@@ -317,13 +318,12 @@ class TcpReceiver:
         per = -(-self.slots // streams)  # pages per stream, the last one takes the rest
         parts = [self.dst.view[j * per * self.size:min(self.slots, (j + 1) * per) * self.size]
                  for j in range(streams)]
-        for _ in range(batches):
-            c0, t0 = time.process_time(), time.perf_counter()
-            futures = [self.pool.submit(self._pull, s, v) for s, v in zip(self.socks, parts) if len(v)]
-            for f in futures:
+        def pull_all():
+            for f in [self.pool.submit(self._pull, s, v) for s, v in zip(self.socks, parts) if len(v)]:
                 f.result()
-            out["batches"].append(time.perf_counter() - t0)
-            out["cpu"] += time.process_time() - c0
+
+        for _ in range(batches):
+            timed(out, pull_all)
         for v in parts:
             v.release()
         return out
@@ -331,12 +331,12 @@ class TcpReceiver:
     def memcpy(self, batches: int) -> dict:
         out = {"batches": [], "cpu": 0.0}
         d, s, n = self.dst.addr, self.src.addr, self.size
-        for _ in range(batches):
-            c0, t0 = time.process_time(), time.perf_counter()
+        def copy_all():
             for j in range(self.slots):
                 ctypes.memmove(d + j * n, s + j * n, n)
-            out["batches"].append(time.perf_counter() - t0)
-            out["cpu"] += time.process_time() - c0
+
+        for _ in range(batches):
+            timed(out, copy_all)
         return out
 
     def handle(self, cmd: dict) -> dict:
