@@ -190,8 +190,12 @@ def model_dir(root, kind: str, name: str = "") -> str:
 
     path = os.path.join(str(root), f"{kind}-model{name}")
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
+    # Ranks of one test call this concurrently: write a private file and rename it into place, so
+    # no rank ever reads a half-written config.json.
+    tmp = os.path.join(path, f".config.json.{os.getpid()}")
+    with open(tmp, "w") as f:
         json.dump(_MODEL_CONFIGS[kind], f)
+    os.replace(tmp, os.path.join(path, "config.json"))
     return path
 
 
