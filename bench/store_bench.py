@@ -27,10 +27,13 @@ NVMe to hold two and a half) and measures, from this process, every call timed o
   the page cache is dropped and the first half of X is read: each NVMe hit either takes a clean
   slot (the clean reserve: ``tiers.dram.clean_reserve``, ``--clean-reserve``) or is read straight
   into the caller's buffer; without a reserve each promotion first writes a page of Y (issue 15).
-  Paired with fio reading the same bytes; X and Y are removed;
+  X and Y are removed. Paired with fio reading as many bytes after the same set-up (X and Y
+  put, the page cache dropped): a virtual disk reads slower for a while after a burst of
+  writes, so the limit meets the disk in the state ours does;
 * **get nvme**  vs **fio read**: per sample, X pushed to NVMe by Y as above; Y is removed, which
   frees DRAM; the page cache is dropped; the second half of X is read, each page promoted into a
-  free slot: the NVMe read path alone, paired with fio reading the same bytes; X is removed;
+  free slot: the NVMe read path alone; X is removed. Paired with fio reading as many bytes after
+  the same set-up;
 * **get nvme after restart**  (a figure) the node is restarted (SIGTERM seals NVMe; DRAM comes
   back empty) and a set that was pushed to NVMe is read back.
 
@@ -296,11 +299,11 @@ class SizeBench:
         self.out["put_demote_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
         self.remove_all()
         c0 = tier_counters(self.bench.stats())
-        self.point("get_nvme_dram_full", self.dram_full_sample, lambda: self.fio("read", self.half * self.size))
+        self.point("get_nvme_dram_full", self.dram_full_sample, self.dram_full_limit)
         self.out["get_nvme_dram_full_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
         c0 = tier_counters(self.bench.stats())
         second = len(range(self.half, self.set_pages))
-        self.point("get_nvme", self.get_nvme_sample, lambda: self.fio("read", second * self.size))
+        self.point("get_nvme", self.get_nvme_sample, lambda: self.get_nvme_limit(second))
         self.out["get_nvme_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
         self.after_restart()
         self.finish()
@@ -321,6 +324,26 @@ class SizeBench:
         bc.drop_caches()
         sample = self.timed_get("get_nvme_dram_full", x, range(self.half))
         self.remove_all()
+        return sample
+
+    # The limits of the two NVMe-read points meet the disk as ours does: right after the same
+    # writes (a virtual disk reads slower for a while after a burst of writes), page cache dropped.
+
+    def dram_full_limit(self) -> dict:
+        """fio reads the first half's bytes after the set-up of :meth:`dram_full_sample`."""
+        self.nvme_resident_set()
+        bc.drop_caches()
+        sample = self.fio("read", self.half * self.size)
+        self.remove_all()
+        return sample
+
+    def get_nvme_limit(self, pages: int) -> dict:
+        """fio reads ``pages`` pages' bytes after the set-up of :meth:`get_nvme_sample`."""
+        x, y = self.nvme_resident_set()
+        self.remove_keys(y)
+        bc.drop_caches()
+        sample = self.fio("read", pages * self.size)
+        self.remove_keys(x)
         return sample
 
     def get_nvme_sample(self) -> dict:

@@ -149,6 +149,29 @@ def test_with_no_clean_slot_an_nvme_hit_is_read_directly(stores, scratch, kind):
     assert st["tiering"]["reads_waited_for_write"] == 0
 
 
+@pytest.mark.parametrize("kind", ["tiered", "node"])
+def test_reads_alone_make_the_demoter_write_nothing(stores, kind):
+    """A read that promotes takes a clean slot and leaves a clean page in it; one that finds no
+    clean slot reads directly. Neither asks the demoter for more: with DRAM full of pages never
+    written to NVMe, a read-only phase costs no NVMe write at all (before, each promotion that
+    used up the clean cold end made the demoter write a dirty page: a read paid for a write)."""
+    store = stores.make(kind, clean_reserve=0.25, demote_batch="4MiB", **SMALL)
+    old = [f"old{i}" for i in range(48)]
+    put_pages(store, old)  # 32 on NVMe, DRAM full of the last 16
+    wait_demoter_idle(store)
+    before = store.stats()
+    for _ in range(3):
+        read_back(store, old[:32])  # NVMe hits: each promoted into a clean slot or read directly
+    time.sleep(0.3)  # a demoter woken by the reads would have written by now (it polls every 50 ms)
+    after = store.stats()
+    t0, t1 = before["tiering"], after["tiering"]
+    assert t1["nvme_hits"] - t0["nvme_hits"] >= 64
+    assert t1["direct_reads"] > t0["direct_reads"]
+    assert t1["demoter_pages"] == t0["demoter_pages"]
+    assert after["nvme"]["puts"] == before["nvme"]["puts"]
+    assert t1["reads_waited_for_write"] == 0
+
+
 def test_a_clean_page_leaves_dram_without_a_write(stores):
     """Pages the demoter wrote are evicted later without a second write: every NVMe write while
     new puts displace them is one of the demoter's (of the new pages), none is inside a put."""

@@ -6,7 +6,7 @@
 namespace mch {
 
 namespace {
-constexpr int kQueueDepth = 16;   // reads in flight per call
+constexpr int kQueueDepth = 64;   // reads in flight per call: the engine's default queue depth
 constexpr int kMaxQueues = 4;     // calls reading at once
 }  // namespace
 

@@ -63,7 +63,11 @@ struct TieredStore::Impl {
   bool demoter_stop = false;
   bool clean_wanted = false;  // a clean-only reservation found no clean page at the cold end
   uint64_t clean_target = 0;  // bytes
+  uint64_t promoting_bytes = 0;  // slots promotions have taken and are filling: they land clean
   std::thread demoter;
+  // The reserve's level as the demoter sees it (caller holds mu): free and clean slots, and the
+  // slots being filled from NVMe, which are clean again when their read lands.
+  uint64_t clean_level() const { return dram->clean_bytes() + promoting_bytes; }
 
   struct Counters {
     std::atomic<uint64_t> puts{0}, put_bytes{0}, skipped_existing{0}, gets{0}, dram_hits{0}, nvme_hits{0},
@@ -163,7 +167,7 @@ struct TieredStore::Impl {
   int64_t reserve_locked(uint64_t len, Demotion* pending, bool clean_only) {
     std::vector<DramTier::Victim> victims;
     int64_t s = dram->reserve(len, &victims, clean_only);
-    if (keeps_reserve() && dram->clean_bytes() < clean_target) demote_cv.notify_one();
+    if (keeps_reserve() && clean_level() < clean_target) demote_cv.notify_one();
     for (auto& v : victims) {
       if (nvme && !v.clean && admit(v)) {
         demoting[v.digest]++;
@@ -225,16 +229,17 @@ struct TieredStore::Impl {
     return dram->find(d) >= 0 || demoting.count(d) || (nvme && nvme->value_size(key) >= 0);
   }
 
-  // A slot for `len` bytes (caller holds mu). With a clean reserve, gets (for_read) take only
-  // clean slots (kNoSpace when none: they read NVMe directly); puts and prefetches fall back to
-  // a dirty victim, whose write they then wait for, rather than fail.
+  // A slot for `len` bytes (caller holds mu). With a clean reserve, gets (for_read) take only a
+  // clean slot at the cold end and otherwise read NVMe directly (kNoSpace); they do not ask the
+  // demoter for more, since a slot it cleans for a promotion is a write paid for a read. Puts and
+  // prefetches ask it, and meanwhile fall back to a dirty victim, whose write they wait for.
   int64_t reserve_slot(uint64_t len, Demotion* pending, bool for_read) {
     const bool clean_only = keeps_reserve();
     int64_t s = reserve_locked(len, pending, clean_only);
-    if (s == status_code(Status::kNoSpace) && clean_only) {
+    if (s == status_code(Status::kNoSpace) && clean_only && !for_read) {
       clean_wanted = true;  // the demoter cleans the cold end now, whatever the level says
       demote_cv.notify_one();
-      if (!for_read) s = reserve_locked(len, pending, false);
+      s = reserve_locked(len, pending, false);
     }
     return s;
   }
@@ -304,6 +309,7 @@ struct TieredStore::Impl {
           continue;
         }
         promoting[ds[i]]++;
+        promoting_bytes += dram->slot_size(static_cast<uint32_t>(s));
         idx.push_back(i);
         slot_of.push_back(static_cast<uint32_t>(s));
       }
@@ -325,6 +331,7 @@ struct TieredStore::Impl {
       GetTicket& t = (*out)[idx[j]];
       const KeyDigest& d = ds[idx[j]];
       settle(promoting, d);
+      promoting_bytes -= dram->slot_size(s);
       if (res[j] != sizes[idx[j]] || fence.covers(d, keys[idx[j]])) {  // unreadable, or removed meanwhile
         dram->abort(s);
         continue;
@@ -439,7 +446,7 @@ void TieredStore::Impl::write_clean(CleanBatch& b) {
   settled_cv.notify_all();
 }
 
-// Keeps dram->clean_bytes() at clean_target: woken by reserve_locked when the level drops below
+// Keeps clean_level() at clean_target: woken by reserve_locked when the level drops below
 // it (so its pace follows the rate at which puts and promotions take slots), when a clean-only
 // reservation found no clean page at the cold end (clean_wanted: clean pages that are all hot
 // count in the level but are not taken), and every 50 ms. While reads are in flight and the
@@ -447,13 +454,13 @@ void TieredStore::Impl::write_clean(CleanBatch& b) {
 // disk serves the reads first.
 void TieredStore::Impl::demote_loop() {
   std::unique_lock<std::mutex> lk(mu);
-  auto wanted = [&] { return clean_wanted || dram->clean_bytes() < clean_target; };
+  auto wanted = [&] { return clean_wanted || clean_level() < clean_target; };
   while (!demoter_stop) {
     demote_cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return demoter_stop || wanted(); });
     if (demoter_stop || !wanted()) continue;
     const bool asked = clean_wanted;  // readers are waiting for clean slots: no back-off
     clean_wanted = false;
-    if (!asked && nvme->reads_active() > 0 && dram->clean_bytes() >= clean_target / 2) {
+    if (!asked && nvme->reads_active() > 0 && clean_level() >= clean_target / 2) {
       ctr.demoter_backoffs++;
       demote_cv.wait_for(lk, std::chrono::milliseconds(2), [&] { return demoter_stop; });
       continue;
