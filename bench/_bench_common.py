@@ -428,6 +428,11 @@ def run_fio(filename: str, rw: str, bs: int, iodepth: int, size: int,
     if not fio_path():
         raise FileNotFoundError("fio is not installed (apt-get install fio)")
     cmd = fio_command(filename, rw, bs, iodepth, size, ioengine, direct, extra)
+    return _fio_json(cmd, "read" if rw in ("read", "randread") else "write", timeout)
+
+
+def _fio_json(cmd: list[str], side_name: str, timeout: float) -> dict:
+    """Runs a one-job fio command with JSON output; its read or write side (see run_fio)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout
     # fio may print warnings before the JSON document; parse from the first '{'.
@@ -442,7 +447,7 @@ def run_fio(filename: str, rw: str, bs: int, iodepth: int, size: int,
     job = doc["jobs"][0]
     if job.get("error"):
         raise FioError(f"fio job error {job['error']} ({proc.stderr.strip()[-400:]})\ncommand: {' '.join(cmd)}")
-    side = job["read"] if rw in ("read", "randread") else job["write"]
+    side = job[side_name]
     clat = side.get("clat_ns", {}).get("mean")
     return {
         "bw_bytes": side["bw_bytes"],
@@ -477,6 +482,34 @@ def run_fio_limit(filename: str, rw: str, bs: int, iodepth: int, size: int) -> d
     if r is None:
         r = run_fio(filename, rw, bs, iodepth, size)
     r["seconds"] = (r["io_bytes"] or size) / r["bw_bytes"] if r["bw_bytes"] else 0.0
+    return r
+
+
+def run_fio_replay(reads: Sequence[tuple[str, int, int]], log_path: str, bs: int, iodepth: int) -> dict:
+    """fio replaying exactly ``reads`` ((file, offset, length), in this order) from a version 2
+    iolog written to ``log_path``, with io_uring, ``direct=1`` and ``iodepth`` in flight: the
+    disk's limit for the same bytes at the same places as ours. Returns :func:`run_fio`'s dict
+    plus ``"seconds"``."""
+    # fio (3.33) leaves the reads still in flight when the log runs out (about iodepth of them)
+    # out of io_bytes and its rate: the log ends with 2 x iodepth 4 KiB reads, so those left out
+    # are almost always some of these (rarely a slow read of ours: io_bytes is checked), and
+    # bw_bytes is the rate of the reads it counted.
+    files = sorted({f for f, _, _ in reads})
+    pad = [(reads[0][0], reads[0][1], 4096)] * (2 * iodepth) if reads else []
+    with open(log_path, "w") as log:
+        log.write("fio version 2 iolog\n")
+        log.writelines(f"{f} add\n" for f in files)
+        log.writelines(f"{f} open\n" for f in files)
+        log.writelines(f"{f} read {off} {length}\n" for f, off, length in [*reads, *pad])
+    # Registered files need nr_files = open_files, which a replay does not set: buffers only.
+    cmd = [fio_path() or "fio", "--name=replay", f"--read_iolog={log_path}", f"--bs={bs}",
+           f"--iodepth={iodepth}", "--ioengine=io_uring", "--direct=1", "--numjobs=1",
+           "--output-format=json", *(("--fixedbufs=1",) if _fio_extra_ok is not False else ())]
+    r = _fio_json(cmd, "read", 3600)
+    nbytes = sum(length for _, _, length in reads)
+    if not 0.95 * nbytes <= r["io_bytes"] <= nbytes + 4096 * len(pad):
+        raise FioError(f"fio replayed {r['io_bytes']} bytes of {nbytes} (command: {r['command']})")
+    r["seconds"] = r["io_bytes"] / r["bw_bytes"] if r["bw_bytes"] else 0.0
     return r
 
 

@@ -27,13 +27,16 @@ NVMe to hold two and a half) and measures, from this process, every call timed o
   the page cache is dropped and the first half of X is read: each NVMe hit either takes a clean
   slot (the clean reserve: ``tiers.dram.clean_reserve``, ``--clean-reserve``) or is read straight
   into the caller's buffer; without a reserve each promotion first writes a page of Y (issue 15).
-  X and Y are removed. Paired with fio reading as many bytes after the same set-up (X and Y
-  put, the page cache dropped): a virtual disk reads slower for a while after a burst of
-  writes, so the limit meets the disk in the state ours does;
+  X and Y are removed. Paired with fio making the same reads after the same set-up (X and Y
+  put, the page cache dropped): through the node fio replays them exactly (an iolog of the
+  values' offsets and lengths in the node's data file, found with GET_LOCATE and released:
+  the same bytes at the same places, at the store's queue depth); in-process it reads as many
+  bytes of its own file. A virtual disk reads slower for a while after a burst of writes, so
+  the limit meets the disk in the state ours does;
 * **get nvme**  vs **fio read**: per sample, X pushed to NVMe by Y as above; Y is removed, which
   frees DRAM; the page cache is dropped; the second half of X is read, each page promoted into a
-  free slot: the NVMe read path alone; X is removed. Paired with fio reading as many bytes after
-  the same set-up;
+  free slot: the NVMe read path alone; X is removed. Paired with fio making the same reads
+  after the same set-up, as above;
 * **get nvme after restart**  (a figure) the node is restarted (SIGTERM seals NVMe; DRAM comes
   back empty) and a set that was pushed to NVMe is read back.
 
@@ -302,8 +305,7 @@ class SizeBench:
         self.point("get_nvme_dram_full", self.dram_full_sample, self.dram_full_limit)
         self.out["get_nvme_dram_full_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
         c0 = tier_counters(self.bench.stats())
-        second = len(range(self.half, self.set_pages))
-        self.point("get_nvme", self.get_nvme_sample, lambda: self.get_nvme_limit(second))
+        self.point("get_nvme", self.get_nvme_sample, self.get_nvme_limit)
         self.out["get_nvme_counters"] = counters_delta(c0, tier_counters(self.bench.stats()))
         self.after_restart()
         self.finish()
@@ -326,25 +328,52 @@ class SizeBench:
         self.remove_all()
         return sample
 
-    # The limits of the two NVMe-read points meet the disk as ours does: right after the same
-    # writes (a virtual disk reads slower for a while after a burst of writes), page cache dropped.
+    # The limits of the two NVMe-read points: fio makes the same reads as ours, right after the
+    # same set-up writes (a virtual disk reads slower for a while after a burst of writes), with
+    # the page cache dropped. Through the node it replays ours exactly (same file, offsets and
+    # lengths: same_reads); in-process it reads as many bytes of its own file.
 
     def dram_full_limit(self) -> dict:
-        """fio reads the first half's bytes after the set-up of :meth:`dram_full_sample`."""
-        self.nvme_resident_set()
-        bc.drop_caches()
-        sample = self.fio("read", self.half * self.size)
+        """fio's reads of the first half of X after the set-up of :meth:`dram_full_sample`."""
+        x, _ = self.nvme_resident_set()
+        sample = self.same_reads([x[i] for i in range(self.half)])
         self.remove_all()
         return sample
 
-    def get_nvme_limit(self, pages: int) -> dict:
-        """fio reads ``pages`` pages' bytes after the set-up of :meth:`get_nvme_sample`."""
+    def get_nvme_limit(self) -> dict:
+        """fio's reads of the second half of X after the set-up of :meth:`get_nvme_sample`."""
         x, y = self.nvme_resident_set()
         self.remove_keys(y)
-        bc.drop_caches()
-        sample = self.fio("read", pages * self.size)
+        sample = self.same_reads([x[i] for i in range(self.half, self.set_pages)])
         self.remove_keys(x)
         return sample
+
+    def same_reads(self, keys) -> dict:
+        reads = self.value_places(keys) if self.config.resolved_mode == "node" else None
+        if reads is None:
+            return self.fio("read", len(keys) * self.size)
+        bc.drop_caches()
+        log = os.path.join(self.data_dir, "fio-replay.iolog")
+        r = bc.run_fio_replay(reads, log, -(-self.size // 4096) * 4096, self.fio_qd)
+        self.out.setdefault("fio_commands", {})["replay"] = r["command"]
+        return {"gbps": r["bw_bytes"] / 1e9, "seconds": r["seconds"]}
+
+    def value_places(self, keys) -> Optional[list]:
+        """(data file, offset, length rounded up to 4 KiB) of each key's value on the node's NVMe,
+        in the order ours reads them; None (with a failure) when one is not there."""
+        from mooncake_hicache import _native
+        client = _native.NodeClient(self.config.node.socket, 5000)
+        try:
+            places = []
+            for b in range(0, len(keys), BATCH):
+                places += client._locations(list(keys[b:b + BATCH]))
+        finally:
+            client.close()
+        if any(length <= 0 for length, _ in places):
+            self.failures.append(f"{self.label}: fio replay: {sum(1 for n, _ in places if n <= 0)} pages not on NVMe")
+            return None
+        path = self.config.tiers.nvme.path
+        return [(path, off, -(-length // 4096) * 4096) for length, off in places]
 
     def get_nvme_sample(self) -> dict:
         """The second half of X read after Y is removed (DRAM free: the sample); then X is removed."""

@@ -914,6 +914,29 @@ int64_t NodeClient::locate_and_hold(const std::string& key) {
   return locs[0].status;
 }
 
+std::vector<std::pair<int64_t, uint64_t>> NodeClient::locations(const std::vector<std::string>& keys) {
+  std::vector<std::pair<int64_t, uint64_t>> out(keys.size(), {status_code(Status::kNodeUnavailable), 0});
+  Fail why = Fail::kNone;
+  std::unique_ptr<Conn> c = acquire(&why);
+  std::vector<uint32_t> idx;
+  std::vector<int32_t> codes(keys.size());
+  check_keys(keys, keys.size(), codes.data(), &idx);
+  for (size_t i = 0; i < keys.size(); i++)
+    if (codes[i] != status_code(Status::kOk)) out[i].first = codes[i];
+  std::vector<LocateResult> locs;
+  if (!c || idx.empty() || !locate(c, keys, idx, &locs)) {
+    if (c) release(std::move(c));
+    return out;
+  }
+  for (size_t j = 0; j < idx.size(); j++) out[idx[j]] = {locs[j].status, locs[j].offset};
+  if (int e = send_release(*c, locs)) {
+    fail(std::move(c), e, "release");
+    return out;
+  }
+  release(std::move(c));
+  return out;
+}
+
 int64_t NodeClient::value_size(const std::string& key) {
   int32_t st = key_code(key);
   if (st != status_code(Status::kOk)) return st;

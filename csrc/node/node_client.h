@@ -107,6 +107,10 @@ class NodeClient {
   // Test hook: GET_LOCATE one key and keep the location (the node releases it when this
   // client's connection ends). Returns the value's length or a Status.
   int64_t locate_and_hold(const std::string& key);
+  // Bench hook: where each key's value lies in the node's data file, (its length or a Status,
+  // its file offset), found with GET_LOCATE and released at once. A benchmark's disk limit
+  // replays the same reads with fio (bench/store_bench.py).
+  std::vector<std::pair<int64_t, uint64_t>> locations(const std::vector<std::string>& keys);
 
   // A request this class does not know by name (the cluster layer's VIEW): sends `op` with
   // `body`, puts the reply body in *reply. false when the node is unavailable or does not know

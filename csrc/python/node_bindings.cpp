@@ -226,6 +226,9 @@ void bind_node_client(py::module_& m) {
       .def("ping", &NodeClient::ping, release_gil())
       .def("_locate_and_hold", &NodeClient::locate_and_hold, release_gil(),
            "Test hook: locate one key on the node's NVMe and keep its region pinned until this client goes away.")
+      .def("_locations", &NodeClient::locations, release_gil(), py::arg("keys"),
+           "Bench hook: [(length or error code, file offset)] of each key's value in the node's NVMe data file; "
+           "nothing stays pinned.")
       .def("close", &NodeClient::close, release_gil())
       .def_property_readonly("healthy", &NodeClient::healthy, "Whether the last call reached the node.")
       .def_property_readonly("last_error", &NodeClient::last_error)
