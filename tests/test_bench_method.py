@@ -109,7 +109,7 @@ def test_store_bench_smoke_pairs_every_ratio_and_verifies_every_page(tmp_path):
 def test_fio_replay_reads_exactly_the_given_places(tmp_path):
     """The limit of store_bench's NVMe-read points: fio replays a list of (file, offset, length)
     reads; fio 3.33 leaves the reads still in flight at the end out of its byte count, which the
-    replay's tail of 4 KiB reads absorbs, so the bytes counted are those of the list."""
+    replay's tail of extra reads absorbs, so every byte of the list is counted."""
     if not bc.fio_path():
         pytest.skip("fio is not installed")
     path = tmp_path / "data"
@@ -117,7 +117,7 @@ def test_fio_replay_reads_exactly_the_given_places(tmp_path):
         f.write(os.urandom(24 * MiB))
     reads = [(str(path), i * (MiB + 4096), MiB) for i in range(20)]  # 1 MiB values, 4 KiB apart
     r = bc.run_fio_replay(reads, str(tmp_path / "log"), MiB, 8)
-    assert 20 * MiB <= r["io_bytes"] <= 20 * MiB + 16 * 4096
+    assert 20 * MiB <= r["io_bytes"] <= 20 * MiB + 16 * MiB
     assert r["bw_bytes"] > 0 and r["seconds"] > 0
     lines = (tmp_path / "log").read_text().splitlines()
     assert lines[0] == "fio version 2 iolog" and f"{path} read {MiB + 4096} {MiB}" in lines
