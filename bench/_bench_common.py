@@ -514,6 +514,20 @@ def run_fio_replay(reads: Sequence[tuple[str, int, int]], log_path: str, bs: int
     return r
 
 
+def block_reads(path: str) -> Optional[tuple[int, int]]:
+    """(read requests completed, bytes read) so far by the block device holding ``path``
+    (/sys/dev/block/MAJ:MIN/stat); None where the kernel does not say. The difference over a
+    phase gives its requests' mean size: a read the device splits (its max_segments) shows up
+    as more, smaller requests."""
+    try:
+        dev = os.stat(path).st_dev
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat") as f:
+            fields = f.read().split()
+        return int(fields[0]), int(fields[2]) * 512
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # ---- machine -------------------------------------------------------------------------------
 
 def fs_type(path: str) -> Optional[str]:

@@ -324,7 +324,8 @@ class SizeBench:
         """The first half of X read with DRAM full of Y (the sample); then X and Y are removed."""
         x, y = self.nvme_resident_set()
         bc.drop_caches()
-        sample = self.timed_get("get_nvme_dram_full", x, range(self.half))
+        sample = self.counting_blocks("get_nvme_dram_full", "ours",
+                                      lambda: self.timed_get("get_nvme_dram_full", x, range(self.half)))
         self.remove_all()
         return sample
 
@@ -336,7 +337,7 @@ class SizeBench:
     def dram_full_limit(self) -> dict:
         """fio's reads of the first half of X after the set-up of :meth:`dram_full_sample`."""
         x, _ = self.nvme_resident_set()
-        sample = self.same_reads([x[i] for i in range(self.half)])
+        sample = self.same_reads("get_nvme_dram_full", [x[i] for i in range(self.half)])
         self.remove_all()
         return sample
 
@@ -344,17 +345,18 @@ class SizeBench:
         """fio's reads of the second half of X after the set-up of :meth:`get_nvme_sample`."""
         x, y = self.nvme_resident_set()
         self.remove_keys(y)
-        sample = self.same_reads([x[i] for i in range(self.half, self.set_pages)])
+        sample = self.same_reads("get_nvme", [x[i] for i in range(self.half, self.set_pages)])
         self.remove_keys(x)
         return sample
 
-    def same_reads(self, keys) -> dict:
+    def same_reads(self, key: str, keys) -> dict:
         reads = self.value_places(keys) if self.config.resolved_mode == "node" else None
         if reads is None:
-            return self.fio("read", len(keys) * self.size)
+            return self.counting_blocks(key, "limit", lambda: self.fio("read", len(keys) * self.size))
         bc.drop_caches()
         log = os.path.join(self.data_dir, "fio-replay.iolog")
-        r = bc.run_fio_replay(reads, log, -(-self.size // 4096) * 4096, self.fio_qd)
+        r = self.counting_blocks(key, "limit",
+                                 lambda: bc.run_fio_replay(reads, log, -(-self.size // 4096) * 4096, self.fio_qd))
         self.out.setdefault("fio_commands", {})["replay"] = r["command"]
         return {"gbps": r["bw_bytes"] / 1e9, "seconds": r["seconds"]}
 
@@ -375,12 +377,25 @@ class SizeBench:
         path = self.config.tiers.nvme.path
         return [(path, off, -(-length // 4096) * 4096) for length, off in places]
 
+    def counting_blocks(self, key: str, side: str, reads) -> dict:
+        """``reads()`` (timed reads: ours or fio's), with the disk's read requests it caused added
+        up in out["block_reads"][key][side]: their mean size shows how the device split them."""
+        b0 = bc.block_reads(self.data_dir)
+        r = reads()
+        b1 = bc.block_reads(self.data_dir)
+        if b0 and b1:
+            acc = self.out.setdefault("block_reads", {}).setdefault(key, {}).setdefault(side, [0, 0])
+            acc[0] += b1[0] - b0[0]
+            acc[1] += b1[1] - b0[1]
+        return r
+
     def get_nvme_sample(self) -> dict:
         """The second half of X read after Y is removed (DRAM free: the sample); then X is removed."""
         x, y = self.nvme_resident_set()
         self.remove_keys(y)
         bc.drop_caches()
-        sample = self.timed_get("get_nvme", x, range(self.half, self.set_pages))
+        sample = self.counting_blocks("get_nvme", "ours",
+                                      lambda: self.timed_get("get_nvme", x, range(self.half, self.set_pages)))
         self.remove_keys(x)
         return sample
 
@@ -419,6 +434,10 @@ class SizeBench:
         if self.out["dram_page_kind"] != self.arena.page_kind:
             self.out["notes"].append(f"the memcpy limit copies into {self.arena.page_kind} pages, the store's arena "
                                      f"has {self.out['dram_page_kind']} pages (hugepages ran out?)")
+        for key, sides in (self.out.get("block_reads") or {}).items():
+            kib = {side: round(b / max(n, 1) / 1024) for side, (n, b) in sides.items()}
+            self.out["notes"].append(f"{key}: disk read requests of {kib.get('ours')} KiB on average for ours, "
+                                     f"{kib.get('limit')} KiB for fio")
         self.out["nvme_io_backend"] = (final.get("nvme") or {}).get("io_backend")
         self.out["checksum_failures"] = (final.get("nvme") or {}).get("checksum_failures")
         self.out["ratios"] = ratios(self.out)
