@@ -167,7 +167,8 @@ class SizeBench:
             if tail:
                 print(f"--- node log ---\n{tail}", file=sys.stderr)
             raise
-        self.slots = PageSlots(self.size, min(BATCH, self.set_pages), seed=self.size)
+        self.slots = PageSlots(self.size, min(BATCH, self.set_pages), seed=self.size,
+                               hugepages=self.args.client_hugepages)
         self.slots.register(self.bench.store)
         self.arena = bc.ArenaBuffer(self.set_bytes, hugepages=config.tiers.dram.hugepages)
 
@@ -527,6 +528,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--mixed", action="store_true",
                    help="the mixed-load benchmark instead (bench/store_mixed.py): a putter at full speed and an "
                         "NVMe-hit reader, with and without the clean reserve")
+    p.add_argument("--client-hugepages", action="store_true",
+                   help="the client's page buffers in transparent huge pages (as a host KV pool backed by huge "
+                        "pages): an NVMe value read straight into them goes to the disk as one request, not as "
+                        "one per max_segments scattered 4 KiB pages")
     p.add_argument("--mode", choices=("node", "in_process"), default="node",
                    help="node (default: a client process through the node) or in_process (tiers in this process)")
     args = p.parse_args(argv)
@@ -573,7 +578,8 @@ def finish_run(bench: str, args, results, failures, setup_error, t0: float, **ex
     """The failures on stderr, the JSON line, and the exit status."""
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
-    bc.json_line({"bench": bench, "mode": args.mode, "ok": not failures and not setup_error,
+    bc.json_line({"bench": bench, "mode": args.mode, "client_hugepages": getattr(args, "client_hugepages", False),
+                  "ok": not failures and not setup_error,
                   "failures": failures, "setup_error": setup_error, "batch": BATCH,
                   "seconds_per_point": args.seconds, "cache_dropped": bc.can_drop_caches(),
                   "fio_extra": list(bc.FIO_URING_EXTRA) if bc._fio_extra_ok else [], **extra,
@@ -597,6 +603,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     benches = (SizeBench(args, size, max(2, args.set_mib * MiB // size), failures) for size in sizes)
     results, setup_error = run_benches(benches, failures)
     print_report(results, args.seconds, args.mode)
+    if args.client_hugepages:
+        print("  client page buffers: transparent huge pages (--client-hugepages)")
     return finish_run("store_node", args, results, failures, setup_error, t0, targets=TARGETS)
 
 

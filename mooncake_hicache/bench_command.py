@@ -94,11 +94,18 @@ def key_tag(key: str) -> int:
 
 class Buffer:
     """``size`` bytes of page-aligned anonymous memory with its raw address, touched once so
-    page faults do not land in timed calls."""
+    page faults do not land in timed calls. ``hugepages``: private memory advised for
+    transparent huge pages (2 MiB, physically contiguous where the kernel finds them), as a host
+    KV pool backed by huge pages is; otherwise shared 4 KiB pages, as scattered in physical
+    memory as the kernel leaves them."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, hugepages: bool = False):
         self.size = size
-        self.mm = mmap.mmap(-1, max(size, 1))
+        if hugepages:
+            self.mm = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self.mm.madvise(mmap.MADV_HUGEPAGE)
+        else:
+            self.mm = mmap.mmap(-1, max(size, 1))
         self._anchor = ctypes.c_char.from_buffer(self.mm)
         self.addr = ctypes.addressof(self._anchor)
 
@@ -120,15 +127,15 @@ class PageSlots:
     with ``(i, key_tag(key_i))``. The expected content of page ``i`` is therefore its slot's
     random bytes with those stamps, which :meth:`verify` rebuilds and compares with ``memcmp``."""
 
-    def __init__(self, page_size: int, slots: int, seed: int = 0):
+    def __init__(self, page_size: int, slots: int, seed: int = 0, hugepages: bool = False):
         if page_size < _STAMP.size:
             raise ValueError(f"page size must be at least {_STAMP.size} bytes, got {page_size}")
         self.page_size = page_size
         self.slots = slots
         self.stride = page_size  # pages are packed back to back, as in SGLang's host pool
         total = page_size * slots
-        self.put = Buffer(total)
-        self.get = Buffer(total)
+        self.put = Buffer(total, hugepages)
+        self.get = Buffer(total, hugepages)
         self.scratch = Buffer(page_size)
         rng = random.Random(seed)
         chunk = 16 * MiB
