@@ -68,3 +68,35 @@ def test_a_client_that_dies_holding_locations_leaves_no_region_pinned(stores, tm
         time.sleep(0.05)
     assert store.stats()["node"]["locations_held"] == 0
     assert store.get(KEYS[1]) == pattern(KEYS[1], BIG)
+
+
+def test_a_corrupt_page_read_directly_by_the_client_is_a_miss(stores, scratch):
+    """The client reads a located page through its own huge-page staging and checks it before
+    copying: a value whose bytes changed on disk is a miss (NOT_FOUND), its buffer untouched;
+    the other pages read right."""
+    import os
+    from mooncake_hicache import _native
+    write_big_pages(stores)
+    store = stores.make("node", dram="4MiB", slab="1MiB", region="8MiB", nvme="64MiB")
+    config = stores.config("node", dram="4MiB", slab="1MiB", region="8MiB", nvme="64MiB")
+    client = _native.NodeClient(config["node"]["socket"], 5000)
+    try:
+        [(length, offset)] = client._locations([KEYS[1]])
+    finally:
+        client.close()
+    assert length == BIG
+    fd = os.open(config["tiers"]["nvme"]["path"], os.O_RDWR)
+    try:
+        byte = os.pread(fd, 1, offset + 1000)
+        os.pwrite(fd, bytes([byte[0] ^ 0xFF]), offset + 1000)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    slot = (BIG + 4095) // 4096 * 4096
+    buf = scratch(store, 3 * slot)
+    buf.write(slot, b"\x5a" * 64)
+    got = store.batch_get_into(KEYS[:3], [buf.addr, buf.addr + slot, buf.addr + 2 * slot], [slot] * 3)
+    assert got == [BIG, ErrorCode.NOT_FOUND, BIG]
+    assert buf.read(0, BIG) == pattern(KEYS[0], BIG) and buf.read(2 * slot, BIG) == pattern(KEYS[2], BIG)
+    assert buf.read(slot, 64) == b"\x5a" * 64  # nothing of the corrupt value reached the caller
+    assert store.stats()["tiering"]["direct_reads"] >= 2

@@ -1,14 +1,47 @@
 // DirectReader: see direct_reader.h.
 #include "node/direct_reader.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
+
+#include <cstring>
 
 namespace mch {
 
 namespace {
-constexpr int kQueueDepth = 64;   // reads in flight per call: the engine's default queue depth
-constexpr int kMaxQueues = 4;     // calls reading at once
+constexpr int kQueueDepth = 64;                 // reads in flight per call: the engine's default queue depth
+constexpr int kMaxQueues = 4;                   // calls reading at once
+constexpr uint64_t kStagingBytes = 32ull << 20;  // staging per call: 32 x 1 MiB or 8 x 4 MiB in flight
+constexpr uint64_t kHugePage = 2ull << 20;
+
+// The staging slot for values of up to `len` bytes: a power of two, so a value of up to 2 MiB
+// never straddles a huge page.
+uint64_t slot_bytes_for(uint64_t len) {
+  uint64_t s = kBlock;
+  while (s < len) s <<= 1;
+  return s;
+}
 }  // namespace
+
+class DirectReader::HugeBuffer {
+ public:
+  explicit HugeBuffer(uint64_t bytes) : bytes_(bytes), mapped_(bytes + kHugePage) {
+    void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    map_ = static_cast<uint8_t*>(p);
+    base_ = map_ + (kHugePage - reinterpret_cast<uintptr_t>(map_) % kHugePage) % kHugePage;
+    madvise(base_, bytes_, MADV_HUGEPAGE);  // advice: 4 KiB pages still work, in more requests
+    memset(base_, 0, bytes_);               // faulted now, not inside a timed read
+  }
+  ~HugeBuffer() { munmap(map_, mapped_); }
+  uint8_t* base() const { return base_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  uint64_t bytes_, mapped_;
+  uint8_t* map_ = nullptr;
+  uint8_t* base_ = nullptr;
+};
 
 DirectReader::DirectReader(int fd, NoteLog& notes) : fd_(fd) {
   try {
@@ -24,13 +57,43 @@ DirectReader::~DirectReader() {
   ::close(fd_);
 }
 
+std::unique_ptr<DirectReader::HugeBuffer> DirectReader::take_staging(uint64_t bytes) {
+  {
+    std::lock_guard<std::mutex> lk(staging_mu_);
+    if (!staging_.empty()) {
+      std::unique_ptr<HugeBuffer> b = std::move(staging_.back());
+      staging_.pop_back();
+      if (b->bytes() >= bytes) return b;
+    }
+  }
+  try {
+    return std::make_unique<HugeBuffer>(bytes);
+  } catch (const std::bad_alloc&) {
+    return nullptr;  // the values go straight into the caller's buffers
+  }
+}
+
+void DirectReader::give_staging(std::unique_ptr<HugeBuffer> b) {
+  if (!b) return;
+  std::lock_guard<std::mutex> lk(staging_mu_);
+  if (staging_.size() < static_cast<size_t>(kMaxQueues)) staging_.push_back(std::move(b));
+}
+
 void DirectReader::read(const std::vector<ValueRead>& reads, int64_t* results) {
   IoContextPool::Lease ctx(*ctxs_, "a direct read");
   if (!ctx) {
     for (size_t i = 0; i < reads.size(); i++) results[i] = status_code(Status::kIoError);
     return;
   }
-  read_values(*ctx, reads, [&](size_t i, int64_t r) { results[i] = r; });
+  uint64_t longest = 0;
+  for (const ValueRead& r : reads) longest = std::max(longest, align_up(r.len));
+  ReadStaging st;
+  st.slot_bytes = slot_bytes_for(longest);
+  st.slots = static_cast<int>(std::min<uint64_t>(kQueueDepth, kStagingBytes / st.slot_bytes));
+  std::unique_ptr<HugeBuffer> buf = st.slots > 0 ? take_staging(kStagingBytes) : nullptr;
+  st.base = buf ? buf->base() : nullptr;
+  read_values(*ctx, reads, [&](size_t i, int64_t r) { results[i] = r; }, buf ? &st : nullptr);
+  give_staging(std::move(buf));
 }
 
 }  // namespace mch
