@@ -11,7 +11,10 @@ namespace mch {
 namespace {
 constexpr int kQueueDepth = 64;                 // reads in flight per call: the engine's default queue depth
 constexpr int kMaxQueues = 4;                   // calls reading at once
-constexpr uint64_t kStagingBytes = 32ull << 20;  // staging per call: 32 x 1 MiB or 8 x 4 MiB in flight
+constexpr uint64_t kStagingBytes = 64ull << 20;  // staging per call: 64 x 1 MiB or 16 x 4 MiB in flight
+constexpr int kMinStagedReads = 16;              // larger values: at least 16 in flight,
+constexpr uint64_t kMaxStagingBytes = 64ull << 20;  // within this (else straight to the caller)
+constexpr size_t kKeptStaging = 2;               // staging buffers kept between calls
 constexpr uint64_t kHugePage = 2ull << 20;
 
 // The staging slot for values of up to `len` bytes: a power of two, so a value of up to 2 MiB
@@ -76,7 +79,7 @@ std::unique_ptr<DirectReader::HugeBuffer> DirectReader::take_staging(uint64_t by
 void DirectReader::give_staging(std::unique_ptr<HugeBuffer> b) {
   if (!b) return;
   std::lock_guard<std::mutex> lk(staging_mu_);
-  if (staging_.size() < static_cast<size_t>(kMaxQueues)) staging_.push_back(std::move(b));
+  if (staging_.size() < kKeptStaging) staging_.push_back(std::move(b));
 }
 
 void DirectReader::read(const std::vector<ValueRead>& reads, int64_t* results) {
@@ -89,8 +92,9 @@ void DirectReader::read(const std::vector<ValueRead>& reads, int64_t* results) {
   for (const ValueRead& r : reads) longest = std::max(longest, align_up(r.len));
   ReadStaging st;
   st.slot_bytes = slot_bytes_for(longest);
-  st.slots = static_cast<int>(std::min<uint64_t>(kQueueDepth, kStagingBytes / st.slot_bytes));
-  std::unique_ptr<HugeBuffer> buf = st.slots > 0 ? take_staging(kStagingBytes) : nullptr;
+  const uint64_t bytes = std::min(kMaxStagingBytes, std::max(kStagingBytes, kMinStagedReads * st.slot_bytes));
+  st.slots = static_cast<int>(std::min<uint64_t>(kQueueDepth, bytes / st.slot_bytes));
+  std::unique_ptr<HugeBuffer> buf = st.slots > 0 ? take_staging(bytes) : nullptr;
   st.base = buf ? buf->base() : nullptr;
   read_values(*ctx, reads, [&](size_t i, int64_t r) { results[i] = r; }, buf ? &st : nullptr);
   give_staging(std::move(buf));
