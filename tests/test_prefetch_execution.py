@@ -26,7 +26,9 @@ SLOTS = 32  # an 8 MiB arena of 256 KiB pages
 
 def tiers_config(tmp_path, **prefetch) -> dict:
     cfg = {"mode": "in_process",
-           "tiers": {"dram": {"capacity": 8 * MiB, "slab_size": 1 * MiB, "hugepages": False},
+           # No clean reserve: a put then evicts strictly the least recently used page (with one,
+           # it may take a clean page a little further in), so `overflow` knows which pages left.
+           "tiers": {"dram": {"capacity": 8 * MiB, "slab_size": 1 * MiB, "hugepages": False, "clean_reserve": 0},
                      "nvme": {"path": str(tmp_path / "nvme.data"), "capacity": "64MiB", "region_size": "4MiB",
                               "queue_depth": 8}}}
     if prefetch:
