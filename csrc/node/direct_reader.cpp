@@ -11,9 +11,9 @@ namespace mch {
 namespace {
 constexpr int kQueueDepth = 64;                 // reads in flight per call: the engine's default queue depth
 constexpr int kMaxQueues = 4;                   // calls reading at once
-constexpr uint64_t kStagingBytes = 64ull << 20;  // staging per call: 64 x 1 MiB or 16 x 4 MiB in flight
-constexpr int kMinStagedReads = 16;              // larger values: at least 16 in flight,
-constexpr uint64_t kMaxStagingBytes = 64ull << 20;  // within this (else straight to the caller)
+// Staging per call: 64 x 1 MiB or 16 x 4 MiB in flight (fewer lose the disk to concurrent
+// writes); a value larger than all of it goes straight to the caller.
+constexpr uint64_t kStagingBytes = 64ull << 20;
 constexpr size_t kKeptStaging = 2;               // staging buffers kept between calls
 constexpr uint64_t kHugePage = 2ull << 20;
 
@@ -28,20 +28,19 @@ uint64_t slot_bytes_for(uint64_t len) {
 
 class DirectReader::HugeBuffer {
  public:
-  explicit HugeBuffer(uint64_t bytes) : bytes_(bytes), mapped_(bytes + kHugePage) {
+  explicit HugeBuffer(uint64_t bytes) : mapped_(bytes + kHugePage) {
     void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     map_ = static_cast<uint8_t*>(p);
     base_ = map_ + (kHugePage - reinterpret_cast<uintptr_t>(map_) % kHugePage) % kHugePage;
-    madvise(base_, bytes_, MADV_HUGEPAGE);  // advice: 4 KiB pages still work, in more requests
-    memset(base_, 0, bytes_);               // faulted now, not inside a timed read
+    madvise(base_, bytes, MADV_HUGEPAGE);  // advice: 4 KiB pages still work, in more requests
+    memset(base_, 0, bytes);               // faulted now, not inside a timed read
   }
   ~HugeBuffer() { munmap(map_, mapped_); }
   uint8_t* base() const { return base_; }
-  uint64_t bytes() const { return bytes_; }
 
  private:
-  uint64_t bytes_, mapped_;
+  uint64_t mapped_;
   uint8_t* map_ = nullptr;
   uint8_t* base_ = nullptr;
 };
@@ -60,17 +59,17 @@ DirectReader::~DirectReader() {
   ::close(fd_);
 }
 
-std::unique_ptr<DirectReader::HugeBuffer> DirectReader::take_staging(uint64_t bytes) {
+std::unique_ptr<DirectReader::HugeBuffer> DirectReader::take_staging() {
   {
     std::lock_guard<std::mutex> lk(staging_mu_);
     if (!staging_.empty()) {
       std::unique_ptr<HugeBuffer> b = std::move(staging_.back());
       staging_.pop_back();
-      if (b->bytes() >= bytes) return b;
+      return b;
     }
   }
   try {
-    return std::make_unique<HugeBuffer>(bytes);
+    return std::make_unique<HugeBuffer>(kStagingBytes);
   } catch (const std::bad_alloc&) {
     return nullptr;  // the values go straight into the caller's buffers
   }
@@ -92,9 +91,8 @@ void DirectReader::read(const std::vector<ValueRead>& reads, int64_t* results) {
   for (const ValueRead& r : reads) longest = std::max(longest, align_up(r.len));
   ReadStaging st;
   st.slot_bytes = slot_bytes_for(longest);
-  const uint64_t bytes = std::min(kMaxStagingBytes, std::max(kStagingBytes, kMinStagedReads * st.slot_bytes));
-  st.slots = static_cast<int>(std::min<uint64_t>(kQueueDepth, bytes / st.slot_bytes));
-  std::unique_ptr<HugeBuffer> buf = st.slots > 0 ? take_staging(bytes) : nullptr;
+  st.slots = static_cast<int>(std::min<uint64_t>(kQueueDepth, kStagingBytes / st.slot_bytes));
+  std::unique_ptr<HugeBuffer> buf = st.slots > 0 ? take_staging() : nullptr;
   st.base = buf ? buf->base() : nullptr;
   read_values(*ctx, reads, [&](size_t i, int64_t r) { results[i] = r; }, buf ? &st : nullptr);
   give_staging(std::move(buf));

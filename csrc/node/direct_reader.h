@@ -36,7 +36,7 @@ class DirectReader {
   class HugeBuffer;
 
  private:
-  std::unique_ptr<HugeBuffer> take_staging(uint64_t bytes);
+  std::unique_ptr<HugeBuffer> take_staging();
   void give_staging(std::unique_ptr<HugeBuffer> b);
 
   int fd_;
